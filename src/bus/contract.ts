@@ -1,0 +1,22 @@
+/**
+ * The contract an invalidation bus implements. It moves opaque text messages (see `codec.ts`)
+ * between the instances connected to the same channel; it never carries values.
+ */
+export interface BusHandlers {
+  /** A message from the channel (the instance's own messages may come back too; they are ignored). */
+  onMessage(message: string): void;
+  /** The subscription was lost and is back: messages may have been missed in between. */
+  onReconnect(): void;
+  /** Something failed in the background (connection, subscription); the bus keeps trying. */
+  onError(error: unknown, operation: string): void;
+}
+
+export interface BusConnection {
+  publish(message: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface Bus {
+  /** Subscribes to `channel`; resolves once messages published afterwards will be delivered. */
+  connect(channel: string, handlers: BusHandlers): Promise<BusConnection>;
+}

@@ -1,0 +1,139 @@
+import { createHash } from "node:crypto";
+import { configure } from "safe-stable-stringify";
+import { optionError } from "./errors.js";
+import { checkOptionNames, derivePolicy, type CachedOptions, type Policy } from "./options.js";
+import type { Engine } from "./engine/engine.js";
+import type { Namespace } from "./engine/namespace.js";
+
+/** A function wrapped by `cache.cached(fn, options)`. */
+export type CachedFunction<A extends unknown[], R> = ((...args: A) => Promise<Awaited<R>>) & {
+  /** Removes the cached result for these arguments: the same as `remove(cacheKey(...args))` in the function's scope. */
+  removeCached(...args: A): Promise<void>;
+  /** The key under which the result for these arguments is cached (without scope or prefix). */
+  cacheKey(...args: A): string;
+};
+
+/** A class method after `@cache.cached(...)`. */
+export type CachedMethod<This, A extends unknown[], R> = ((this: This, ...args: A) => Promise<Awaited<R>>) & {
+  removeCached(...args: A): Promise<void>;
+  cacheKey(...args: A): string;
+};
+
+const stringify = configure({ deterministic: true, circularValue: Error, bigint: true });
+
+// Markers for values JSON has no form of; a leading NUL keeps them apart from user strings.
+const TAG = "\u0000";
+
+/**
+ * `JSON.stringify` replacer run by safe-stable-stringify (which sorts object keys): gives Date,
+ * Map, Set, bigint, undefined (as an argument) and non-finite numbers distinct, stable forms.
+ */
+function argReplacer(this: unknown, key: string, value: unknown): unknown {
+  const raw = (this as Record<string, unknown> | undefined)?.[key];
+  if (raw instanceof Date) return [TAG + "date", Number.isNaN(raw.getTime()) ? "invalid" : raw.toISOString()];
+  switch (typeof value) {
+    case "bigint":
+      return [TAG + "bigint", value.toString()];
+    case "number":
+      return Number.isFinite(value) ? value : [TAG + "number", String(value)];
+    case "undefined":
+      return Array.isArray(this) ? [TAG + "undefined"] : value;
+    case "function":
+    case "symbol":
+      throw new TypeError(`cannot derive a cache key from a ${typeof value} argument; pass a \`key\` function`);
+  }
+  if (value instanceof Map) {
+    return [TAG + "map", [...value].map(([k, v]) => [encodeArg(k), encodeArg(v)]).sort(compareEntries)];
+  }
+  if (value instanceof Set) return [TAG + "set", [...value].map(encodeArg).sort()];
+  return value;
+}
+
+function encodeArg(v: unknown): string {
+  return stringify([v], argReplacer) as string;
+}
+
+function compareEntries(a: string[], b: string[]): number {
+  return a[0]! < b[0]! ? -1 : a[0]! > b[0]! ? 1 : 0;
+}
+
+function isPlainPrimitive(v: unknown): boolean {
+  const t = typeof v;
+  return t === "string" || t === "boolean" || v === null || (t === "number" && Number.isFinite(v));
+}
+
+/**
+ * The derived key: `name:` plus a stable, order-independent encoding of the arguments (object
+ * keys sorted; Date, Map, Set, bigint distinct). Arguments that are plain strings, numbers,
+ * booleans or null — the common case — take a fast path with the same output.
+ * A derived key longer than `maxKeyLength` is shortened to `name:#<sha256>`.
+ */
+export function deriveKey(name: string, args: unknown[], maxKeyLength: number): string {
+  let encoded: string;
+  if (args.every(isPlainPrimitive)) encoded = JSON.stringify(args);
+  else {
+    try {
+      encoded = stringify(args, argReplacer) as string;
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      throw new TypeError(`layercache: cannot derive a cache key for ${name}(): ${why}`);
+    }
+  }
+  const key = `${name}:${encoded}`;
+  return key.length <= maxKeyLength ? key : `${name}:#${createHash("sha256").update(encoded).digest("base64url")}`;
+}
+
+/** Builds the cached function for `cache.cached(fn, options)` in scope `ns`. */
+export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unknown, options: unknown): CachedFunction<unknown[], unknown> {
+  if (typeof fn !== "function") throw new TypeError(`layercache: cached() needs a function (got ${fn === null ? "null" : typeof fn})`);
+  const o = checkOptionNames(options, "cached");
+  const policy = derivePolicy(base, o);
+  const keyFn = o.key;
+  if (keyFn !== undefined && typeof keyFn !== "function") throw optionError("key", "must be a function returning the cache key");
+  const name = o.name ?? fn.name;
+  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) throw optionError("name", "must be a non-empty string");
+  if (keyFn === undefined && (typeof name !== "string" || name === "")) {
+    throw optionError("name", "is needed: an anonymous function without `key` or `name` cannot derive cache keys");
+  }
+  const maxKeyLength = engine.settings.maxKeyLength;
+  const keyOf = (args: unknown[]): string =>
+    keyFn !== undefined ? engine.checkKey((keyFn as (...a: unknown[]) => unknown)(...args)) : deriveKey(name as string, args, maxKeyLength);
+
+  const wrapper = function (this: unknown, ...args: unknown[]): Promise<unknown> {
+    let key: string;
+    try {
+      key = keyOf(args);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return engine.read(ns, key, policy, fn, this, args);
+  } as CachedFunction<unknown[], unknown>;
+  wrapper.removeCached = (...args: unknown[]): Promise<void> => {
+    let key: string;
+    try {
+      key = keyOf(args);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return engine.remove(ns, key);
+  };
+  wrapper.cacheKey = (...args: unknown[]): string => keyOf(args);
+  Object.defineProperty(wrapper, "name", { value: typeof name === "string" && name !== "" ? name : "cached" });
+  return wrapper;
+}
+
+/** True when `cached` was applied directly as `@cache.cached` (no options call). */
+export function isMethodContext(v: unknown): v is ClassMethodDecoratorContext {
+  return typeof v === "object" && v !== null && (v as { kind?: unknown }).kind === "method" && typeof (v as { addInitializer?: unknown }).addInitializer === "function";
+}
+
+/** The TC39 method decorator returned by `cache.cached(options)`. */
+export function methodDecorator(engine: Engine, ns: Namespace, base: Policy, options: CachedOptions<unknown[]> | undefined) {
+  // Options are checked when the decorator is created, not when the class is defined.
+  const o = checkOptionNames(options, "cached");
+  derivePolicy(base, o);
+  return (method: unknown, context: ClassMethodDecoratorContext): unknown => {
+    if (!isMethodContext(context)) throw new TypeError("layercache: @cached(...) decorates class methods only");
+    return makeCached(engine, ns, base, method, { ...o, name: o.name ?? String(context.name) });
+  };
+}

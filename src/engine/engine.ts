@@ -1,0 +1,676 @@
+import { randomBytes } from "node:crypto";
+import type { TimerClock } from "../clock.js";
+import { BusLink } from "../bus/link.js";
+import type { Bus } from "../bus/contract.js";
+import type { BusOp } from "../bus/codec.js";
+import { CacheClosedError, LoadTimeoutError, SerializationError, keyError } from "../errors.js";
+import { Counters, Emitter, type HitLayer, type Stats } from "../events.js";
+import { writeLog, type Logger } from "../logger.js";
+import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../memory/l1.js";
+import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../options.js";
+import type { L2Store } from "../store/contract.js";
+import { RemoteLayer, TOMBSTONE_MS, type Encoded, type RemoteEntry } from "../store/remote.js";
+import type { Serializer } from "../store/serializer.js";
+import { Flight } from "./flight.js";
+import { Namespace } from "./namespace.js";
+
+/** How long `close()` waits for background work before aborting it. */
+const CLOSE_WAIT_MS = 5_000;
+
+export interface EngineInit {
+  settings: CacheSettings;
+  bounds: L1Bounds;
+  clock: TimerClock;
+  logger: Logger | undefined;
+  serializer: Serializer;
+  store: L2Store | undefined;
+  bus: Bus | undefined;
+}
+
+/** A value that may stand in for a failed or slow load. */
+interface Fallback {
+  value: unknown;
+  born: number;
+  /** End of the fail-safe window, as the reader's policy narrows it. */
+  until: number;
+  /** Only in L2 so far (L1 must be filled before a throttle can serve it). */
+  remote?: RemoteEntry;
+}
+
+const RESOLVED_UNDEFINED = Promise.resolve(undefined);
+
+/**
+ * The read/load/refresh state machine. One request goes one straight way:
+ *   L1 (fresh → hit; stale window → serve and refresh) → single flight → L2 → loader →
+ *   write-back (L2 conditional, then L1) → bus.
+ * L2 and the bus sit behind facades (`RemoteLayer`, `BusLink`) that own their error handling, so
+ * nothing below ever throws into a read.
+ */
+export class Engine {
+  readonly id = randomBytes(6).toString("hex");
+  readonly clock: TimerClock;
+  readonly settings: CacheSettings;
+  readonly logger: Logger | undefined;
+  readonly serializer: Serializer;
+  readonly emitter: Emitter;
+  readonly counters = new Counters();
+  readonly root: Namespace;
+  readonly remote: RemoteLayer | undefined;
+  readonly link: BusLink | undefined;
+  /** True once L2 and bus are connected (at once when there are none); false again after close. */
+  opened: boolean;
+  closed = false;
+  #opening: Promise<void> | undefined;
+  #closing: Promise<void> | undefined;
+  #refreshing = 0;
+  #genSeq = 0;
+  readonly #tasks = new Set<Promise<void>>();
+
+  constructor(init: EngineInit) {
+    this.clock = init.clock;
+    this.settings = init.settings;
+    this.logger = init.logger;
+    this.serializer = init.serializer;
+    this.emitter = new Emitter(init.logger);
+    const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
+    this.root = new Namespace(undefined, "", part, init.bounds);
+    const common = { emitter: this.emitter, counters: this.counters, logger: init.logger };
+    this.remote =
+      init.store &&
+      new RemoteLayer(init.store, {
+        ...common,
+        serializer: init.serializer,
+        prefix: init.settings.prefix,
+        maxValueBytes: init.settings.maxValueBytes,
+        newGen: () => `${this.id}.${(++this.#genSeq).toString(36)}`,
+      });
+    this.link =
+      init.bus &&
+      new BusLink(init.bus, {
+        ...common,
+        channel: `${init.settings.prefix}:bus`,
+        id: this.id,
+        secret: init.settings.busSecret,
+        peer: {
+          onRemove: (scope, keys, from) => this.#peerRemove(scope, keys, from),
+          onClear: (scope, from) => this.#peerClear(scope, from),
+          onReconnect: () => this.#busReconnected(),
+        },
+      });
+    this.opened = this.remote === undefined && this.link === undefined;
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  open(): Promise<void> {
+    if (this.closed) return Promise.reject(new CacheClosedError());
+    return (this.#opening ??= this.#connect());
+  }
+
+  async #connect(): Promise<void> {
+    await this.remote?.connect();
+    await this.link?.connect();
+    if (!this.closed) this.opened = true;
+  }
+
+  #afterOpen<T>(op: () => Promise<T>): Promise<T> {
+    return this.open().then(op);
+  }
+
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.closed = true;
+    this.opened = false;
+    return (this.#closing = this.#shutdown());
+  }
+
+  async #shutdown(): Promise<void> {
+    if (this.#tasks.size > 0) {
+      let timer: unknown;
+      const bound = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, CLOSE_WAIT_MS);
+        (timer as { unref?: () => void }).unref?.();
+      });
+      await Promise.race([Promise.allSettled([...this.#tasks]), bound]);
+      clearTimeout(timer as ReturnType<typeof setTimeout>);
+    }
+    for (const ns of this.root.subtree()) {
+      if (ns.flights) for (const f of ns.flights.values()) f.controller?.abort(new CacheClosedError());
+    }
+    await this.link?.close();
+    await this.remote?.close();
+  }
+
+  #track(task: Promise<void>): void {
+    this.#tasks.add(task);
+    const done = (): void => void this.#tasks.delete(task);
+    task.then(done, done);
+  }
+
+  // ---------------------------------------------------------------- keys
+
+  /** The key, checked; throws the TypeError SPEC section 6 asks for. */
+  checkKey(key: unknown): string {
+    if (typeof key !== "string") throw keyError(key, "must be a non-empty string");
+    if (key.length === 0) throw keyError(key, "must not be empty");
+    if (key.length > this.settings.maxKeyLength) throw keyError(key, `is longer than maxKeyLength (${this.settings.maxKeyLength})`);
+    return key;
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  /** A fresh value from L1 or L2, else undefined. Never loads, never serves stale. */
+  get(ns: Namespace, key: string): Promise<unknown> {
+    if (!this.opened) return this.#afterOpen(() => this.get(ns, key));
+    const idx = ns.slots.get(key);
+    if (idx !== undefined) {
+      const part = ns.part;
+      const flags = part.flags[idx]!;
+      if (this.clock.now() < part.fresh[idx]! && (flags & REVALIDATE) === 0) {
+        part.flags[idx] = flags | VISITED;
+        this.#hit(ns, key, "l1");
+        return Promise.resolve(part.values[idx]);
+      }
+    }
+    if (this.remote === undefined) {
+      this.#miss(ns, key);
+      return RESOLVED_UNDEFINED;
+    }
+    return this.#getFromL2(ns, key);
+  }
+
+  async #getFromL2(ns: Namespace, key: string): Promise<unknown> {
+    const epoch = ns.epoch;
+    const found = await this.remote!.read(ns, key);
+    const e = found?.entry;
+    if (e !== undefined && this.clock.now() < e.times.fresh) {
+      // An invalidation that happened while L2 answered must not be undone by this fill.
+      if (ns.epoch === epoch) this.#writeL1(ns, key, e.value, e.times, e.bytes);
+      this.counters.l2Hits++;
+      this.#hit(ns, key, "l2");
+      return e.value;
+    }
+    this.#miss(ns, key);
+    return undefined;
+  }
+
+  /**
+   * getOrSet and cached calls. `fn` is the loader (called with `{ signal, stale }`) or, when
+   * `args` is given, the cached function (called with `args`).
+   */
+  read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+    if (!this.opened) return this.#afterOpen(() => this.read(ns, key, p, fn, self, args));
+    const idx = ns.slots.get(key);
+    if (idx !== undefined) {
+      const part = ns.part;
+      const now = this.clock.now();
+      const flags = part.flags[idx]!;
+      const fresh = part.fresh[idx]!;
+      if (now < fresh && (flags & REVALIDATE) === 0) {
+        part.flags[idx] = flags | VISITED;
+        this.#hit(ns, key, "l1");
+        if (p.refreshAhead > 0 && now >= fresh - part.ttl[idx]! * (1 - p.refreshAhead)) this.#startRefresh(ns, key, p, fn, self, args, now);
+        return Promise.resolve(part.values[idx]);
+      }
+      if (p.background && (flags & REVALIDATE) === 0 && now < fresh + Math.min(part.maxStale[idx]!, p.maxStale)) {
+        part.flags[idx] = flags | VISITED;
+        this.#staleHit(ns, key, "background");
+        this.#startRefresh(ns, key, p, fn, self, args, now);
+        return Promise.resolve(part.values[idx]);
+      }
+    }
+    return this.#load(ns, key, p, fn, self, args);
+  }
+
+  /** No usable value in L1: join the key's flight, serve a throttled fallback, or start a load. */
+  #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+    const running = ns.flights?.get(key);
+    if (running === undefined && ns.throttles !== undefined) {
+      const throttled = this.#throttledFallback(ns, key, p);
+      if (throttled !== undefined) {
+        this.#staleHit(ns, key, "failSafe");
+        this.counters.failSafeHits++;
+        return Promise.resolve(throttled.value);
+      }
+    }
+    this.#miss(ns, key);
+    if (running !== undefined) return running.promise;
+    const f = new Flight(ns, key, p, this.clock.now(), fn, self, args);
+    (ns.flights ??= new Map()).set(key, f);
+    this.#track(this.#run(f));
+    return f.promise;
+  }
+
+  /** Starts a background refresh unless one is running, the key is cooling down, or the pool is full. */
+  #startRefresh(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined, now: number): void {
+    if (ns.flights?.has(key)) return;
+    if (!this.#acquireRefresh(ns, key, now)) return;
+    const f = new Flight(ns, key, p, now, fn, self, args);
+    f.pooled = true;
+    (ns.flights ??= new Map()).set(key, f);
+    this.#track(this.#run(f));
+  }
+
+  #acquireRefresh(ns: Namespace, key: string, now: number): boolean {
+    const until = ns.cooldowns?.get(key);
+    if (until !== undefined) {
+      if (now < until) {
+        this.#refreshSkipped(ns, key, "cooldown");
+        return false;
+      }
+      ns.cooldowns!.delete(key);
+    }
+    if (this.#refreshing >= this.settings.refreshConcurrency) {
+      this.#refreshSkipped(ns, key, "poolFull");
+      return false;
+    }
+    this.#refreshing++;
+    this.counters.refreshStarts++;
+    if (this.emitter.l.refreshStart) this.emitter.emit("refreshStart", { key, scope: ns.label });
+    return true;
+  }
+
+  /** One flight from start to end. Never rejects: every outcome settles the flight. */
+  async #run(f: Flight): Promise<void> {
+    const { ns, key, policy: p } = f;
+    try {
+      let fallback = this.#l1Fallback(ns, key, p, f.started);
+      if (this.remote !== undefined) {
+        const found = await this.remote.read(ns, key);
+        if (found !== undefined) {
+          f.gen = found.gen;
+          const e = found.entry;
+          if (e !== undefined && !f.invalidated) {
+            const now = this.clock.now();
+            const born = e.times.fresh - e.times.ttl;
+            // A refresh only adopts an L2 value newer than the one it is replacing.
+            if (now < e.times.fresh && (!f.pooled || born > this.#l1Born(ns, key))) {
+              this.#writeL1(ns, key, e.value, e.times, e.bytes);
+              this.counters.l2Hits++;
+              if (f.pooled) this.#refreshSucceeded(f);
+              this.#done(f);
+              f.settle(e.value);
+              return;
+            }
+            const until = e.times.fresh + Math.min(e.times.failSafe, p.failSafe);
+            if (p.failSafe > 0 && now < until && (fallback === undefined || born > fallback.born)) {
+              fallback = { value: e.value, born, until, remote: e };
+            }
+            if (!f.pooled && p.background && now < e.times.fresh + Math.min(e.times.maxStale, p.maxStale)) {
+              // L1 had nothing usable but L2 holds a value in its stale window: serve it, refresh behind it.
+              this.#writeL1(ns, key, e.value, e.times, e.bytes);
+              this.#staleHit(ns, key, "background");
+              f.settle(e.value);
+              if (!this.#acquireRefresh(ns, key, now)) return;
+              f.pooled = true;
+            }
+          }
+        }
+      }
+      await this.#callLoader(f, fallback);
+    } catch (error) {
+      // Only a bug gets here; the callers still get an answer.
+      writeLog(this.logger, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
+      this.#done(f);
+      f.fail(error);
+    } finally {
+      this.#done(f);
+    }
+  }
+
+  /**
+   * Detaches a finished flight (before its callers are answered, so that a caller who reads again
+   * at once starts a new load rather than joining this one) and frees its refresh-pool place.
+   */
+  #done(f: Flight): void {
+    const flights = f.ns.flights;
+    if (flights?.get(f.key) === f) flights.delete(f.key);
+    if (f.pooled) {
+      f.pooled = false;
+      this.#refreshing--;
+    }
+  }
+
+  async #callLoader(f: Flight, fallback: Fallback | undefined): Promise<void> {
+    const { ns, key, policy: p } = f;
+    this.counters.loads++;
+    if (this.emitter.l.load) this.emitter.emit("load", { key, scope: ns.label });
+    let outcome = f.invoke(fallback?.value);
+    let hardTimer: unknown;
+    let softTimer: unknown;
+    if (p.hardTimeout > 0) {
+      const timeout = new Promise<never>((_, reject) => {
+        hardTimer = this.clock.setTimeout(() => {
+          const error = new LoadTimeoutError(key, p.hardTimeout);
+          f.controller?.abort(error);
+          reject(error);
+        }, p.hardTimeout);
+      });
+      outcome = Promise.race([outcome, timeout]);
+    }
+    if (fallback !== undefined && p.softTimeout > 0 && !f.settled) {
+      softTimer = this.clock.setTimeout(() => {
+        if (f.settled) return;
+        this.#staleHit(ns, key, "softTimeout");
+        f.settle(fallback.value);
+      }, p.softTimeout);
+    }
+    let value: unknown;
+    try {
+      value = await outcome;
+    } catch (error) {
+      this.#loadFailed(f, error, fallback);
+      return;
+    } finally {
+      if (hardTimer !== undefined) this.clock.clearTimeout(hardTimer);
+      if (softTimer !== undefined) this.clock.clearTimeout(softTimer);
+    }
+    await this.#commit(f, value);
+  }
+
+  #loadFailed(f: Flight, error: unknown, fallback: Fallback | undefined): void {
+    const { ns, key } = f;
+    const now = this.clock.now();
+    const refresh = f.pooled;
+    this.#done(f);
+    this.counters.loadErrors++;
+    if (this.emitter.l.loadError) this.emitter.emit("loadError", { key, scope: ns.label, error });
+    if (refresh) {
+      (ns.cooldowns ??= new Map()).set(key, now + this.settings.refreshCooldown);
+      this.counters.refreshFailures++;
+      writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: background refresh failed; keeping the stale value");
+      if (this.emitter.l.refreshFailure) this.emitter.emit("refreshFailure", { key, scope: ns.label, error });
+    }
+    if (fallback !== undefined && now < fallback.until && !f.invalidated) {
+      if (!refresh) {
+        // Throttle: a down backend is not called again on every read while the fallback is served.
+        if (fallback.remote !== undefined) this.#writeL1(ns, key, fallback.value, fallback.remote.times, fallback.remote.bytes);
+        (ns.throttles ??= new Map()).set(key, now + this.settings.refreshCooldown);
+        writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
+      }
+      if (!f.settled) {
+        this.counters.failSafeHits++;
+        this.#staleHit(ns, key, "failSafe");
+        f.settle(fallback.value);
+      }
+      return;
+    }
+    f.fail(error);
+  }
+
+  /** Writes a loaded value back: L2 first (conditional on the generation seen), then L1, then peers. */
+  async #commit(f: Flight, value: unknown): Promise<void> {
+    const { ns, key, policy: p } = f;
+    if (value === undefined) {
+      // Documented: `undefined` is returned but never cached.
+      if (f.pooled) this.#refreshSucceeded(f);
+      this.#done(f);
+      f.settle(undefined);
+      return;
+    }
+    if (f.invalidated) return this.#discard(f, value, "invalidated");
+    const now = this.clock.now();
+    const times = this.#times(p, now);
+    let bytes = 0;
+    let published = false;
+    if (this.remote !== undefined && f.gen !== undefined && now - f.started < TOMBSTONE_MS) {
+      const enc = this.#encodeForL2(ns, key, value);
+      if (enc !== undefined) {
+        bytes = enc.bytes;
+        if (!enc.tooLarge) {
+          const result = await this.remote.put(ns, key, enc, times, now, f.gen);
+          if (result === "conflict") return this.#discard(f, value, "conflict");
+          published = result === "written";
+        }
+      }
+      if (f.invalidated) return this.#discard(f, value, "invalidated");
+    }
+    this.#writeL1(ns, key, value, times, bytes);
+    ns.throttles?.delete(key);
+    ns.cooldowns?.delete(key);
+    // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
+    if (published && this.link !== undefined) this.#track(this.link.publish("remove", ns.path, [key]));
+    if (f.pooled) this.#refreshSucceeded(f);
+    this.#done(f);
+    f.settle(value);
+  }
+
+  #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
+    this.counters.loadsDiscarded++;
+    if (this.emitter.l.loadDiscarded) this.emitter.emit("loadDiscarded", { key: f.key, scope: f.ns.label, reason });
+    this.#done(f);
+    f.settle(value);
+  }
+
+  /** Serializes for L2 inside a load: an unserializable value stays in L1 only, reported as an L2 error. */
+  #encodeForL2(ns: Namespace, key: string, value: unknown): Encoded | undefined {
+    try {
+      const enc = this.remote!.encode(key, value);
+      if (enc.tooLarge) this.#tooLarge(ns, key, enc.bytes, this.settings.maxValueBytes, "l2");
+      return enc;
+    } catch (error) {
+      this.counters.l2Errors++;
+      writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: value kept in L1 only");
+      if (this.emitter.l.l2Error) this.emitter.emit("l2Error", { operation: "serialize", key, scope: ns.label, error });
+      return undefined;
+    }
+  }
+
+  #l1Fallback(ns: Namespace, key: string, p: Policy, now: number): Fallback | undefined {
+    const idx = ns.slots.get(key);
+    if (idx === undefined) return undefined;
+    const part = ns.part;
+    const fresh = part.fresh[idx]!;
+    const until = fresh + Math.min(part.failSafe[idx]!, p.failSafe);
+    if (now >= fresh + Math.max(part.maxStale[idx]!, part.failSafe[idx]!)) {
+      part.deleteSlot(idx); // past every window: dead
+      return undefined;
+    }
+    // A value still fresh (a refresh-ahead, or one marked for revalidation) is a fallback too.
+    return p.failSafe > 0 && now < until ? { value: part.values[idx], born: part.born(idx), until } : undefined;
+  }
+
+  #l1Born(ns: Namespace, key: string): number {
+    const idx = ns.slots.get(key);
+    return idx === undefined ? -Infinity : ns.part.born(idx);
+  }
+
+  #throttledFallback(ns: Namespace, key: string, p: Policy): Fallback | undefined {
+    const until = ns.throttles!.get(key);
+    if (until === undefined) return undefined;
+    const now = this.clock.now();
+    if (now >= until) {
+      ns.throttles!.delete(key);
+      return undefined;
+    }
+    return this.#l1Fallback(ns, key, p, now);
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  async set(ns: Namespace, key: string, value: unknown, p: Policy): Promise<void> {
+    if (!this.opened) await this.open();
+    if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
+    this.#invalidate(ns, key, false);
+    const now = this.clock.now();
+    const times = this.#times(p, now);
+    let enc: Encoded | undefined;
+    let failure: SerializationError | undefined;
+    if (this.remote !== undefined) {
+      try {
+        enc = this.remote.encode(key, value);
+        if (enc.tooLarge) this.#tooLarge(ns, key, enc.bytes, this.settings.maxValueBytes, "l2");
+      } catch (error) {
+        failure = error as SerializationError;
+      }
+    }
+    this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
+    if (this.remote !== undefined) {
+      // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
+      if (enc !== undefined && !enc.tooLarge) await this.remote.put(ns, key, enc, times, now);
+      else await this.remote.remove(ns, key);
+    }
+    await this.link?.publish("remove", ns.path, [key]);
+    if (failure) throw failure;
+  }
+
+  async remove(ns: Namespace, key: string): Promise<void> {
+    if (!this.opened) await this.open();
+    this.#invalidate(ns, key, true);
+    await this.remote?.remove(ns, key);
+    await this.link?.publish("remove", ns.path, [key]);
+  }
+
+  async clear(ns: Namespace): Promise<void> {
+    if (!this.opened) await this.open();
+    this.#invalidateScope(ns);
+    await this.link?.publish("clear", ns.path, []);
+  }
+
+  removeLocal(ns: Namespace, key: string): void {
+    this.#invalidate(ns, key, true);
+  }
+
+  clearLocal(ns: Namespace): void {
+    this.#invalidateScope(ns);
+  }
+
+  /** Every invalidation of one key goes through here: in-flight loads of it are detached and marked. */
+  #invalidate(ns: Namespace, key: string, drop: boolean): boolean {
+    ns.epoch++;
+    const f = ns.flights?.get(key);
+    if (f !== undefined) {
+      f.invalidated = true;
+      ns.flights!.delete(key);
+    }
+    ns.throttles?.delete(key);
+    ns.cooldowns?.delete(key);
+    return drop && ns.part.delete(ns, key);
+  }
+
+  #invalidateScope(ns: Namespace): number {
+    let dropped = 0;
+    for (const n of ns.subtree()) {
+      n.epoch++;
+      if (n.flights !== undefined) {
+        for (const f of n.flights.values()) f.invalidated = true;
+        n.flights.clear();
+      }
+      n.throttles = undefined;
+      n.cooldowns = undefined;
+      dropped += n.part.clearOwner(n);
+    }
+    return dropped;
+  }
+
+  // ---------------------------------------------------------------- peers
+
+  #peerRemove(scope: string[], keys: string[], from: string): void {
+    const ns = this.root.find(scope);
+    let dropped = 0;
+    if (ns !== undefined) for (const key of keys) if (this.#invalidate(ns, key, true)) dropped++;
+    this.#peerInvalidated("remove", scope, keys, dropped, from);
+  }
+
+  #peerClear(scope: string[], from: string): void {
+    const ns = this.root.find(scope);
+    this.#peerInvalidated("clear", scope, [], ns === undefined ? 0 : this.#invalidateScope(ns), from);
+  }
+
+  #peerInvalidated(op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void {
+    this.counters.peerInvalidations++;
+    this.counters.peerDropped += dropped;
+    if (this.emitter.l.peerInvalidation) this.emitter.emit("peerInvalidation", { op, scope: scope.join("/"), keys, dropped, from });
+  }
+
+  /**
+   * The bus was away: any invalidation in the gap was missed. Entries written before now are no
+   * longer served as fresh or stale — the next read revalidates (L2, then the loader), keeping
+   * them only as fail-safe fallbacks — and loads in flight will not write back.
+   */
+  #busReconnected(): void {
+    let entries = 0;
+    for (const ns of this.root.subtree()) {
+      ns.epoch++;
+      if (ns.flights !== undefined) {
+        for (const f of ns.flights.values()) f.invalidated = true;
+        ns.flights.clear();
+      }
+    }
+    for (const part of this.#partitions()) entries += part.markAllRevalidate();
+    this.counters.busReconnects++;
+    writeLog(this.logger, "info", { entries }, "layercache: bus reconnected; L1 entries will revalidate");
+    if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  #times(p: Policy, now: number): EntryTimes {
+    const ttl = p.jitter > 0 ? p.ttl + Math.random() * p.jitter : p.ttl;
+    return { fresh: now + ttl, ttl, maxStale: p.maxStale, failSafe: p.failSafe };
+  }
+
+  #writeL1(ns: Namespace, key: string, value: unknown, times: EntryTimes, bytes: number): void {
+    const part = ns.part;
+    const size = part.sizes === undefined ? 0 : bytes > 0 ? bytes : this.#measure(value);
+    if (part.write(ns, key, value, times, size) < 0) this.#tooLarge(ns, key, size, part.maxBytes, "l1");
+  }
+
+  /** Size of a value for `maxBytes`: the length of its serialized form (0 when it has none). */
+  #measure(value: unknown): number {
+    try {
+      const text = this.serializer.serialize(value);
+      return typeof text === "string" ? text.length : 0;
+    } catch {
+      return 0;
+    }
+  }
+
+  #partitions(): Set<L1Partition> {
+    const parts = new Set<L1Partition>();
+    for (const ns of this.root.subtree()) parts.add(ns.part);
+    return parts;
+  }
+
+  stats(): Stats {
+    let entries = 0;
+    let bytes = 0;
+    let evictions = 0;
+    for (const part of this.#partitions()) {
+      entries += part.size;
+      bytes += part.bytes;
+      evictions += part.evictions;
+    }
+    return { ...this.counters, evictions, entries, bytes, refreshing: this.#refreshing };
+  }
+
+  #hit(ns: Namespace, key: string, layer: HitLayer): void {
+    this.counters.hits++;
+    if (this.emitter.l.hit) this.emitter.emit("hit", { key, scope: ns.label, layer });
+  }
+
+  #miss(ns: Namespace, key: string): void {
+    this.counters.misses++;
+    if (this.emitter.l.miss) this.emitter.emit("miss", { key, scope: ns.label });
+  }
+
+  #staleHit(ns: Namespace, key: string, reason: "background" | "failSafe" | "softTimeout"): void {
+    this.counters.staleHits++;
+    if (this.emitter.l.staleHit) this.emitter.emit("staleHit", { key, scope: ns.label, reason });
+  }
+
+  #refreshSkipped(ns: Namespace, key: string, reason: "poolFull" | "cooldown"): void {
+    this.counters.refreshSkips++;
+    if (this.emitter.l.refreshSkipped) this.emitter.emit("refreshSkipped", { key, scope: ns.label, reason });
+  }
+
+  #refreshSucceeded(f: Flight): void {
+    this.counters.refreshSuccesses++;
+    if (this.emitter.l.refreshSuccess) this.emitter.emit("refreshSuccess", { key: f.key, scope: f.ns.label });
+  }
+
+  #tooLarge(ns: Namespace, key: string, bytes: number, limit: number, layer: HitLayer): void {
+    this.counters.valuesTooLarge++;
+    if (this.emitter.l.valueTooLarge) this.emitter.emit("valueTooLarge", { key, scope: ns.label, bytes, limit, layer });
+  }
+}

@@ -1,0 +1,79 @@
+import type { Policy } from "../options.js";
+import type { Namespace } from "./namespace.js";
+
+/** What a loader receives. */
+export interface LoaderContext<V = unknown> {
+  /** Aborted when `hardTimeout` passes or the cache closes. */
+  signal: AbortSignal;
+  /** The value this load is replacing, if one is still around (past its ttl), else undefined. */
+  stale: V | undefined;
+}
+
+export type Loader<V> = (context: LoaderContext<V>) => V | Promise<V>;
+
+const noop = (): void => {};
+
+/**
+ * One load (or background refresh) of one full key. Callers that miss while it runs join it;
+ * an invalidation of the key marks it `invalidated` and detaches it, so its result is returned
+ * to those who waited for it but never written to L1 or L2, and later callers start afresh.
+ */
+export class Flight {
+  readonly ns: Namespace;
+  readonly key: string;
+  readonly policy: Policy;
+  readonly started: number;
+  /** The user's loader (getOrSet) or function (cached); `args` set means call it with them. */
+  readonly fn: Function;
+  readonly self: unknown;
+  readonly args: unknown[] | undefined;
+  /** Holds a place in the refresh pool. */
+  pooled = false;
+  invalidated = false;
+  /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
+  gen: string | undefined = undefined;
+  settled = false;
+  controller: AbortController | undefined;
+  readonly promise: Promise<unknown>;
+  #resolve!: (value: unknown) => void;
+  #reject!: (error: unknown) => void;
+
+  constructor(ns: Namespace, key: string, policy: Policy, started: number, fn: Function, self: unknown, args: unknown[] | undefined) {
+    this.ns = ns;
+    this.key = key;
+    this.policy = policy;
+    this.started = started;
+    this.fn = fn;
+    this.self = self;
+    this.args = args;
+    this.promise = new Promise((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+    // A background refresh may fail with nobody waiting: that must not be an unhandled rejection.
+    this.promise.catch(noop);
+  }
+
+  /** Calls the loader; a synchronous throw becomes a rejection. */
+  invoke(stale: unknown): Promise<unknown> {
+    try {
+      if (this.args !== undefined) return Promise.resolve(this.fn.apply(this.self, this.args));
+      const controller = (this.controller = new AbortController());
+      return Promise.resolve(this.fn({ signal: controller.signal, stale } satisfies LoaderContext));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  settle(value: unknown): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.#resolve(value);
+  }
+
+  fail(error: unknown): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.#reject(error);
+  }
+}

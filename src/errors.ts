@@ -1,0 +1,64 @@
+/**
+ * Errors thrown by layercache. Bad input (keys, options, values) is reported with the built-in
+ * `TypeError` so that `instanceof TypeError` works as users expect; everything else derives from
+ * `LayerCacheError` and carries a stable `code`.
+ */
+
+export class LayerCacheError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** The loader ran longer than `hardTimeout`; its `signal` was aborted with this error. */
+export class LoadTimeoutError extends LayerCacheError {
+  readonly key: string;
+  readonly timeoutMs: number;
+  constructor(key: string, timeoutMs: number) {
+    super("ELAYERCACHE_TIMEOUT", `layercache: loader for key ${preview(key)} exceeded hardTimeout (${timeoutMs} ms)`);
+    this.key = key;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+/** The L2 serializer could not encode (or decode) a value. */
+export class SerializationError extends LayerCacheError {
+  readonly key: string;
+  constructor(key: string, cause: unknown) {
+    super(
+      "ELAYERCACHE_SERIALIZE",
+      `layercache: value of key ${preview(key)} cannot be serialized for L2: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+    this.key = key;
+  }
+}
+
+/** An operation was called after `close()`. */
+export class CacheClosedError extends LayerCacheError {
+  constructor() {
+    super("ELAYERCACHE_CLOSED", "layercache: the cache is closed");
+  }
+}
+
+/** A TypeError whose message starts with the offending option's name. */
+export function optionError(option: string, problem: string): TypeError {
+  const err = new TypeError(`layercache: option "${option}" ${problem}`);
+  (err as TypeError & { option: string }).option = option;
+  return err;
+}
+
+export function keyError(key: unknown, problem: string): TypeError {
+  const err = new TypeError(`layercache: key ${preview(key)} ${problem}`);
+  (err as TypeError & { key: unknown }).key = key;
+  return err;
+}
+
+/** A short printable form of a key for messages (long keys are cut). */
+export function preview(key: unknown): string {
+  if (typeof key !== "string") return typeof key === "symbol" ? key.toString() : `${String(key)} (${key === null ? "null" : typeof key})`;
+  return key.length > 64 ? JSON.stringify(key.slice(0, 60)) + `… (${key.length} chars)` : JSON.stringify(key);
+}

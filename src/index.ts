@@ -1,0 +1,15 @@
+export { LayerCache } from "./cache.js";
+export { CacheScope } from "./scope.js";
+export { MemoryBus } from "./bus/memory.js";
+export { FakeClock, systemClock } from "./clock.js";
+export { jsonSerializer } from "./store/serializer.js";
+export { LayerCacheError, LoadTimeoutError, SerializationError, CacheClosedError } from "./errors.js";
+export type { Clock } from "./clock.js";
+export type { CachedFunction, CachedMethod } from "./cached.js";
+export type { Loader, LoaderContext } from "./engine/flight.js";
+export type { CacheOptions, ScopeOptions, EntryOptions, CachedOptions, Duration, RefreshMode } from "./options.js";
+export type { CacheEvents, CacheEventName, CacheEventListener, Stats, KeyEvent, HitLayer } from "./events.js";
+export type { Logger } from "./logger.js";
+export type { Serializer } from "./store/serializer.js";
+export type { L2Store } from "./store/contract.js";
+export type { Bus, BusConnection, BusHandlers } from "./bus/contract.js";

@@ -1,0 +1,246 @@
+/**
+ * L1: a bounded in-process store with SIEVE eviction (Zhang et al., NSDI '24).
+ *
+ * Why SIEVE and not LRU: a hit only sets a "visited" bit — no list relinking — so the hit path
+ * writes one byte, and on skewed (Zipf-like) workloads it keeps more of the hot set than LRU
+ * (bench/, scenario 4 measures both).
+ *
+ * Layout: one slot per entry, its fields in parallel arrays (struct of arrays), so an entry costs
+ * a few array cells instead of an object with its own header. Keys live in the owning scope's
+ * `Map<key, slot>`, so a scoped lookup needs no string concatenation.
+ *
+ * Times: `fresh` is the absolute end of the fresh window (write time + ttl). Window lengths are
+ * kept as float32 milliseconds: exact for every whole-second duration up to 37 hours (and every
+ * whole-minute one up to 6 days); longer ones round by a few milliseconds at most.
+ */
+
+const NIL = 0xffffffff;
+
+/** Bit 0: read since the SIEVE hand last passed. */
+export const VISITED = 1;
+/** Bit 1: written before a bus gap — not served as fresh or stale any more, only as a fail-safe fallback. */
+export const REVALIDATE = 2;
+
+/** A key space whose entries live in a partition: a scope. */
+export interface SlotOwner {
+  readonly slots: Map<string, number>;
+  /** Index of this owner in its partition's owner table (set by `adopt`). */
+  ownerId: number;
+}
+
+/** The windows of one entry, as written. */
+export interface EntryTimes {
+  /** Absolute end of the fresh window. */
+  fresh: number;
+  /** Length of the fresh window. */
+  ttl: number;
+  /** Length of the background stale window after `fresh`. */
+  maxStale: number;
+  /** Length of the fail-safe window after `fresh`. */
+  failSafe: number;
+}
+
+export class L1Partition {
+  readonly maxEntries: number;
+  readonly maxBytes: number;
+  size = 0;
+  bytes = 0;
+  evictions = 0;
+
+  keys: (string | undefined)[] = [];
+  values: unknown[] = [];
+  fresh: Float64Array;
+  ttl: Float32Array;
+  maxStale: Float32Array;
+  failSafe: Float32Array;
+  flags: Uint8Array;
+  sizes: Float64Array | undefined;
+  /** Only allocated once a second scope shares this partition. */
+  ownerIds: Uint32Array | undefined;
+  /** Toward the head (newer). */
+  prev: Uint32Array;
+  /** Toward the tail (older); also chains the free list. */
+  next: Uint32Array;
+
+  #owners: SlotOwner[] = [];
+  #head = NIL;
+  #tail = NIL;
+  #hand = NIL;
+  #free = NIL;
+  #used = 0;
+  #cap: number;
+
+  constructor(maxEntries: number, maxBytes: number | undefined) {
+    this.maxEntries = maxEntries;
+    this.maxBytes = maxBytes ?? Infinity;
+    const cap = (this.#cap = Math.min(maxEntries, 64));
+    this.fresh = new Float64Array(cap);
+    this.ttl = new Float32Array(cap);
+    this.maxStale = new Float32Array(cap);
+    this.failSafe = new Float32Array(cap);
+    this.flags = new Uint8Array(cap);
+    this.sizes = this.maxBytes < Infinity ? new Float64Array(cap) : undefined;
+    this.prev = new Uint32Array(cap);
+    this.next = new Uint32Array(cap);
+  }
+
+  /** Registers a scope whose keys will live here. */
+  adopt(owner: SlotOwner): void {
+    owner.ownerId = this.#owners.length;
+    this.#owners.push(owner);
+    if (this.#owners.length === 2 && this.ownerIds === undefined) this.ownerIds = new Uint32Array(this.#cap);
+  }
+
+  /** Forgets a scope (after its entries were cleared), so a partition can be handed over. */
+  release(owner: SlotOwner): void {
+    if (owner.slots.size > 0) this.clearOwner(owner);
+    this.#owners[owner.ownerId] = EMPTY_OWNER;
+  }
+
+  /** Start of the entry's fresh window (its write time). */
+  born(idx: number): number {
+    return this.fresh[idx]! - this.ttl[idx]!;
+  }
+
+  /**
+   * Writes an entry; returns its slot, or -1 when it is larger than `maxBytes` on its own (it is
+   * then not stored, and any older value of the key is dropped).
+   */
+  write(owner: SlotOwner, key: string, value: unknown, t: EntryTimes, bytes: number): number {
+    let idx = owner.slots.get(key);
+    if (bytes > this.maxBytes) {
+      if (idx !== undefined) this.#unlink(idx, true);
+      return -1;
+    }
+    if (idx === undefined) {
+      if (this.size >= this.maxEntries) this.#evictOne();
+      idx = this.#alloc();
+      this.keys[idx] = key;
+      if (this.ownerIds !== undefined) this.ownerIds[idx] = owner.ownerId;
+      this.flags[idx] = 0;
+      this.#linkHead(idx);
+      owner.slots.set(key, idx);
+      this.size++;
+    } else {
+      this.flags[idx] = VISITED;
+    }
+    this.values[idx] = value;
+    this.fresh[idx] = t.fresh;
+    this.ttl[idx] = t.ttl;
+    this.maxStale[idx] = t.maxStale;
+    this.failSafe[idx] = t.failSafe;
+    if (this.sizes !== undefined) {
+      this.bytes += bytes - this.sizes[idx]!;
+      this.sizes[idx] = bytes;
+      while (this.bytes > this.maxBytes && this.size > 1) this.#evictOne();
+    }
+    return idx;
+  }
+
+  /** Removes a key; true when it was there. */
+  delete(owner: SlotOwner, key: string): boolean {
+    const idx = owner.slots.get(key);
+    if (idx === undefined) return false;
+    this.#unlink(idx, true);
+    return true;
+  }
+
+  /** Removes one slot found through its owner. */
+  deleteSlot(idx: number): void {
+    this.#unlink(idx, true);
+  }
+
+  /** Removes every entry of one owner; returns how many there were. */
+  clearOwner(owner: SlotOwner): number {
+    const n = owner.slots.size;
+    for (const idx of owner.slots.values()) this.#unlink(idx, false);
+    owner.slots.clear();
+    return n;
+  }
+
+  /** Marks every entry as needing revalidation (after a bus gap); returns how many. */
+  markAllRevalidate(): number {
+    let n = 0;
+    for (let i = this.#head; i !== NIL; i = this.next[i]!) {
+      this.flags[i]! |= REVALIDATE;
+      n++;
+    }
+    return n;
+  }
+
+  #alloc(): number {
+    if (this.#free !== NIL) {
+      const idx = this.#free;
+      this.#free = this.next[idx]!;
+      return idx;
+    }
+    if (this.#used === this.#cap) this.#grow();
+    return this.#used++;
+  }
+
+  #grow(): void {
+    const cap = Math.min(this.maxEntries, this.#cap * 2);
+    this.fresh = grown(this.fresh, new Float64Array(cap));
+    this.ttl = grown(this.ttl, new Float32Array(cap));
+    this.maxStale = grown(this.maxStale, new Float32Array(cap));
+    this.failSafe = grown(this.failSafe, new Float32Array(cap));
+    this.flags = grown(this.flags, new Uint8Array(cap));
+    if (this.sizes) this.sizes = grown(this.sizes, new Float64Array(cap));
+    if (this.ownerIds) this.ownerIds = grown(this.ownerIds, new Uint32Array(cap));
+    this.prev = grown(this.prev, new Uint32Array(cap));
+    this.next = grown(this.next, new Uint32Array(cap));
+    this.#cap = cap;
+  }
+
+  #linkHead(idx: number): void {
+    this.prev[idx] = NIL;
+    this.next[idx] = this.#head;
+    if (this.#head !== NIL) this.prev[this.#head] = idx;
+    this.#head = idx;
+    if (this.#tail === NIL) this.#tail = idx;
+  }
+
+  /** SIEVE: the hand walks from the tail toward the head, sparing (and un-marking) visited entries. */
+  #evictOne(): void {
+    let i = this.#hand !== NIL ? this.#hand : this.#tail;
+    if (i === NIL) return;
+    while ((this.flags[i]! & VISITED) !== 0) {
+      this.flags[i]! &= ~VISITED;
+      i = this.prev[i]!;
+      if (i === NIL) i = this.#tail;
+    }
+    this.#hand = this.prev[i]!;
+    this.#unlink(i, true);
+    this.evictions++;
+  }
+
+  #unlink(idx: number, fromOwner: boolean): void {
+    const p = this.prev[idx]!;
+    const n = this.next[idx]!;
+    if (this.#hand === idx) this.#hand = p;
+    if (p !== NIL) this.next[p] = n;
+    else this.#head = n;
+    if (n !== NIL) this.prev[n] = p;
+    else this.#tail = p;
+    if (fromOwner) {
+      const owner = this.ownerIds === undefined ? this.#owners[0]! : this.#owners[this.ownerIds[idx]!]!;
+      owner.slots.delete(this.keys[idx]!);
+    }
+    this.keys[idx] = undefined;
+    this.values[idx] = undefined;
+    if (this.sizes !== undefined) {
+      this.bytes -= this.sizes[idx]!;
+      this.sizes[idx] = 0;
+    }
+    this.next[idx] = this.#free;
+    this.#free = idx;
+    this.size--;
+  }
+}
+
+const EMPTY_OWNER: SlotOwner = { slots: new Map(), ownerId: -1 };
+
+function grown<T extends Float64Array | Float32Array | Uint32Array | Uint8Array>(old: T, next: T): T {
+  next.set(old as never);
+  return next;
+}

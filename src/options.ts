@@ -1,0 +1,301 @@
+import ms from "ms";
+
+// `ms` parses "500ms", "30s", "5m", "1h", "1d" (and long forms); undefined when it cannot.
+const parseMs = ms as unknown as (text: string) => number | undefined;
+import type { Clock } from "./clock.js";
+import type { Bus } from "./bus/contract.js";
+import type { L2Store } from "./store/contract.js";
+import type { Serializer } from "./store/serializer.js";
+import type { Logger } from "./logger.js";
+import { optionError } from "./errors.js";
+
+/** Milliseconds as a number, or a string such as `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`. */
+export type Duration = number | string;
+export type RefreshMode = "foreground" | "background";
+
+/**
+ * Options that shape one entry and how it is read. Each can be set on the cache, a scope, a
+ * cached function or a single call; the most specific setting wins, field by field.
+ */
+export interface EntryOptions {
+  /** How long a value is fresh. Default `"1m"`. `Infinity` keeps it fresh forever. */
+  ttl?: Duration;
+  /** What a read does once the value is past `ttl`: wait for a load (`"foreground"`, default) or serve the stale value and refresh in the background (`"background"`). */
+  refresh?: RefreshMode;
+  /** Background mode: how long past `ttl` a stale value may still be served while it refreshes. Default: equal to `ttl`. */
+  maxStale?: Duration;
+  /** If a load fails, a value no older than `ttl + failSafe` is returned instead of the error. Default `"5m"`; `0` turns it off. */
+  failSafe?: Duration;
+  /** The loader's `signal` is aborted after this long and the load counts as failed. Default `"5s"`; `0` or `Infinity` turns it off. */
+  hardTimeout?: Duration;
+  /** If a fallback value exists, it is returned once the loader has run this long; the load goes on in the background. Default off (`0`). */
+  softTimeout?: Duration;
+  /** Fraction of `ttl` (0–1) after which a read of a fresh value starts a background refresh. Default off (`0`). */
+  refreshAhead?: number;
+  /** Random extra lifetime in `[0, jitter)` added to `ttl` on every write, to spread expiries. Default `0`. */
+  jitter?: Duration;
+}
+
+/** Options of a scope: entry defaults plus an L1 bound of its own. */
+export interface ScopeOptions extends EntryOptions {
+  /** Most entries L1 holds (for a scope: a partition of its own). Default 10 000. */
+  maxEntries?: number;
+  /** Most bytes L1 holds, measured as the length of each value's serialized form. Default: no byte bound. */
+  maxBytes?: number;
+}
+
+export interface CachedOptions<A extends unknown[] = unknown[]> extends EntryOptions {
+  /** Builds the cache key from the arguments. Without it the key is `name` plus a stable encoding of the arguments. */
+  key?: (...args: A) => string;
+  /** Name used in derived keys. Default: the function's own name. */
+  name?: string;
+}
+
+export interface CacheOptions extends ScopeOptions {
+  /** Shared second-level store (e.g. `RedisStore` from `layercache/redis`). */
+  l2?: L2Store;
+  /** Invalidation bus (e.g. `MemoryBus`, or `RedisBus` from `layercache/redis`). */
+  bus?: Bus;
+  /** First part of every L2 key and of the bus channel. Default `"layercache"`. */
+  prefix?: string;
+  /** Most background refreshes running at once in this instance; when full, refreshes are skipped, not queued. Default 8. */
+  refreshConcurrency?: number;
+  /** After a failed refresh, or a failed load answered by a fail-safe value, the key waits this long before the loader is tried again. Default `"30s"`. */
+  refreshCooldown?: Duration;
+  /** Longest key accepted. Default 1024. */
+  maxKeyLength?: number;
+  /** Values whose serialized form is larger stay in L1 only. Default 1 MiB. */
+  maxValueBytes?: number;
+  /** Encodes values for L2. Default: JSON, safe against prototype pollution. */
+  serializer?: Serializer;
+  /** pino- or console-compatible logger. Default: silent. */
+  logger?: Logger;
+  /** Time source, for tests (`FakeClock`). Default: `Date.now` and the global timers. */
+  clock?: Clock;
+  /** Shared secret: bus messages are signed with HMAC-SHA256 and unsigned or forged ones dropped. */
+  busSecret?: string | Uint8Array;
+}
+
+/** Entry options parsed to milliseconds; `undefined` means "inherit". */
+export interface EntryLayer {
+  ttl?: number;
+  background?: boolean;
+  maxStale?: number;
+  failSafe?: number;
+  hardTimeout?: number;
+  softTimeout?: number;
+  refreshAhead?: number;
+  jitter?: number;
+}
+
+/** Fully resolved entry options, as the engine reads them on every request. */
+export interface Policy {
+  readonly ttl: number;
+  readonly background: boolean;
+  readonly maxStale: number;
+  readonly failSafe: number;
+  readonly hardTimeout: number;
+  readonly softTimeout: number;
+  readonly refreshAhead: number;
+  readonly jitter: number;
+  /** The explicit settings this policy was built from, for further inheritance. */
+  readonly layer: EntryLayer;
+}
+
+export const DEFAULTS = {
+  ttl: 60_000,
+  failSafe: 300_000,
+  hardTimeout: 5_000,
+  maxEntries: 10_000,
+  prefix: "layercache",
+  refreshConcurrency: 8,
+  refreshCooldown: 30_000,
+  maxKeyLength: 1024,
+  maxValueBytes: 1024 * 1024,
+} as const;
+
+const ENTRY_KEYS = ["ttl", "refresh", "maxStale", "failSafe", "hardTimeout", "softTimeout", "refreshAhead", "jitter"] as const;
+const BOUND_KEYS = ["maxEntries", "maxBytes"] as const;
+const CACHED_KEYS = ["key", "name"] as const;
+const CACHE_KEYS = [
+  "l2",
+  "bus",
+  "prefix",
+  "refreshConcurrency",
+  "refreshCooldown",
+  "maxKeyLength",
+  "maxValueBytes",
+  "serializer",
+  "logger",
+  "clock",
+  "busSecret",
+] as const;
+
+export type OptionLevel = "cache" | "scope" | "cached" | "call";
+
+const ALLOWED: Record<OptionLevel, ReadonlySet<string>> = {
+  cache: new Set<string>([...ENTRY_KEYS, ...BOUND_KEYS, ...CACHE_KEYS]),
+  scope: new Set<string>([...ENTRY_KEYS, ...BOUND_KEYS]),
+  cached: new Set<string>([...ENTRY_KEYS, ...CACHED_KEYS]),
+  call: new Set<string>(ENTRY_KEYS),
+};
+
+/** Rejects anything but a plain options object, and names the first unknown or misplaced option. */
+export function checkOptionNames(options: unknown, level: OptionLevel): Record<string, unknown> {
+  if (options === undefined || options === null) return {};
+  if (typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(`layercache: options must be an object (got ${Array.isArray(options) ? "array" : typeof options})`);
+  }
+  const allowed = ALLOWED[level];
+  for (const name of Object.keys(options)) {
+    if (allowed.has(name)) continue;
+    if (ALLOWED.cache.has(name) || CACHED_KEYS.includes(name as never)) {
+      throw optionError(name, `cannot be set on a ${level === "call" ? "single call" : level}; ${whereAllowed(name)}`);
+    }
+    throw optionError(name, `is not a known option (known: ${[...allowed].join(", ")})`);
+  }
+  return options as Record<string, unknown>;
+}
+
+function whereAllowed(name: string): string {
+  if ((CACHE_KEYS as readonly string[]).includes(name)) return "it is a cache-level option (constructor only)";
+  if ((BOUND_KEYS as readonly string[]).includes(name)) return "it is an L1 bound (cache or scope only)";
+  return "it belongs to cache.cached(fn, options)";
+}
+
+/** Parses a duration to milliseconds; `Infinity` only where `infinite` says it means something. */
+export function parseDuration(option: string, value: unknown, infinite: boolean): number {
+  let n: number | undefined;
+  if (typeof value === "number") n = value;
+  else if (typeof value === "string") {
+    const trimmed = value.trim();
+    n = trimmed === "" ? undefined : parseMs(trimmed);
+    if (n === undefined && /^(infinity|inf)$/i.test(trimmed)) n = Infinity;
+  } else {
+    throw optionError(option, `must be a duration (milliseconds or a string like "30s"), got ${value === null ? "null" : typeof value}`);
+  }
+  if (n === undefined || Number.isNaN(n)) throw optionError(option, `is not a valid duration: ${JSON.stringify(value)}`);
+  if (n < 0) throw optionError(option, `must not be negative (got ${JSON.stringify(value)})`);
+  if (n === Infinity && !infinite) throw optionError(option, "must be finite");
+  return n;
+}
+
+function parsePositiveInt(option: string, value: unknown): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+    throw optionError(option, `must be a positive integer (got ${JSON.stringify(value) ?? String(value)})`);
+  }
+  return value;
+}
+
+/** Parses the entry options of one level into an `EntryLayer` (after `checkOptionNames`). */
+export function parseEntryLayer(o: Record<string, unknown>): EntryLayer {
+  const layer: EntryLayer = {};
+  if (o.ttl !== undefined) layer.ttl = parseDuration("ttl", o.ttl, true);
+  if (o.refresh !== undefined) {
+    if (o.refresh !== "foreground" && o.refresh !== "background") {
+      throw optionError("refresh", `must be "foreground" or "background" (got ${JSON.stringify(o.refresh)})`);
+    }
+    layer.background = o.refresh === "background";
+  }
+  if (o.maxStale !== undefined) layer.maxStale = parseDuration("maxStale", o.maxStale, true);
+  if (o.failSafe !== undefined) layer.failSafe = parseDuration("failSafe", o.failSafe, true);
+  if (o.hardTimeout !== undefined) layer.hardTimeout = parseDuration("hardTimeout", o.hardTimeout, true);
+  if (o.softTimeout !== undefined) layer.softTimeout = parseDuration("softTimeout", o.softTimeout, true);
+  if (o.refreshAhead !== undefined) {
+    const r = o.refreshAhead;
+    if (typeof r !== "number" || !(r >= 0 && r <= 1)) throw optionError("refreshAhead", `must be a number from 0 to 1 (got ${JSON.stringify(r) ?? String(r)})`);
+    layer.refreshAhead = r;
+  }
+  if (o.jitter !== undefined) layer.jitter = parseDuration("jitter", o.jitter, false);
+  return layer;
+}
+
+/** Field-by-field inheritance: every field the child sets wins, the rest come from the parent. */
+export function mergeLayers(parent: EntryLayer, child: EntryLayer): EntryLayer {
+  const out: EntryLayer = { ...parent };
+  for (const k of Object.keys(child) as (keyof EntryLayer)[]) {
+    if (child[k] !== undefined) (out as Record<string, unknown>)[k] = child[k];
+  }
+  return out;
+}
+
+/** Applies defaults and the rules that tie fields together. */
+export function toPolicy(layer: EntryLayer): Policy {
+  const ttl = layer.ttl ?? DEFAULTS.ttl;
+  const background = layer.background ?? false;
+  if (background && !(ttl > 0 && Number.isFinite(ttl))) {
+    throw optionError("refresh", `"background" needs a positive finite ttl (ttl is ${ttl})`);
+  }
+  const hard = layer.hardTimeout ?? DEFAULTS.hardTimeout;
+  return {
+    ttl,
+    background,
+    maxStale: layer.maxStale ?? ttl,
+    failSafe: layer.failSafe ?? DEFAULTS.failSafe,
+    hardTimeout: hard === Infinity ? 0 : hard,
+    softTimeout: layer.softTimeout === Infinity ? 0 : (layer.softTimeout ?? 0),
+    refreshAhead: layer.refreshAhead ?? 0,
+    jitter: layer.jitter ?? 0,
+    layer,
+  };
+}
+
+/** A policy derived from `parent` plus the options of one more level. */
+export function derivePolicy(parent: Policy, options: Record<string, unknown>): Policy {
+  const child = parseEntryLayer(options);
+  return Object.keys(child).length === 0 ? parent : toPolicy(mergeLayers(parent.layer, child));
+}
+
+export interface L1Bounds {
+  maxEntries?: number;
+  maxBytes?: number;
+}
+
+export function parseBounds(o: Record<string, unknown>): L1Bounds {
+  const b: L1Bounds = {};
+  if (o.maxEntries !== undefined) b.maxEntries = parsePositiveInt("maxEntries", o.maxEntries);
+  if (o.maxBytes !== undefined) b.maxBytes = parsePositiveInt("maxBytes", o.maxBytes);
+  return b;
+}
+
+/** Cache-level settings, resolved. */
+export interface CacheSettings {
+  prefix: string;
+  refreshConcurrency: number;
+  refreshCooldown: number;
+  maxKeyLength: number;
+  maxValueBytes: number;
+  busSecret?: Uint8Array;
+}
+
+export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
+  const prefix = o.prefix ?? DEFAULTS.prefix;
+  if (typeof prefix !== "string" || prefix.length === 0) throw optionError("prefix", "must be a non-empty string");
+  const s: CacheSettings = {
+    prefix,
+    refreshConcurrency: o.refreshConcurrency === undefined ? DEFAULTS.refreshConcurrency : parsePositiveInt("refreshConcurrency", o.refreshConcurrency),
+    refreshCooldown: o.refreshCooldown === undefined ? DEFAULTS.refreshCooldown : parseDuration("refreshCooldown", o.refreshCooldown, false),
+    maxKeyLength: o.maxKeyLength === undefined ? DEFAULTS.maxKeyLength : parsePositiveInt("maxKeyLength", o.maxKeyLength),
+    maxValueBytes: o.maxValueBytes === undefined ? DEFAULTS.maxValueBytes : parsePositiveInt("maxValueBytes", o.maxValueBytes),
+  };
+  if (o.busSecret !== undefined) {
+    const secret = o.busSecret;
+    if (typeof secret === "string" && secret.length > 0) s.busSecret = new TextEncoder().encode(secret);
+    else if (secret instanceof Uint8Array && secret.length > 0) s.busSecret = secret;
+    else throw optionError("busSecret", "must be a non-empty string or Uint8Array");
+  }
+  requireMethods("l2", o.l2, ["get", "set"]);
+  requireMethods("bus", o.bus, ["connect"]);
+  requireMethods("serializer", o.serializer, ["serialize", "deserialize"]);
+  requireMethods("clock", o.clock, ["now"]);
+  if (o.logger !== undefined && (o.logger === null || typeof o.logger !== "object")) throw optionError("logger", "must be an object with warn/error methods (pino or console)");
+  return s;
+}
+
+function requireMethods(option: string, value: unknown, methods: string[]): void {
+  if (value === undefined) return;
+  if (value === null || typeof value !== "object") throw optionError(option, `must be an object with ${methods.join(", ")}()`);
+  for (const m of methods) {
+    if (typeof (value as Record<string, unknown>)[m] !== "function") throw optionError(option, `must have a ${m}() method`);
+  }
+}

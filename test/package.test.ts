@@ -1,0 +1,89 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+
+/**
+ * The published shape: `npm pack`, installed into a clean folder, imported both ways and
+ * type-checked as a user would — the same route the acceptance suite takes.
+ */
+const root = resolve(import.meta.dirname, "..");
+let dir: string;
+
+function run(cmd: string, args: string[], cwd: string): string {
+  return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_update_notifier: "false" } });
+}
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "layercache-pack-"));
+  run("npm", ["pack", "--silent", "--pack-destination", dir], root);
+  const tgz = readdirSync(dir).find((f) => f.endsWith(".tgz"))!;
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", join(dir, tgz)], dir);
+}, 180_000);
+
+afterAll(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+const script = `
+  const cache = new LayerCache({ bus: new MemoryBus(), ttl: "1m" });
+  const peer = new LayerCache({ bus: cache === null ? undefined : undefined });
+  const v = await cache.getOrSet("k", async () => ({ n: 1 }));
+  const users = cache.scope("users");
+  const f = users.cached(async (id) => "u" + id, { key: (id) => "user:" + id });
+  const r = [v.n, await f("1"), f.cacheKey("1"), typeof FakeClock, await peer.get("k")];
+  await cache.close(); await peer.close();
+  console.log(JSON.stringify(r));
+`;
+
+describe("npm pack output", () => {
+  test("contains the builds, the types and the docs, not the sources or tests", () => {
+    const listing = run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], root);
+    const files = (JSON.parse(listing)[0].files as { path: string }[]).map((f) => f.path);
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "README.md", "package.json"]) expect(files).toContain(f);
+    expect(files.some((f) => f.startsWith("src/") || f.startsWith("test/"))).toBe(false);
+  });
+
+  test("imports as ESM", () => {
+    writeFileSync(join(dir, "esm.mjs"), `import { LayerCache, MemoryBus, FakeClock } from "layercache";\n${script}`);
+    expect(JSON.parse(run("node", ["esm.mjs"], dir))).toEqual([1, "u1", "user:1", "function", null]);
+  });
+
+  test("requires as CommonJS", () => {
+    writeFileSync(join(dir, "cjs.cjs"), `const { LayerCache, MemoryBus, FakeClock } = require("layercache");\n(async () => {${script}})();`);
+    expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null]);
+  });
+
+  test("type-checks for ESM and CommonJS consumers", () => {
+    const ts = `
+      import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
+      const options: CacheOptions = { ttl: "1m", refresh: "background", bus: new MemoryBus() };
+      const cache = new LayerCache(options);
+      async function main(): Promise<number> {
+        const n: number = await cache.getOrSet("k", async ({ signal }) => (signal.aborted ? 0 : 1));
+        const getUser = cache.scope("users").cached(async (id: string) => ({ id }), { key: (id) => "user:" + id });
+        const u: { id: string } = await getUser("1");
+        await getUser.removeCached("1");
+        const s: Stats = cache.stats();
+        return n + u.id.length + s.hits;
+      }
+      void main;
+    `;
+    writeFileSync(join(dir, "consumer.mts"), ts);
+    writeFileSync(join(dir, "consumer.cts"), ts);
+    writeFileSync(
+      join(dir, "tsconfig.json"),
+      JSON.stringify({ compilerOptions: { strict: true, noEmit: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false }, files: ["consumer.mts", "consumer.cts"] }),
+    );
+    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
+    let out = "";
+    try {
+      run("node", [tsc, "-p", "tsconfig.json"], dir);
+    } catch (error) {
+      out = String((error as { stdout?: string }).stdout ?? error);
+    }
+    expect(out).toBe("");
+  });
+});

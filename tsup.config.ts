@@ -1,0 +1,14 @@
+import { defineConfig } from "tsup";
+
+// One entry per public subpath; backend entries are added next to `index`.
+export default defineConfig({
+  entry: { index: "src/index.ts" },
+  format: ["esm", "cjs"],
+  dts: true,
+  sourcemap: true,
+  clean: true,
+  target: "node20",
+  platform: "node",
+  splitting: true,
+  treeshake: true,
+});
