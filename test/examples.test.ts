@@ -1,0 +1,28 @@
+import { execFile } from "node:child_process";
+import { readdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { describe, expect, test } from "vitest";
+
+const root = resolve(import.meta.dirname, "..");
+const run = promisify(execFile);
+const tsx = join(root, "node_modules", "tsx", "dist", "cli.mjs");
+const env = { ...process.env, REDIS_URL: "" };
+
+describe("examples run", () => {
+  test("npm run demo narrates every step and ends cleanly", async () => {
+    const { stdout } = await run("npm", ["run", "--silent", "demo"], { cwd: root, env });
+    expect(stdout).toMatch(/database was asked 1 time\(s\)/);
+    expect(stdout).toMatch(/B dropped 1 entry \(remove user:42\)/);
+    expect(stdout).toMatch(/the stale value at once/);
+    expect(stdout).toMatch(/refreshed/);
+    expect(stdout).toMatch(/A's copy: undefined/);
+  }, 60_000);
+
+  for (const file of readdirSync(join(root, "examples")).filter((f) => f.endsWith(".ts") && f !== "demo.ts")) {
+    test(file, async () => {
+      const { stderr } = await run("node", [tsx, join("examples", file)], { cwd: root, env });
+      expect(stderr.replace(/npm warn.*\n/g, "")).toBe("");
+    }, 60_000);
+  }
+});
