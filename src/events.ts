@@ -33,11 +33,17 @@ export interface CacheEvents {
   valueTooLarge: KeyEvent & { bytes: number; limit: number; layer: HitLayer };
   /** An L2 operation failed (it is retried in the background where that makes sense). */
   l2Error: { operation: string; key?: string; scope?: string; error: unknown };
+  /** Consecutive L2 failures opened the circuit breaker: L2 is skipped until a probe succeeds. */
+  l2CircuitOpen: Record<string, never>;
+  /** A probe succeeded: L2 is used again and queued writes are retried. */
+  l2CircuitClose: Record<string, never>;
   /** An L2 payload could not be decoded; it was treated as a miss and removed. */
   l2Corrupt: KeyEvent & { error: unknown };
   /** The bus failed to connect, subscribe or publish. */
   busError: { operation: string; error: unknown };
-  /** The bus regained its subscription after a gap; L1 entries written before it must revalidate. */
+  /** The bus lost its subscription: invalidations may be missed until it is back; L1 entries revalidate. */
+  busDisconnect: { entries: number };
+  /** The bus regained its subscription after a gap; L1 entries written before it revalidate. */
   busReconnect: { entries: number };
   /** A peer's message dropped entries here. */
   peerInvalidation: { op: "remove" | "clear"; scope: string; keys: string[]; dropped: number; from: string };
@@ -67,8 +73,16 @@ export class Counters {
   peerDropped = 0;
   busMessagesDropped = 0;
   busErrors = 0;
+  busDisconnects = 0;
   busReconnects = 0;
+  /** Publishes dropped because too many were waiting for retry (replaced by a clear of everything). */
+  busPublishesCollapsed = 0;
   l2Errors = 0;
+  /** L2 calls not made because the circuit breaker was open. */
+  l2ShortCircuits = 0;
+  l2CircuitOpens = 0;
+  /** Failed L2 writes dropped because too many were waiting for retry. */
+  l2WritesDropped = 0;
   l2Corrupt = 0;
   valuesTooLarge = 0;
 }
@@ -80,6 +94,10 @@ export type Stats = { [K in keyof Counters]: number } & {
   bytes: number;
   /** Background refreshes running now. */
   refreshing: number;
+  /** Failed L2 writes waiting for retry now. */
+  l2Pending: number;
+  /** Bus messages waiting for retry now. */
+  busPending: number;
 };
 
 type ListenerTable = { [E in CacheEventName]?: CacheEventListener<E>[] };

@@ -2,7 +2,7 @@ import { describe, expect, test } from "vitest";
 import { LayerCache } from "../src/index.js";
 import { L1Partition, type SlotOwner } from "../src/memory/l1.js";
 
-const times = (fresh = Infinity) => ({ fresh, ttl: 1000, maxStale: 0, failSafe: 0 });
+const times = (fresh = Infinity) => ({ born: 0, fresh, maxStale: 0, failSafe: 0 });
 const owner = (): SlotOwner => ({ slots: new Map(), ownerId: 0 });
 
 describe("L1 partition (SIEVE)", () => {

@@ -5,7 +5,9 @@
 export interface BusHandlers {
   /** A message from the channel (the instance's own messages may come back too; they are ignored). */
   onMessage(message: string): void;
-  /** The subscription was lost and is back: messages may have been missed in between. */
+  /** The subscription was lost: messages published from now on may be missed. */
+  onDisconnect(): void;
+  /** The subscription is back: messages may have been missed in between. */
   onReconnect(): void;
   /** Something failed in the background (connection, subscription); the bus keeps trying. */
   onError(error: unknown, operation: string): void;

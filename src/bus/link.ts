@@ -1,17 +1,41 @@
+import type { TimerClock } from "../clock.js";
 import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
+import { LayerCacheError } from "../errors.js";
+import { RetryQueue, withTimeout } from "../resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
 import type { Bus, BusConnection } from "./contract.js";
 
 export interface PeerHandlers {
   onRemove(scope: string[], keys: string[], from: string): void;
   onClear(scope: string[], from: string): void;
-  onReconnect(): void;
+  /** The bus is deaf (lost, or never connected): invalidations may be missed. */
+  onDeaf(): void;
+  /** The bus hears again after being deaf. */
+  onHearing(): void;
 }
+
+/** Invalidations that could not be published yet, merged per scope. */
+interface PendingPublish {
+  scope: string[];
+  /** Keys to remove, or "clear" for the whole scope. */
+  keys: Set<string> | "clear";
+}
+
+/** Most keys kept for republishing; beyond it everything collapses into one clear of the whole cache. */
+const MAX_PENDING_KEYS = 10_000;
+/** Keys per message when republishing. */
+const KEYS_PER_MESSAGE = 500;
+/** A publish or connect taking longer counts as failed (a publish is then retried). */
+const PUBLISH_TIMEOUT_MS = 1_000;
+const CONNECT_TIMEOUT_MS = 5_000;
+const CONNECT_FIRST_DELAY_MS = 500;
+const CONNECT_MAX_DELAY_MS = 30_000;
 
 /**
  * The facade every bus access goes through: codec, signing, dropping our own and bad messages,
- * and error handling — the engine above it only sees decoded peer operations.
+ * reconnecting, republishing what failed, and error handling — the engine above it only sees
+ * decoded peer operations and "deaf"/"hearing" transitions.
  */
 export class BusLink {
   readonly #bus: Bus;
@@ -22,11 +46,16 @@ export class BusLink {
   readonly #emitter: Emitter;
   readonly #counters: Counters;
   readonly #logger: Logger | undefined;
+  readonly #clock: TimerClock;
+  readonly #pending: RetryQueue<PendingPublish>;
   #conn: BusConnection | undefined;
+  #connectTimer: unknown;
+  #connectDelay = CONNECT_FIRST_DELAY_MS;
+  #closed = false;
 
   constructor(
     bus: Bus,
-    o: { channel: string; id: string; secret: Uint8Array | undefined; peer: PeerHandlers; emitter: Emitter; counters: Counters; logger: Logger | undefined },
+    o: { channel: string; id: string; secret: Uint8Array | undefined; peer: PeerHandlers; emitter: Emitter; counters: Counters; logger: Logger | undefined; clock: TimerClock },
   ) {
     this.#bus = bus;
     this.#channel = o.channel;
@@ -36,39 +65,134 @@ export class BusLink {
     this.#emitter = o.emitter;
     this.#counters = o.counters;
     this.#logger = o.logger;
+    this.#clock = o.clock;
+    this.#pending = new RetryQueue<PendingPublish>(o.clock, {
+      max: Infinity, // bounded by MAX_PENDING_KEYS in #queue
+      ready: () => this.#conn !== undefined,
+      attempt: (_key, p) => this.#republish(p),
+      onDrop: () => {},
+    });
   }
 
+  /** Bus messages waiting to be republished. */
+  get pending(): number {
+    return this.#pending.size;
+  }
+
+  /** Connects; never rejects. When it fails, the link keeps trying in the background. */
   async connect(): Promise<void> {
-    try {
-      this.#conn = await this.#bus.connect(this.#channel, {
+    if (await this.#tryConnect()) return;
+    this.#peer.onDeaf();
+    this.#scheduleConnect();
+  }
+
+  async #tryConnect(): Promise<boolean> {
+    const attempt = this.#bus.connect(this.#channel, {
         onMessage: (text) => this.#receive(text),
-        onReconnect: () => this.#peer.onReconnect(),
+        onDisconnect: () => this.#peer.onDeaf(),
+        onReconnect: () => {
+          this.#peer.onHearing();
+          this.#pending.kick();
+        },
         onError: (error, operation) => this.#failed(operation, error),
-      });
+    });
+    try {
+      this.#conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS));
+      return true;
     } catch (error) {
+      // A connection that arrives after we gave up on it is closed, not leaked.
+      attempt.then((late) => late.close()).catch(() => {});
       this.#failed("connect", error);
+      return false;
     }
   }
 
-  /** Tells peers; never rejects (a failure is reported as a `busError`). */
+  #scheduleConnect(): void {
+    if (this.#closed) return;
+    this.#connectTimer = this.#clock.setTimeout(async () => {
+      this.#connectTimer = undefined;
+      if (this.#closed) return;
+      if (await this.#tryConnect()) {
+        if (this.#closed) return void this.#conn?.close().catch(() => {});
+        this.#connectDelay = CONNECT_FIRST_DELAY_MS;
+        this.#peer.onHearing();
+        this.#pending.kick();
+      } else {
+        this.#connectDelay = Math.min(this.#connectDelay * 2, CONNECT_MAX_DELAY_MS);
+        this.#scheduleConnect();
+      }
+    }, this.#connectDelay);
+  }
+
+  /** Tells peers; never rejects. What cannot be published now is merged and republished later. */
   async publish(op: BusOp, scope: readonly string[], keys: string[]): Promise<void> {
     const conn = this.#conn;
-    if (conn === undefined) return;
-    const text = encodeMessage({ from: this.#id, op, scope: scope as string[], keys }, this.#secret);
+    if (conn === undefined) return this.#queue(op, scope, keys);
     try {
-      await conn.publish(text);
+      await this.#send(conn, this.#encode(op, scope, keys));
     } catch (error) {
       this.#failed("publish", error);
+      this.#queue(op, scope, keys);
     }
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#connectTimer !== undefined) this.#clock.clearTimeout(this.#connectTimer);
+    this.#pending.kick();
+    await this.#pending.close();
     const conn = this.#conn;
     this.#conn = undefined;
     try {
       await conn?.close();
     } catch (error) {
       this.#failed("close", error);
+    }
+  }
+
+  #send(conn: BusConnection, text: string): Promise<void> {
+    return withTimeout(this.#clock, conn.publish(text), PUBLISH_TIMEOUT_MS, () => busTimeout("publish", PUBLISH_TIMEOUT_MS));
+  }
+
+  #encode(op: BusOp, scope: readonly string[], keys: string[]): string {
+    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys }, this.#secret);
+  }
+
+  #queue(op: BusOp, scope: readonly string[], keys: string[]): void {
+    const id = JSON.stringify(scope);
+    const prev = this.#pending.get(id);
+    let next: PendingPublish;
+    if (op === "clear" || prev?.keys === "clear") next = { scope: [...scope], keys: "clear" };
+    else next = { scope: [...scope], keys: new Set([...(prev?.keys ?? []), ...keys]) };
+    this.#pending.put(id, next);
+    const ids = this.#pending.keys();
+    let total = 0;
+    for (const pid of ids) {
+      const p = this.#pending.get(pid)!;
+      total += p.keys === "clear" ? 1 : p.keys.size;
+    }
+    if (total > MAX_PENDING_KEYS) {
+      // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
+      this.#counters.busPublishesCollapsed++;
+      writeLog(this.#logger, "warn", { keys: total }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
+      for (const pid of ids) this.#pending.delete(pid);
+      this.#pending.put("[]", { scope: [], keys: "clear" });
+    }
+  }
+
+  async #republish(p: PendingPublish): Promise<boolean> {
+    const conn = this.#conn;
+    if (conn === undefined) return false;
+    try {
+      if (p.keys === "clear") await this.#send(conn, this.#encode("clear", p.scope, []));
+      else {
+        const keys = [...p.keys];
+        for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)));
+      }
+      return true;
+    } catch (error) {
+      this.#failed("publish", error);
+      return false;
     }
   }
 
@@ -91,4 +215,8 @@ export class BusLink {
     writeLog(this.#logger, "warn", { operation, err: error }, "layercache: bus operation failed");
     if (this.#emitter.l.busError) this.#emitter.emit("busError", { operation, error });
   }
+}
+
+function busTimeout(operation: string, ms: number): Error {
+  return new LayerCacheError("ELAYERCACHE_BUS_TIMEOUT", `layercache: bus ${operation} took longer than ${ms} ms`);
 }

@@ -9,7 +9,7 @@ import { writeLog, type Logger } from "../logger.js";
 import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../memory/l1.js";
 import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../options.js";
 import type { L2Store } from "../store/contract.js";
-import { RemoteLayer, TOMBSTONE_MS, type Encoded, type RemoteEntry } from "../store/remote.js";
+import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../store/remote.js";
 import type { Serializer } from "../store/serializer.js";
 import { Flight } from "./flight.js";
 import { Namespace } from "./namespace.js";
@@ -27,17 +27,45 @@ export interface EngineInit {
   bus: Bus | undefined;
 }
 
-/** A value that may stand in for a failed or slow load. */
-interface Fallback {
+/**
+ * A value the engine still holds for a key past its ttl (in L1, or found in L2): what the loader
+ * gets as `stale`, what a soft timeout returns, and — inside its fail-safe window — what a failed
+ * load returns.
+ */
+interface Held {
   value: unknown;
   born: number;
-  /** End of the fail-safe window, as the reader's policy narrows it. */
-  until: number;
-  /** Only in L2 so far (L1 must be filled before a throttle can serve it). */
+  /** End of the background stale window, narrowed by the reader's `maxStale`. */
+  staleEnd: number;
+  /** End of the fail-safe window, narrowed by the reader's `failSafe` (no window when it is 0). */
+  safeEnd: number;
+  /** Set when the value was found in L2 only (L1 is filled before a throttle serves it). */
   remote?: RemoteEntry;
 }
 
+/** The held form of an entry, or undefined when it is past every window (dead). */
+function heldValue(value: unknown, t: EntryTimes, p: Policy, now: number, remote: RemoteEntry | undefined): Held | undefined {
+  if (now >= t.fresh + Math.max(t.maxStale, t.failSafe)) return undefined;
+  return {
+    value,
+    born: t.born,
+    staleEnd: t.fresh + Math.min(t.maxStale, p.maxStale),
+    safeEnd: p.failSafe > 0 ? t.fresh + Math.min(t.failSafe, p.failSafe) : -Infinity,
+    remote,
+  };
+}
+
 const RESOLVED_UNDEFINED = Promise.resolve(undefined);
+
+/**
+ * Records a key's "until" time. Expired stamps are removed when read; this sweep (at every power
+ * of two past 1024 stamps) bounds the map for keys that failed once and were never read again.
+ */
+function stamp(map: Map<string, number>, key: string, until: number, now: number): void {
+  const n = map.size;
+  if (n >= 1024 && (n & (n - 1)) === 0) for (const [k, t] of map) if (t <= now) map.delete(k);
+  map.set(key, until);
+}
 
 /**
  * The read/load/refresh state machine. One request goes one straight way:
@@ -65,6 +93,8 @@ export class Engine {
   #refreshing = 0;
   #genSeq = 0;
   readonly #tasks = new Set<Promise<void>>();
+  /** Every flight not yet done, detached ones included (for close). */
+  readonly #flights = new Set<Flight>();
 
   constructor(init: EngineInit) {
     this.clock = init.clock;
@@ -82,6 +112,7 @@ export class Engine {
         serializer: init.serializer,
         prefix: init.settings.prefix,
         maxValueBytes: init.settings.maxValueBytes,
+        clock: init.clock,
         newGen: () => `${this.id}.${(++this.#genSeq).toString(36)}`,
       });
     this.link =
@@ -91,10 +122,12 @@ export class Engine {
         channel: `${init.settings.prefix}:bus`,
         id: this.id,
         secret: init.settings.busSecret,
+        clock: init.clock,
         peer: {
           onRemove: (scope, keys, from) => this.#peerRemove(scope, keys, from),
           onClear: (scope, from) => this.#peerClear(scope, from),
-          onReconnect: () => this.#busReconnected(),
+          onDeaf: () => this.#busGap("disconnect"),
+          onHearing: () => this.#busGap("reconnect"),
         },
       });
     this.opened = this.remote === undefined && this.link === undefined;
@@ -126,16 +159,19 @@ export class Engine {
 
   async #shutdown(): Promise<void> {
     if (this.#tasks.size > 0) {
-      let timer: unknown;
-      const bound = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, CLOSE_WAIT_MS);
-        (timer as { unref?: () => void }).unref?.();
-      });
+      // Not unref'd: close() must resolve even when nothing else keeps the process alive.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)));
       await Promise.race([Promise.allSettled([...this.#tasks]), bound]);
-      clearTimeout(timer as ReturnType<typeof setTimeout>);
+      clearTimeout(timer);
     }
-    for (const ns of this.root.subtree()) {
-      if (ns.flights) for (const f of ns.flights.values()) f.controller?.abort(new CacheClosedError());
+    // What is still running is aborted; whoever still waits for it gets CacheClosedError.
+    for (const f of [...this.#flights]) {
+      const error = new CacheClosedError();
+      f.controller?.abort(error);
+      f.invalidated = true;
+      this.#done(f);
+      f.fail(error);
     }
     await this.link?.close();
     await this.remote?.close();
@@ -168,12 +204,12 @@ export class Engine {
       const flags = part.flags[idx]!;
       if (this.clock.now() < part.fresh[idx]! && (flags & REVALIDATE) === 0) {
         part.flags[idx] = flags | VISITED;
-        this.#hit(ns, key, "l1");
+        this.#hit(ns, key, "l1", 1);
         return Promise.resolve(part.values[idx]);
       }
     }
     if (this.remote === undefined) {
-      this.#miss(ns, key);
+      this.#miss(ns, key, 1);
       return RESOLVED_UNDEFINED;
     }
     return this.#getFromL2(ns, key);
@@ -185,12 +221,11 @@ export class Engine {
     const e = found?.entry;
     if (e !== undefined && this.clock.now() < e.times.fresh) {
       // An invalidation that happened while L2 answered must not be undone by this fill.
-      if (ns.epoch === epoch) this.#writeL1(ns, key, e.value, e.times, e.bytes);
-      this.counters.l2Hits++;
-      this.#hit(ns, key, "l2");
+      if (ns.epoch === epoch) this.#fillL1(ns, key, e);
+      this.#hit(ns, key, "l2", 1);
       return e.value;
     }
-    this.#miss(ns, key);
+    this.#miss(ns, key, 1);
     return undefined;
   }
 
@@ -208,13 +243,16 @@ export class Engine {
       const fresh = part.fresh[idx]!;
       if (now < fresh && (flags & REVALIDATE) === 0) {
         part.flags[idx] = flags | VISITED;
-        this.#hit(ns, key, "l1");
-        if (p.refreshAhead > 0 && now >= fresh - part.ttl[idx]! * (1 - p.refreshAhead)) this.#startRefresh(ns, key, p, fn, self, args, now);
+        this.#hit(ns, key, "l1", 1);
+        if (p.refreshAhead > 0) {
+          const born = part.born[idx]!;
+          if (now >= born + (fresh - born) * p.refreshAhead) this.#startRefresh(ns, key, p, fn, self, args, now);
+        }
         return Promise.resolve(part.values[idx]);
       }
       if (p.background && (flags & REVALIDATE) === 0 && now < fresh + Math.min(part.maxStale[idx]!, p.maxStale)) {
         part.flags[idx] = flags | VISITED;
-        this.#staleHit(ns, key, "background");
+        this.#staleHit(ns, key, "background", 1);
         this.#startRefresh(ns, key, p, fn, self, args, now);
         return Promise.resolve(part.values[idx]);
       }
@@ -225,29 +263,40 @@ export class Engine {
   /** No usable value in L1: join the key's flight, serve a throttled fallback, or start a load. */
   #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
     const running = ns.flights?.get(key);
-    if (running === undefined && ns.throttles !== undefined) {
+    if (running !== undefined) {
+      // A flight that already answered with a stale value (and goes on in the background) answers the same.
+      if (running.settled) this.#staleHit(ns, key, running.servedStale ?? "background", 1);
+      else if (running.loading) this.#miss(ns, key, 1);
+      else running.callers++; // counted when its L2 read tells hit from miss
+      return running.promise;
+    }
+    if (ns.throttles !== undefined) {
       const throttled = this.#throttledFallback(ns, key, p);
       if (throttled !== undefined) {
-        this.#staleHit(ns, key, "failSafe");
         this.counters.failSafeHits++;
+        this.#staleHit(ns, key, "failSafe", 1);
         return Promise.resolve(throttled.value);
       }
     }
-    this.#miss(ns, key);
-    if (running !== undefined) return running.promise;
-    const f = new Flight(ns, key, p, this.clock.now(), fn, self, args);
-    (ns.flights ??= new Map()).set(key, f);
+    const f = this.#flight(ns, key, p, this.clock.now(), fn, self, args);
+    f.callers = 1;
     this.#track(this.#run(f));
     return f.promise;
+  }
+
+  #flight(ns: Namespace, key: string, p: Policy, now: number, fn: Function, self: unknown, args: unknown[] | undefined): Flight {
+    const f = new Flight(ns, key, p, now, fn, self, args);
+    (ns.flights ??= new Map()).set(key, f);
+    this.#flights.add(f);
+    return f;
   }
 
   /** Starts a background refresh unless one is running, the key is cooling down, or the pool is full. */
   #startRefresh(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined, now: number): void {
     if (ns.flights?.has(key)) return;
     if (!this.#acquireRefresh(ns, key, now)) return;
-    const f = new Flight(ns, key, p, now, fn, self, args);
+    const f = this.#flight(ns, key, p, now, fn, self, args);
     f.pooled = true;
-    (ns.flights ??= new Map()).set(key, f);
     this.#track(this.#run(f));
   }
 
@@ -274,7 +323,7 @@ export class Engine {
   async #run(f: Flight): Promise<void> {
     const { ns, key, policy: p } = f;
     try {
-      let fallback = this.#l1Fallback(ns, key, p, f.started);
+      let held = this.#heldInL1(ns, key, p, f.started);
       if (this.remote !== undefined) {
         const found = await this.remote.read(ns, key);
         if (found !== undefined) {
@@ -282,24 +331,23 @@ export class Engine {
           const e = found.entry;
           if (e !== undefined && !f.invalidated) {
             const now = this.clock.now();
-            const born = e.times.fresh - e.times.ttl;
-            // A refresh only adopts an L2 value newer than the one it is replacing.
-            if (now < e.times.fresh && (!f.pooled || born > this.#l1Born(ns, key))) {
-              this.#writeL1(ns, key, e.value, e.times, e.bytes);
-              this.counters.l2Hits++;
+            const t = e.times;
+            // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
+            if (now < t.fresh && (!f.pooled || held === undefined || t.born > held.born)) {
+              this.#fillL1(ns, key, e);
+              this.#hit(ns, key, "l2", f.callers);
               if (f.pooled) this.#refreshSucceeded(f);
               this.#done(f);
               f.settle(e.value);
               return;
             }
-            const until = e.times.fresh + Math.min(e.times.failSafe, p.failSafe);
-            if (p.failSafe > 0 && now < until && (fallback === undefined || born > fallback.born)) {
-              fallback = { value: e.value, born, until, remote: e };
-            }
-            if (!f.pooled && p.background && now < e.times.fresh + Math.min(e.times.maxStale, p.maxStale)) {
+            const inL2 = heldValue(e.value, t, p, now, e);
+            if (inL2 !== undefined && (held === undefined || inL2.born > held.born)) held = inL2;
+            if (!f.pooled && p.background && inL2 !== undefined && now < inL2.staleEnd) {
               // L1 had nothing usable but L2 holds a value in its stale window: serve it, refresh behind it.
-              this.#writeL1(ns, key, e.value, e.times, e.bytes);
-              this.#staleHit(ns, key, "background");
+              this.#fillL1(ns, key, e);
+              this.#staleHit(ns, key, "background", f.callers);
+              f.servedStale = "background";
               f.settle(e.value);
               if (!this.#acquireRefresh(ns, key, now)) return;
               f.pooled = true;
@@ -307,7 +355,11 @@ export class Engine {
           }
         }
       }
-      await this.#callLoader(f, fallback);
+      // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
+      if (f.invalidated && (f.settled || f.callers === 0)) return;
+      this.#miss(ns, key, f.settled ? 0 : f.callers);
+      f.loading = true;
+      await this.#callLoader(f, held);
     } catch (error) {
       // Only a bug gets here; the callers still get an answer.
       writeLog(this.logger, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
@@ -325,17 +377,18 @@ export class Engine {
   #done(f: Flight): void {
     const flights = f.ns.flights;
     if (flights?.get(f.key) === f) flights.delete(f.key);
+    this.#flights.delete(f);
     if (f.pooled) {
       f.pooled = false;
       this.#refreshing--;
     }
   }
 
-  async #callLoader(f: Flight, fallback: Fallback | undefined): Promise<void> {
+  async #callLoader(f: Flight, held: Held | undefined): Promise<void> {
     const { ns, key, policy: p } = f;
     this.counters.loads++;
     if (this.emitter.l.load) this.emitter.emit("load", { key, scope: ns.label });
-    let outcome = f.invoke(fallback?.value);
+    let outcome = f.invoke(held?.value);
     let hardTimer: unknown;
     let softTimer: unknown;
     if (p.hardTimeout > 0) {
@@ -348,18 +401,20 @@ export class Engine {
       });
       outcome = Promise.race([outcome, timeout]);
     }
-    if (fallback !== undefined && p.softTimeout > 0 && !f.settled) {
+    if (held !== undefined && p.softTimeout > 0 && !f.settled) {
       softTimer = this.clock.setTimeout(() => {
-        if (f.settled) return;
-        this.#staleHit(ns, key, "softTimeout");
-        f.settle(fallback.value);
+        // An invalidation while the loader ran makes the held value unservable.
+        if (f.settled || f.invalidated) return;
+        this.#staleHit(ns, key, "softTimeout", f.callers);
+        f.servedStale = "softTimeout";
+        f.settle(held.value);
       }, p.softTimeout);
     }
     let value: unknown;
     try {
       value = await outcome;
     } catch (error) {
-      this.#loadFailed(f, error, fallback);
+      this.#loadFailed(f, error, held);
       return;
     } finally {
       if (hardTimer !== undefined) this.clock.clearTimeout(hardTimer);
@@ -368,7 +423,7 @@ export class Engine {
     await this.#commit(f, value);
   }
 
-  #loadFailed(f: Flight, error: unknown, fallback: Fallback | undefined): void {
+  #loadFailed(f: Flight, error: unknown, held: Held | undefined): void {
     const { ns, key } = f;
     const now = this.clock.now();
     const refresh = f.pooled;
@@ -376,23 +431,23 @@ export class Engine {
     this.counters.loadErrors++;
     if (this.emitter.l.loadError) this.emitter.emit("loadError", { key, scope: ns.label, error });
     if (refresh) {
-      (ns.cooldowns ??= new Map()).set(key, now + this.settings.refreshCooldown);
+      stamp((ns.cooldowns ??= new Map()), key, now + this.settings.refreshCooldown, now);
       this.counters.refreshFailures++;
       writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: background refresh failed; keeping the stale value");
       if (this.emitter.l.refreshFailure) this.emitter.emit("refreshFailure", { key, scope: ns.label, error });
     }
-    if (fallback !== undefined && now < fallback.until && !f.invalidated) {
+    if (held !== undefined && now < held.safeEnd && !f.invalidated) {
       if (!refresh) {
         // Throttle: a down backend is not called again on every read while the fallback is served.
-        if (fallback.remote !== undefined) this.#writeL1(ns, key, fallback.value, fallback.remote.times, fallback.remote.bytes);
-        (ns.throttles ??= new Map()).set(key, now + this.settings.refreshCooldown);
+        if (held.remote !== undefined) this.#fillL1(ns, key, held.remote);
+        stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
         writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
-      if (!f.settled) {
-        this.counters.failSafeHits++;
-        this.#staleHit(ns, key, "failSafe");
-        f.settle(fallback.value);
+      if (!f.settled && f.callers > 0) {
+        this.counters.failSafeHits += f.callers;
+        this.#staleHit(ns, key, "failSafe", f.callers);
       }
+      f.settle(held.value);
       return;
     }
     f.fail(error);
@@ -413,12 +468,13 @@ export class Engine {
     const times = this.#times(p, now);
     let bytes = 0;
     let published = false;
-    if (this.remote !== undefined && f.gen !== undefined && now - f.started < TOMBSTONE_MS) {
+    // The conditional write is only trustworthy while L2 still remembers the generation the load saw.
+    if (this.remote !== undefined && f.gen !== undefined && now - f.started < GENERATION_MEMORY_MS) {
       const enc = this.#encodeForL2(ns, key, value);
       if (enc !== undefined) {
         bytes = enc.bytes;
         if (!enc.tooLarge) {
-          const result = await this.remote.put(ns, key, enc, times, now, f.gen);
+          const result = await this.remote.put(ns, key, enc, times, f.gen);
           if (result === "conflict") return this.#discard(f, value, "conflict");
           published = result === "written";
         }
@@ -456,26 +512,17 @@ export class Engine {
     }
   }
 
-  #l1Fallback(ns: Namespace, key: string, p: Policy, now: number): Fallback | undefined {
+  /** The key's value still held in L1 (past its ttl or not), unless it is past every window. */
+  #heldInL1(ns: Namespace, key: string, p: Policy, now: number): Held | undefined {
     const idx = ns.slots.get(key);
     if (idx === undefined) return undefined;
     const part = ns.part;
-    const fresh = part.fresh[idx]!;
-    const until = fresh + Math.min(part.failSafe[idx]!, p.failSafe);
-    if (now >= fresh + Math.max(part.maxStale[idx]!, part.failSafe[idx]!)) {
-      part.deleteSlot(idx); // past every window: dead
-      return undefined;
-    }
-    // A value still fresh (a refresh-ahead, or one marked for revalidation) is a fallback too.
-    return p.failSafe > 0 && now < until ? { value: part.values[idx], born: part.born(idx), until } : undefined;
+    const held = heldValue(part.values[idx], { born: part.born[idx]!, fresh: part.fresh[idx]!, maxStale: part.maxStale[idx]!, failSafe: part.failSafe[idx]! }, p, now, undefined);
+    if (held === undefined) part.deleteSlot(idx); // past every window: dead
+    return held;
   }
 
-  #l1Born(ns: Namespace, key: string): number {
-    const idx = ns.slots.get(key);
-    return idx === undefined ? -Infinity : ns.part.born(idx);
-  }
-
-  #throttledFallback(ns: Namespace, key: string, p: Policy): Fallback | undefined {
+  #throttledFallback(ns: Namespace, key: string, p: Policy): Held | undefined {
     const until = ns.throttles!.get(key);
     if (until === undefined) return undefined;
     const now = this.clock.now();
@@ -483,7 +530,8 @@ export class Engine {
       ns.throttles!.delete(key);
       return undefined;
     }
-    return this.#l1Fallback(ns, key, p, now);
+    const held = this.#heldInL1(ns, key, p, now);
+    return held !== undefined && now < held.safeEnd ? held : undefined;
   }
 
   // ---------------------------------------------------------------- writes
@@ -492,8 +540,7 @@ export class Engine {
     if (!this.opened) await this.open();
     if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
     this.#invalidate(ns, key, false);
-    const now = this.clock.now();
-    const times = this.#times(p, now);
+    const times = this.#times(p, this.clock.now());
     let enc: Encoded | undefined;
     let failure: SerializationError | undefined;
     if (this.remote !== undefined) {
@@ -507,7 +554,7 @@ export class Engine {
     this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
     if (this.remote !== undefined) {
       // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
-      if (enc !== undefined && !enc.tooLarge) await this.remote.put(ns, key, enc, times, now);
+      if (enc !== undefined && !enc.tooLarge) await this.remote.put(ns, key, enc, times);
       else await this.remote.remove(ns, key);
     }
     await this.link?.publish("remove", ns.path, [key]);
@@ -584,11 +631,14 @@ export class Engine {
   }
 
   /**
-   * The bus was away: any invalidation in the gap was missed. Entries written before now are no
-   * longer served as fresh or stale — the next read revalidates (L2, then the loader), keeping
-   * them only as fail-safe fallbacks — and loads in flight will not write back.
+   * The bus cannot hear (lost or never connected), or hears again after such a gap: invalidations
+   * in between may have been missed. Entries written before now are no longer served as fresh or
+   * stale — the next read revalidates (L2, then the loader), keeping them only as fail-safe
+   * fallbacks — and loads in flight will not write back. It is done at both ends of the gap: at
+   * the start so that reads while deaf go to L2 (or the loader) rather than trusting L1, at the end
+   * for what was written during the gap.
    */
-  #busReconnected(): void {
+  #busGap(edge: "disconnect" | "reconnect"): void {
     let entries = 0;
     for (const ns of this.root.subtree()) {
       ns.epoch++;
@@ -598,16 +648,29 @@ export class Engine {
       }
     }
     for (const part of this.#partitions()) entries += part.markAllRevalidate();
-    this.counters.busReconnects++;
-    writeLog(this.logger, "info", { entries }, "layercache: bus reconnected; L1 entries will revalidate");
-    if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
+    if (edge === "disconnect") {
+      this.counters.busDisconnects++;
+      writeLog(this.logger, "warn", { entries }, "layercache: bus subscription lost; L1 entries will revalidate");
+      if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", { entries });
+    } else {
+      this.counters.busReconnects++;
+      writeLog(this.logger, "info", { entries }, "layercache: bus subscription back; L1 entries will revalidate");
+      if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
+    }
   }
 
   // ---------------------------------------------------------------- helpers
 
   #times(p: Policy, now: number): EntryTimes {
     const ttl = p.jitter > 0 ? p.ttl + Math.random() * p.jitter : p.ttl;
-    return { fresh: now + ttl, ttl, maxStale: p.maxStale, failSafe: p.failSafe };
+    return { born: now, fresh: now + ttl, maxStale: p.maxStale, failSafe: p.failSafe };
+  }
+
+  /** Fills L1 from an L2 record, unless L1 already holds a newer write of the key. */
+  #fillL1(ns: Namespace, key: string, e: RemoteEntry): void {
+    const idx = ns.slots.get(key);
+    if (idx !== undefined && ns.part.born[idx]! > e.times.born) return;
+    this.#writeL1(ns, key, e.value, e.times, e.bytes);
   }
 
   #writeL1(ns: Namespace, key: string, value: unknown, times: EntryTimes, bytes: number): void {
@@ -641,22 +704,32 @@ export class Engine {
       bytes += part.bytes;
       evictions += part.evictions;
     }
-    return { ...this.counters, evictions, entries, bytes, refreshing: this.#refreshing };
+    return {
+      ...this.counters,
+      evictions,
+      entries,
+      bytes,
+      refreshing: this.#refreshing,
+      l2Pending: this.remote?.pending ?? 0,
+      busPending: this.link?.pending ?? 0,
+    };
   }
 
-  #hit(ns: Namespace, key: string, layer: HitLayer): void {
-    this.counters.hits++;
-    if (this.emitter.l.hit) this.emitter.emit("hit", { key, scope: ns.label, layer });
+  /** Counts (and reports) `n` callers answered with a fresh value. */
+  #hit(ns: Namespace, key: string, layer: HitLayer, n: number): void {
+    this.counters.hits += n;
+    if (layer === "l2") this.counters.l2Hits += n;
+    if (this.emitter.l.hit) for (let i = 0; i < n; i++) this.emitter.emit("hit", { key, scope: ns.label, layer });
   }
 
-  #miss(ns: Namespace, key: string): void {
-    this.counters.misses++;
-    if (this.emitter.l.miss) this.emitter.emit("miss", { key, scope: ns.label });
+  #miss(ns: Namespace, key: string, n: number): void {
+    this.counters.misses += n;
+    if (this.emitter.l.miss) for (let i = 0; i < n; i++) this.emitter.emit("miss", { key, scope: ns.label });
   }
 
-  #staleHit(ns: Namespace, key: string, reason: "background" | "failSafe" | "softTimeout"): void {
-    this.counters.staleHits++;
-    if (this.emitter.l.staleHit) this.emitter.emit("staleHit", { key, scope: ns.label, reason });
+  #staleHit(ns: Namespace, key: string, reason: "background" | "failSafe" | "softTimeout", n: number): void {
+    this.counters.staleHits += n;
+    if (this.emitter.l.staleHit) for (let i = 0; i < n; i++) this.emitter.emit("staleHit", { key, scope: ns.label, reason });
   }
 
   #refreshSkipped(ns: Namespace, key: string, reason: "poolFull" | "cooldown"): void {

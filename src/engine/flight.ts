@@ -29,6 +29,12 @@ export class Flight {
   readonly args: unknown[] | undefined;
   /** Holds a place in the refresh pool. */
   pooled = false;
+  /** Callers waiting for this flight's answer (0 for a background refresh nobody joined). */
+  callers = 0;
+  /** Past its L2 read: the loader is (or was) running. */
+  loading = false;
+  /** Set when the flight answered early with a held value and goes on in the background. */
+  servedStale: "background" | "softTimeout" | undefined = undefined;
   invalidated = false;
   /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
   gen: string | undefined = undefined;

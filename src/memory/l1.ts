@@ -9,9 +9,10 @@
  * a few array cells instead of an object with its own header. Keys live in the owning scope's
  * `Map<key, slot>`, so a scoped lookup needs no string concatenation.
  *
- * Times: `fresh` is the absolute end of the fresh window (write time + ttl). Window lengths are
- * kept as float32 milliseconds: exact for every whole-second duration up to 37 hours (and every
- * whole-minute one up to 6 days); longer ones round by a few milliseconds at most.
+ * Times: `born` (write time) and `fresh` (end of the fresh window) are absolute float64 values, so
+ * an entry's write time compares exactly with its L2 record's. The stale and fail-safe window
+ * lengths are float32 milliseconds: exact for every whole-second duration up to 37 hours (and
+ * every whole-minute one up to 6 days); longer ones round by a few milliseconds at most.
  */
 
 const NIL = 0xffffffff;
@@ -30,10 +31,10 @@ export interface SlotOwner {
 
 /** The windows of one entry, as written. */
 export interface EntryTimes {
-  /** Absolute end of the fresh window. */
+  /** Write time. */
+  born: number;
+  /** Absolute end of the fresh window (`born + ttl`). */
   fresh: number;
-  /** Length of the fresh window. */
-  ttl: number;
   /** Length of the background stale window after `fresh`. */
   maxStale: number;
   /** Length of the fail-safe window after `fresh`. */
@@ -49,8 +50,8 @@ export class L1Partition {
 
   keys: (string | undefined)[] = [];
   values: unknown[] = [];
+  born: Float64Array;
   fresh: Float64Array;
-  ttl: Float32Array;
   maxStale: Float32Array;
   failSafe: Float32Array;
   flags: Uint8Array;
@@ -74,8 +75,8 @@ export class L1Partition {
     this.maxEntries = maxEntries;
     this.maxBytes = maxBytes ?? Infinity;
     const cap = (this.#cap = Math.min(maxEntries, 64));
+    this.born = new Float64Array(cap);
     this.fresh = new Float64Array(cap);
-    this.ttl = new Float32Array(cap);
     this.maxStale = new Float32Array(cap);
     this.failSafe = new Float32Array(cap);
     this.flags = new Uint8Array(cap);
@@ -97,11 +98,6 @@ export class L1Partition {
     this.#owners[owner.ownerId] = EMPTY_OWNER;
   }
 
-  /** Start of the entry's fresh window (its write time). */
-  born(idx: number): number {
-    return this.fresh[idx]! - this.ttl[idx]!;
-  }
-
   /**
    * Writes an entry; returns its slot, or -1 when it is larger than `maxBytes` on its own (it is
    * then not stored, and any older value of the key is dropped).
@@ -113,7 +109,9 @@ export class L1Partition {
       return -1;
     }
     if (idx === undefined) {
-      if (this.size >= this.maxEntries) this.#evictOne();
+      // Make room first, so the new entry itself is never the one evicted.
+      if (this.size >= this.maxEntries) this.#evictOne(NIL);
+      while (this.sizes !== undefined && this.bytes + bytes > this.maxBytes && this.size > 0) this.#evictOne(NIL);
       idx = this.#alloc();
       this.keys[idx] = key;
       if (this.ownerIds !== undefined) this.ownerIds[idx] = owner.ownerId;
@@ -123,16 +121,18 @@ export class L1Partition {
       this.size++;
     } else {
       this.flags[idx] = VISITED;
+      if (this.sizes !== undefined) {
+        while (this.bytes - this.sizes[idx]! + bytes > this.maxBytes && this.size > 1) this.#evictOne(idx);
+      }
     }
     this.values[idx] = value;
+    this.born[idx] = t.born;
     this.fresh[idx] = t.fresh;
-    this.ttl[idx] = t.ttl;
     this.maxStale[idx] = t.maxStale;
     this.failSafe[idx] = t.failSafe;
     if (this.sizes !== undefined) {
       this.bytes += bytes - this.sizes[idx]!;
       this.sizes[idx] = bytes;
-      while (this.bytes > this.maxBytes && this.size > 1) this.#evictOne();
     }
     return idx;
   }
@@ -180,8 +180,8 @@ export class L1Partition {
 
   #grow(): void {
     const cap = Math.min(this.maxEntries, this.#cap * 2);
+    this.born = grown(this.born, new Float64Array(cap));
     this.fresh = grown(this.fresh, new Float64Array(cap));
-    this.ttl = grown(this.ttl, new Float32Array(cap));
     this.maxStale = grown(this.maxStale, new Float32Array(cap));
     this.failSafe = grown(this.failSafe, new Float32Array(cap));
     this.flags = grown(this.flags, new Uint8Array(cap));
@@ -200,11 +200,14 @@ export class L1Partition {
     if (this.#tail === NIL) this.#tail = idx;
   }
 
-  /** SIEVE: the hand walks from the tail toward the head, sparing (and un-marking) visited entries. */
-  #evictOne(): void {
+  /**
+   * SIEVE: the hand walks from the tail toward the head, sparing (and un-marking) visited entries,
+   * and evicts the first unvisited one — never `keep` (the entry being rewritten).
+   */
+  #evictOne(keep: number): void {
     let i = this.#hand !== NIL ? this.#hand : this.#tail;
     if (i === NIL) return;
-    while ((this.flags[i]! & VISITED) !== 0) {
+    while ((this.flags[i]! & VISITED) !== 0 || i === keep) {
       this.flags[i]! &= ~VISITED;
       i = this.prev[i]!;
       if (i === NIL) i = this.#tail;

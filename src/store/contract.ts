@@ -16,4 +16,17 @@ export interface L2Store {
   set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean>;
   /** Releases what the store opened itself (never a client the user passed in). */
   close?(): Promise<void>;
+  /** How the cache guards calls to this store (defaults below apply to any field left out). */
+  readonly resilience?: L2Resilience;
 }
+
+export interface L2Resilience {
+  /** An operation taking longer counts as failed; `0` disables. Default 1000 ms. */
+  timeoutMs?: number;
+  /** Consecutive failures that open the circuit breaker; `0` disables it. Default 3. */
+  breakerThreshold?: number;
+  /** How long the breaker stays open before one probe call is let through. Default 5000 ms. */
+  breakerCooldownMs?: number;
+}
+
+export const RESILIENCE_DEFAULTS: Required<L2Resilience> = { timeoutMs: 1000, breakerThreshold: 3, breakerCooldownMs: 5000 };

@@ -1,13 +1,22 @@
-import { SerializationError } from "../errors.js";
+import type { TimerClock } from "../clock.js";
+import { LayerCacheError, SerializationError } from "../errors.js";
 import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
 import type { EntryTimes } from "../memory/l1.js";
-import type { L2Store } from "./contract.js";
+import { Breaker, RetryQueue, withTimeout, type BreakerState } from "../resilience.js";
+import { RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
 import { decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
 import type { Serializer } from "./serializer.js";
 
-/** How long a tombstone stays in L2; a load that ran longer than this never writes back to L2. */
-export const TOMBSTONE_MS = 60_000;
+/**
+ * How long L2 remembers a key's generation: every record (a value, or the tombstone of a remove)
+ * stays at least this long, even past its windows. A load that ran longer never writes back to L2,
+ * because the generation it saw may have been forgotten.
+ */
+export const GENERATION_MEMORY_MS = 60_000;
+
+/** Most failed L2 writes kept for retry (one per key); beyond it the oldest is dropped and reported. */
+const MAX_PENDING_WRITES = 10_000;
 
 /** The L2 state of one key as a load sees it. */
 export interface RemoteRead {
@@ -39,6 +48,20 @@ export interface RemoteScope {
   l2Prefix: string | undefined;
 }
 
+/** A write that could not reach L2, kept for retry. Times are absolute so a late retry keeps the right expiry. */
+type PendingWrite =
+  | { kind: "set"; record: string; expiresAt: number; ifGen: string | undefined; label: string }
+  | { kind: "remove"; gen: string; label: string };
+
+/** The L2 call took longer than the store's `timeoutMs`. */
+export class L2TimeoutError extends LayerCacheError {
+  constructor(operation: string, ms: number) {
+    super("ELAYERCACHE_L2_TIMEOUT", `layercache: L2 ${operation} took longer than ${ms} ms`);
+  }
+}
+
+const FAILED = Symbol("failed");
+
 /**
  * Escapes the separators of the L2 key layout in a prefix or scope name, so that no two
  * (prefix, scope, key) triples map to the same L2 key.
@@ -49,7 +72,8 @@ function escapePart(part: string): string {
 
 /**
  * The facade every L2 access goes through: key layout, envelope, serializer, size limit, and
- * error handling — the engine above it never sees a store error, only "unavailable".
+ * resilience — a timeout on every call, a circuit breaker, and background retry of writes that
+ * failed (newest per key wins). The engine above it never sees a store error, only "unavailable".
  */
 export class RemoteLayer {
   readonly store: L2Store;
@@ -59,11 +83,24 @@ export class RemoteLayer {
   readonly #emitter: Emitter;
   readonly #counters: Counters;
   readonly #logger: Logger | undefined;
+  readonly #clock: TimerClock;
   readonly #newGen: () => string;
+  readonly #timeoutMs: number;
+  readonly #breaker: Breaker | undefined;
+  readonly #pending: RetryQueue<PendingWrite>;
 
   constructor(
     store: L2Store,
-    o: { serializer: Serializer; prefix: string; maxValueBytes: number; emitter: Emitter; counters: Counters; logger: Logger | undefined; newGen: () => string },
+    o: {
+      serializer: Serializer;
+      prefix: string;
+      maxValueBytes: number;
+      emitter: Emitter;
+      counters: Counters;
+      logger: Logger | undefined;
+      clock: TimerClock;
+      newGen: () => string;
+    },
   ) {
     this.store = store;
     this.#serializer = o.serializer;
@@ -72,7 +109,25 @@ export class RemoteLayer {
     this.#emitter = o.emitter;
     this.#counters = o.counters;
     this.#logger = o.logger;
+    this.#clock = o.clock;
     this.#newGen = o.newGen;
+    const r = { ...RESILIENCE_DEFAULTS, ...store.resilience };
+    this.#timeoutMs = r.timeoutMs;
+    this.#breaker = r.breakerThreshold > 0 ? new Breaker(r.breakerThreshold, r.breakerCooldownMs, o.clock, (s) => this.#breakerChanged(s)) : undefined;
+    this.#pending = new RetryQueue<PendingWrite>(o.clock, {
+      max: MAX_PENDING_WRITES,
+      ready: () => this.#breaker?.ready() ?? true,
+      attempt: (key, w) => this.#retry(key, w),
+      onDrop: (key, w) => {
+        this.#counters.l2WritesDropped++;
+        writeLog(this.#logger, "warn", { key, scope: w.label, kind: w.kind }, "layercache: too many L2 writes waiting for retry; dropped the oldest");
+      },
+    });
+  }
+
+  /** Failed writes waiting for retry. */
+  get pending(): number {
+    return this.#pending.size;
   }
 
   /** `<prefix>:<scope/path>:<key>` with prefix and scope names escaped; the key is kept as is. */
@@ -83,22 +138,14 @@ export class RemoteLayer {
 
   async connect(): Promise<void> {
     if (this.store.connect === undefined) return;
-    try {
-      await this.store.connect();
-    } catch (error) {
-      this.#failed("connect", undefined, undefined, error);
-    }
+    await this.#call("connect", undefined, undefined, () => this.store.connect!());
   }
 
   /** The key's record; undefined when L2 could not be reached. Corrupt records become misses. */
   async read(ns: RemoteScope, key: string): Promise<RemoteRead | undefined> {
-    let text: string | null | undefined;
-    try {
-      text = await this.store.get(this.keyOf(ns, key));
-    } catch (error) {
-      this.#failed("get", ns, key, error);
-      return undefined;
-    }
+    const full = this.keyOf(ns, key);
+    const text = await this.#call("get", ns, key, () => this.store.get(full));
+    if (text === FAILED) return undefined;
     if (text === null || text === undefined) return { gen: "" };
     let gen = "";
     try {
@@ -106,8 +153,7 @@ export class RemoteLayer {
       gen = rec.gen;
       if (rec.times === undefined) return { gen };
       const value = this.#serializer.deserialize(rec.payload!);
-      const t = rec.times;
-      return { gen, entry: { value, times: timesOf(t), bytes: rec.payload!.length } };
+      return { gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
     } catch (error) {
       return this.#corrupt(ns, key, error);
     }
@@ -128,40 +174,66 @@ export class RemoteLayer {
 
   /**
    * Stores an encoded value with the given windows. `ifGen` makes the write conditional on the
-   * record's generation (a load's write-back); without it the write is a `set` with a new generation.
+   * record's generation (a load's write-back); without it the write is a `set` with a new
+   * generation. A write that fails is retried in the background.
    */
-  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, now: number, ifGen?: string): Promise<PutResult> {
-    const born = times.fresh - times.ttl;
-    const t: RecordTimes = { born, ttl: times.ttl, maxStale: times.maxStale, failSafe: times.failSafe };
-    const ttlMs = times.fresh + Math.max(times.maxStale, times.failSafe) - now;
-    if (!(ttlMs > 0)) return "written";
-    const gen = ifGen ? ifGen : this.#newGen();
-    try {
-      const ok = await this.store.set(this.keyOf(ns, key), encodeRecord(gen, t, enc.payload), ttlMs, ifGen);
-      return ok ? "written" : "conflict";
-    } catch (error) {
-      this.#failed("set", ns, key, error);
+  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, ifGen?: string): Promise<PutResult> {
+    const t: RecordTimes = { born: times.born, ttl: times.fresh - times.born, maxStale: times.maxStale, failSafe: times.failSafe };
+    const expiresAt = times.fresh + Math.max(times.maxStale, times.failSafe);
+    const record = encodeRecord(ifGen ? ifGen : this.#newGen(), t, enc.payload);
+    return this.#write(ns, key, { kind: "set", record, expiresAt, ifGen, label: ns.label });
+  }
+
+  /** Replaces the record with a tombstone of a new generation (retried in the background if L2 fails). */
+  async remove(ns: RemoteScope, key: string): Promise<PutResult> {
+    return this.#write(ns, key, { kind: "remove", gen: this.#newGen(), label: ns.label });
+  }
+
+  /** Gives queued writes one more try (bounded by the caller) and stops retrying. */
+  async close(): Promise<void> {
+    this.#pending.kick();
+    await this.#pending.close();
+    await this.#call("close", undefined, undefined, async () => this.store.close?.());
+  }
+
+  async #write(ns: RemoteScope, key: string, w: PendingWrite): Promise<PutResult> {
+    const full = this.keyOf(ns, key);
+    this.#pending.delete(full); // this write supersedes an older one still waiting
+    const result = await this.#send(full, w, ns, key);
+    if (result === FAILED) {
+      this.#pending.put(full, w);
       return "failed";
     }
+    return result ? "written" : "conflict";
   }
 
-  /** Replaces the record with a tombstone of a new generation; returns that generation, or undefined when L2 failed. */
-  async remove(ns: RemoteScope, key: string): Promise<string | undefined> {
-    const gen = this.#newGen();
-    try {
-      await this.store.set(this.keyOf(ns, key), encodeTombstone(gen), TOMBSTONE_MS);
-      return gen;
-    } catch (error) {
-      this.#failed("remove", ns, key, error);
-      return undefined;
+  #send(full: string, w: PendingWrite, ns: RemoteScope | undefined, key: string | undefined): Promise<boolean | typeof FAILED> {
+    if (w.kind === "remove") return this.#call("remove", ns, key, () => this.store.set(full, encodeTombstone(w.gen), GENERATION_MEMORY_MS));
+    // Even a record past its windows is written: it carries the generation that fences older loads.
+    const ttl = Math.max(w.expiresAt - this.#clock.now(), GENERATION_MEMORY_MS);
+    return this.#call("set", ns, key, () => this.store.set(full, w.record, ttl, w.ifGen));
+  }
+
+  async #retry(full: string, w: PendingWrite): Promise<boolean> {
+    const result = await this.#send(full, w, undefined, full);
+    return result !== FAILED;
+  }
+
+  /** Runs one store call under the breaker and the timeout; FAILED (already reported) when it could not. */
+  async #call<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
+    const breaker = this.#breaker;
+    if (breaker !== undefined && !breaker.allow()) {
+      this.#counters.l2ShortCircuits++;
+      return FAILED;
     }
-  }
-
-  async close(): Promise<void> {
     try {
-      await this.store.close?.();
+      const result = await withTimeout(this.#clock, run(), this.#timeoutMs, () => new L2TimeoutError(operation, this.#timeoutMs));
+      breaker?.success();
+      return result;
     } catch (error) {
-      this.#failed("close", undefined, undefined, error);
+      breaker?.failure();
+      this.#failed(operation, ns, key, error);
+      return FAILED;
     }
   }
 
@@ -169,17 +241,31 @@ export class RemoteLayer {
     this.#counters.l2Corrupt++;
     writeLog(this.#logger, "warn", { key, scope: ns.label, err: error }, "layercache: corrupt L2 record treated as a miss and removed");
     if (this.#emitter.l.l2Corrupt) this.#emitter.emit("l2Corrupt", { key, scope: ns.label, error });
-    const gen = await this.remove(ns, key);
-    return gen === undefined ? undefined : { gen };
+    const gen = this.#newGen();
+    const result = await this.#write(ns, key, { kind: "remove", gen, label: ns.label });
+    return result === "written" ? { gen } : undefined;
   }
 
   #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown): void {
     this.#counters.l2Errors++;
+    // While the breaker is open nothing reaches the store, so this logs a bounded burst, not a flood.
     writeLog(this.#logger, "warn", { operation, key, scope: ns?.label, err: error }, "layercache: L2 operation failed");
     if (this.#emitter.l.l2Error) this.#emitter.emit("l2Error", { operation, key, scope: ns?.label, error });
+  }
+
+  #breakerChanged(state: BreakerState): void {
+    if (state === "open") {
+      this.#counters.l2CircuitOpens++;
+      writeLog(this.#logger, "error", {}, "layercache: L2 circuit opened; reads fall back to L1 and the loader until it recovers");
+      if (this.#emitter.l.l2CircuitOpen) this.#emitter.emit("l2CircuitOpen", {});
+    } else {
+      writeLog(this.#logger, "info", { pendingWrites: this.#pending.size }, "layercache: L2 circuit closed; retrying queued writes");
+      if (this.#emitter.l.l2CircuitClose) this.#emitter.emit("l2CircuitClose", {});
+      this.#pending.kick();
+    }
   }
 }
 
 function timesOf(t: RecordTimes): EntryTimes {
-  return { fresh: t.born + t.ttl, ttl: t.ttl, maxStale: t.maxStale, failSafe: t.failSafe };
+  return { born: t.born, fresh: t.born + t.ttl, maxStale: t.maxStale, failSafe: t.failSafe };
 }

@@ -1,0 +1,180 @@
+import { randomBytes } from "node:crypto";
+import { systemClock } from "../clock.js";
+import { optionError } from "../errors.js";
+import { withTimeout } from "../resilience.js";
+import { parseDuration, type Duration } from "../options.js";
+import { driverFor, driverForUrl, type RedisDriver } from "../redis/driver.js";
+import type { Bus, BusConnection, BusHandlers } from "./contract.js";
+
+export interface RedisBusOptions {
+  /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster, used to publish. The bus opens its own subscriber connection from it. */
+  client?: unknown;
+  /** Alternatively, a `redis://` URL: the bus opens and closes both of its connections. */
+  url?: string;
+  /**
+   * How often the subscriber checks that it still hears the channel, by publishing to a channel of
+   * its own and waiting for the echo. A missed echo (while publishing works) means the
+   * subscription is broken: it is replaced and the cache repairs its L1. Default `"2s"`; `0` turns
+   * the check off (connection events alone are then watched).
+   */
+  heartbeat?: Duration;
+}
+
+const KNOWN = new Set(["client", "url", "heartbeat"]);
+
+/**
+ * Invalidation bus on Redis pub/sub (standalone or Cluster). Publishing uses the given client;
+ * subscribing uses a connection of its own. A lost subscription — a server restart, `CLIENT KILL
+ * TYPE pubsub`, a network blip, or silence detected by the heartbeat — is reported to the cache,
+ * which stops trusting L1 until the subscription is heard again.
+ */
+export class RedisBus implements Bus {
+  readonly #client: unknown;
+  readonly #url: string | undefined;
+  readonly #heartbeatMs: number;
+
+  constructor(options: RedisBusOptions) {
+    if (options === null || typeof options !== "object") throw new TypeError("layercache/redis: RedisBus needs options: { client } or { url }");
+    for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisBus option (known: ${[...KNOWN].join(", ")})`);
+    if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
+    if (options.client !== undefined) driverFor(options.client); // fail now on a wrong client
+    else if (typeof options.url !== "string") throw optionError("url", "must be a redis:// URL");
+    this.#client = options.client;
+    this.#url = options.url;
+    this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
+  }
+
+  async connect(channel: string, handlers: BusHandlers): Promise<BusConnection> {
+    const owned = this.#url !== undefined;
+    const pub = owned ? await driverForUrl(this.#url!) : driverFor(this.#client);
+    try {
+      await pub.open();
+      const sub = new Subscription(pub, channel, handlers, this.#heartbeatMs);
+      await sub.start();
+      return {
+        publish: (message) => pub.publish(channel, message),
+        close: async () => {
+          await sub.stop();
+          if (owned) await pub.quit();
+        },
+      };
+    } catch (error) {
+      if (owned) await pub.quit();
+      throw error;
+    }
+  }
+}
+
+/** One subscriber connection with gap detection; replaced when it stops hearing. */
+class Subscription {
+  readonly #pub: RedisDriver;
+  readonly #channel: string;
+  readonly #echoChannel: string;
+  readonly #handlers: BusHandlers;
+  readonly #heartbeatMs: number;
+  #sub: RedisDriver | undefined;
+  #deaf = false;
+  #stopped = false;
+  #beating = false;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  /** Last heartbeat sent (and whether its publish succeeded), last one heard back. */
+  #sent = 0;
+  #sentOk = false;
+  #heard = 0;
+
+  constructor(pub: RedisDriver, channel: string, handlers: BusHandlers, heartbeatMs: number) {
+    this.#pub = pub;
+    this.#channel = channel;
+    this.#echoChannel = `${channel}:echo:${randomBytes(6).toString("hex")}`;
+    this.#handlers = handlers;
+    this.#heartbeatMs = heartbeatMs;
+  }
+
+  async start(): Promise<void> {
+    this.#sub = await this.#open();
+    if (this.#heartbeatMs > 0) {
+      this.#timer = setInterval(() => void this.#beat(), this.#heartbeatMs);
+      this.#timer.unref?.();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearInterval(this.#timer);
+    await this.#sub?.quit();
+  }
+
+  async #open(): Promise<RedisDriver> {
+    const sub = this.#pub.duplicate();
+    sub.onState((state, error) => {
+      if (sub !== this.#sub || this.#stopped) return;
+      if (state === "down") this.#lost(error);
+      // Back up: the client resubscribes by itself; an echo proves it (or, without heartbeat, trust the event).
+      else if (this.#heartbeatMs > 0) void this.#beat();
+      else this.#regained();
+    });
+    try {
+      await sub.subscribe([this.#channel, this.#echoChannel], (channel, message) => {
+        if (sub !== this.#sub) return;
+        if (channel === this.#echoChannel) this.#echo(message);
+        else this.#handlers.onMessage(message);
+      });
+    } catch (error) {
+      await sub.quit();
+      throw error;
+    }
+    return sub;
+  }
+
+  #lost(error?: unknown): void {
+    if (error !== undefined) this.#handlers.onError(error, "subscribe");
+    if (this.#deaf) return;
+    this.#deaf = true;
+    this.#handlers.onDisconnect();
+  }
+
+  #regained(): void {
+    if (!this.#deaf || this.#stopped) return;
+    this.#deaf = false;
+    this.#handlers.onReconnect();
+  }
+
+  #echo(message: string): void {
+    const n = Number(message);
+    if (n > this.#heard) this.#heard = n;
+    this.#regained();
+  }
+
+  async #beat(): Promise<void> {
+    if (this.#stopped || this.#beating) return;
+    this.#beating = true;
+    try {
+      // The previous ping was published but never came back: the subscription is silently broken.
+      if (this.#sentOk && this.#heard < this.#sent) {
+        this.#lost();
+        await this.#replace();
+      }
+      const n = ++this.#sent;
+      this.#sentOk = false;
+      const published = this.#pub.publish(this.#echoChannel, String(n));
+      // A hung server must not hold the heartbeat: give the publish one interval.
+      await withTimeout(systemClock, published, this.#heartbeatMs || 1000, () => new Error("heartbeat publish timed out"));
+      this.#sentOk = true;
+    } catch (error) {
+      this.#lost(error);
+    } finally {
+      this.#beating = false;
+    }
+  }
+
+  async #replace(): Promise<void> {
+    const old = this.#sub;
+    try {
+      this.#sub = await this.#open();
+    } catch (error) {
+      this.#handlers.onError(error, "resubscribe");
+      return;
+    }
+    await old?.quit().catch(() => {});
+  }
+}

@@ -1,0 +1,249 @@
+import { createHash } from "node:crypto";
+
+/**
+ * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
+ * and Cluster) and node-redis (standalone and cluster) — so that `RedisStore` and `RedisBus` are
+ * written once. Only single-key commands are used, so nothing here can raise CROSSSLOT.
+ */
+export interface RedisDriver {
+  readonly kind: "ioredis" | "ioredis-cluster" | "node-redis" | "node-redis-cluster";
+  /** Connects a client that is not connected yet (node-redis needs it; ioredis connects by itself). */
+  open(): Promise<void>;
+  get(key: string): Promise<string | null>;
+  /** SET, with PX when `px` is given. */
+  set(key: string, value: string, px: number | undefined): Promise<void>;
+  /** Runs a Lua script by SHA, loading it on NOSCRIPT. */
+  eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown>;
+  publish(channel: string, message: string): Promise<void>;
+  /** A new connection of the same kind, for a subscriber. */
+  duplicate(): RedisDriver;
+  subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void>;
+  /** Connection state changes: `down` when the connection is lost, `up` when it is usable again. */
+  onState(listener: (state: "up" | "down", error?: unknown) => void): void;
+  quit(): Promise<void>;
+}
+
+export interface LuaScript {
+  readonly source: string;
+  readonly sha: string;
+}
+
+export function luaScript(source: string): LuaScript {
+  return { source, sha: createHash("sha1").update(source).digest("hex") };
+}
+
+/** Anything with methods: the client objects are typed structurally so neither library's types are required. */
+type AnyClient = Record<string, any>;
+
+const isNoScript = (error: unknown): boolean => error instanceof Error && /NOSCRIPT/i.test(error.message);
+
+/** Recognizes the client a user passed in. */
+export function driverFor(client: unknown): RedisDriver {
+  const c = client as AnyClient;
+  if (c !== null && typeof c === "object") {
+    if (typeof c.defineCommand === "function" && "isCluster" in c) return new IoredisDriver(c);
+    if (typeof c.sendCommand === "function" && "masters" in c) return new NodeRedisDriver(c, true);
+    if (typeof c.sendCommand === "function" && "isOpen" in c) return new NodeRedisDriver(c, false);
+  }
+  throw new TypeError("layercache/redis: `client` must be an ioredis Redis or Cluster, or a node-redis client or cluster");
+}
+
+/** Creates a client for `{ url }`: ioredis when installed, else node-redis. */
+export async function driverForUrl(url: string): Promise<RedisDriver> {
+  if (typeof url !== "string" || !/^rediss?:\/\//.test(url)) throw new TypeError(`layercache/redis: url must be a redis:// or rediss:// URL (got ${JSON.stringify(url)})`);
+  let ioredis: AnyClient | undefined;
+  try {
+    ioredis = (await import("ioredis")) as AnyClient;
+  } catch {
+    // not installed: try node-redis
+  }
+  if (ioredis) {
+    const Redis = ioredis.Redis ?? ioredis.default;
+    // The cache has its own timeouts and breaker; a dead server must fail fast, not queue forever.
+    return new IoredisDriver(new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, lazyConnect: false }), true);
+  }
+  let nodeRedis: AnyClient;
+  try {
+    nodeRedis = (await import("redis")) as AnyClient;
+  } catch {
+    throw new Error("layercache/redis: `{ url }` needs a Redis client library; install one: npm install ioredis (or: npm install redis)");
+  }
+  const client = nodeRedis.createClient({ url, disableOfflineQueue: true });
+  return new NodeRedisDriver(client, false, true);
+}
+
+class IoredisDriver implements RedisDriver {
+  readonly kind: "ioredis" | "ioredis-cluster";
+  readonly #c: AnyClient;
+  #batch: { keys: string[]; waiters: { resolve(v: string | null): void; reject(e: unknown): void }[] } | undefined;
+
+  constructor(client: AnyClient, owned = false) {
+    this.#c = client;
+    this.kind = client.isCluster ? "ioredis-cluster" : "ioredis";
+    // A connection we created must have an error listener (the state listener reports errors).
+    if (owned) client.on("error", () => {});
+  }
+
+  async open(): Promise<void> {
+    if (this.#c.status === "wait") await this.#c.connect();
+  }
+
+  /**
+   * GETs issued in the same tick share one MGET (standalone only: in a cluster, keys of one batch
+   * live on different slots and a multi-key command would raise CROSSSLOT).
+   */
+  get(key: string): Promise<string | null> {
+    if (this.kind === "ioredis-cluster") return this.#c.get(key);
+    let batch = this.#batch;
+    if (batch === undefined) {
+      batch = this.#batch = { keys: [], waiters: [] };
+      process.nextTick(() => this.#flush());
+    }
+    batch.keys.push(key);
+    return new Promise((resolve, reject) => batch.waiters.push({ resolve, reject }));
+  }
+
+  #flush(): void {
+    const batch = this.#batch!;
+    this.#batch = undefined;
+    const { keys, waiters } = batch;
+    if (keys.length === 1) {
+      (this.#c.get(keys[0]) as Promise<string | null>).then(waiters[0]!.resolve, waiters[0]!.reject);
+      return;
+    }
+    (this.#c.mget(keys) as Promise<(string | null)[]>).then(
+      (values) => values.forEach((v, i) => waiters[i]!.resolve(v)),
+      (error) => waiters.forEach((w) => w.reject(error)),
+    );
+  }
+
+  async set(key: string, value: string, px: number | undefined): Promise<void> {
+    await (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px));
+  }
+
+  async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+    try {
+      return await this.#c.evalsha(script.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!isNoScript(error)) throw error;
+      return this.#c.eval(script.source, keys.length, ...keys, ...args);
+    }
+  }
+
+  async publish(channel: string, message: string): Promise<void> {
+    await this.#c.publish(channel, message);
+  }
+
+  duplicate(): RedisDriver {
+    return new IoredisDriver(this.#c.duplicate(), true);
+  }
+
+  async subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void> {
+    this.#c.on("message", (channel: string, message: string) => onMessage(channel, message));
+    await this.#c.subscribe(...channels);
+  }
+
+  onState(listener: (state: "up" | "down", error?: unknown) => void): void {
+    let down = false;
+    const lost = (error?: unknown): void => {
+      if (down) return;
+      down = true;
+      listener("down", error);
+    };
+    this.#c.on("error", (error: unknown) => lost(error));
+    this.#c.on("close", () => lost());
+    this.#c.on("end", () => lost());
+    this.#c.on("ready", () => {
+      if (!down) return;
+      down = false;
+      listener("up");
+    });
+  }
+
+  async quit(): Promise<void> {
+    try {
+      await this.#c.quit();
+    } catch {
+      this.#c.disconnect(false);
+    }
+  }
+}
+
+class NodeRedisDriver implements RedisDriver {
+  readonly kind: "node-redis" | "node-redis-cluster";
+  readonly #c: AnyClient;
+  readonly #cluster: boolean;
+
+  constructor(client: AnyClient, cluster: boolean, owned = false) {
+    this.#c = client;
+    this.#cluster = cluster;
+    this.kind = cluster ? "node-redis-cluster" : "node-redis";
+    // node-redis throws an "error" event without a listener, which would end the process.
+    if (owned) client.on("error", () => {});
+  }
+
+  async open(): Promise<void> {
+    if (!this.#c.isOpen) await this.#c.connect();
+  }
+
+  #send(key: string | undefined, readonly: boolean, args: string[]): Promise<unknown> {
+    return this.#cluster ? this.#c.sendCommand(key, readonly, args) : this.#c.sendCommand(args);
+  }
+
+  async get(key: string): Promise<string | null> {
+    const v = await this.#send(key, true, ["GET", key]);
+    return v === null || v === undefined ? null : String(v);
+  }
+
+  async set(key: string, value: string, px: number | undefined): Promise<void> {
+    await this.#send(key, false, px === undefined ? ["SET", key, value] : ["SET", key, value, "PX", String(px)]);
+  }
+
+  async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+    const rest = [String(keys.length), ...keys, ...args];
+    try {
+      return await this.#send(keys[0], false, ["EVALSHA", script.sha, ...rest]);
+    } catch (error) {
+      if (!isNoScript(error)) throw error;
+      return this.#send(keys[0], false, ["EVAL", script.source, ...rest]);
+    }
+  }
+
+  async publish(channel: string, message: string): Promise<void> {
+    await this.#c.publish(channel, message);
+  }
+
+  duplicate(): RedisDriver {
+    return new NodeRedisDriver(this.#c.duplicate(), this.#cluster, true);
+  }
+
+  async subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void> {
+    await this.open();
+    for (const channel of channels) await this.#c.subscribe(channel, (message: string) => onMessage(channel, message));
+  }
+
+  onState(listener: (state: "up" | "down", error?: unknown) => void): void {
+    let down = false;
+    const lost = (error?: unknown): void => {
+      if (down) return;
+      down = true;
+      listener("down", error);
+    };
+    this.#c.on("error", (error: unknown) => lost(error));
+    this.#c.on("reconnecting", () => lost());
+    this.#c.on("end", () => lost());
+    this.#c.on("ready", () => {
+      if (!down) return;
+      down = false;
+      listener("up");
+    });
+  }
+
+  async quit(): Promise<void> {
+    try {
+      if (this.#c.isOpen) await (this.#c.close ? this.#c.close() : this.#c.quit());
+    } catch {
+      this.#c.destroy?.();
+    }
+  }
+}

@@ -1,0 +1,186 @@
+import type { TimerClock } from "./clock.js";
+
+export type BreakerState = "closed" | "open" | "halfOpen";
+
+/**
+ * A circuit breaker: after `threshold` consecutive failures it opens for `cooldownMs`, during
+ * which calls fail at once instead of waiting on a dead or hung server; then one probe call is let
+ * through — success closes it, failure opens it again.
+ */
+export class Breaker {
+  state: BreakerState = "closed";
+  #failures = 0;
+  #openUntil = 0;
+  #probing = false;
+  readonly #threshold: number;
+  readonly #cooldownMs: number;
+  readonly #clock: TimerClock;
+  readonly #onChange: (state: BreakerState) => void;
+
+  constructor(threshold: number, cooldownMs: number, clock: TimerClock, onChange: (state: BreakerState) => void) {
+    this.#threshold = threshold;
+    this.#cooldownMs = cooldownMs;
+    this.#clock = clock;
+    this.#onChange = onChange;
+  }
+
+  /** Whether a call may go through now. */
+  allow(): boolean {
+    if (this.state === "closed") return true;
+    if (this.state === "open") {
+      if (this.#clock.now() < this.#openUntil) return false;
+      this.state = "halfOpen";
+      this.#probing = false;
+    }
+    if (this.#probing) return false;
+    this.#probing = true;
+    return true;
+  }
+
+  /** Whether `allow()` would let a call through now (without taking the probe). */
+  ready(): boolean {
+    if (this.state === "closed") return true;
+    if (this.state === "open") return this.#clock.now() >= this.#openUntil;
+    return !this.#probing;
+  }
+
+  success(): void {
+    this.#failures = 0;
+    this.#probing = false;
+    if (this.state !== "closed") {
+      this.state = "closed";
+      this.#onChange("closed");
+    }
+  }
+
+  failure(): void {
+    this.#failures++;
+    this.#probing = false;
+    if (this.state === "halfOpen" || (this.state === "closed" && this.#failures >= this.#threshold)) {
+      const wasOpen = this.state !== "closed";
+      this.state = "open";
+      this.#openUntil = this.#clock.now() + this.#cooldownMs;
+      if (!wasOpen) this.#onChange("open");
+    }
+  }
+}
+
+export interface RetryQueueOptions<T> {
+  /** Most items kept; the oldest is dropped (and reported) beyond it. */
+  max: number;
+  /** Tries one item; true when it is done (or no longer needed). Must not throw. */
+  attempt(key: string, item: T): Promise<boolean>;
+  /** False while retrying is pointless (e.g. the breaker is open); the round waits for the next tick. */
+  ready(): boolean;
+  onDrop(key: string, item: T): void;
+}
+
+const FIRST_DELAY_MS = 250;
+const MAX_DELAY_MS = 30_000;
+
+/**
+ * Work that failed and is retried in the background: one item per key (the newest wins), bounded,
+ * retried with exponential backoff until it succeeds.
+ */
+export class RetryQueue<T> {
+  readonly #items = new Map<string, T>();
+  readonly #clock: TimerClock;
+  readonly #o: RetryQueueOptions<T>;
+  #timer: unknown;
+  #delay = FIRST_DELAY_MS;
+  #running: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(clock: TimerClock, options: RetryQueueOptions<T>) {
+    this.#clock = clock;
+    this.#o = options;
+  }
+
+  get size(): number {
+    return this.#items.size;
+  }
+
+  get(key: string): T | undefined {
+    return this.#items.get(key);
+  }
+
+  keys(): string[] {
+    return [...this.#items.keys()];
+  }
+
+  /** Queues `item` for `key`, replacing an older one. */
+  put(key: string, item: T): void {
+    this.#items.delete(key);
+    this.#items.set(key, item);
+    if (this.#items.size > this.#o.max) {
+      const [oldKey, oldItem] = this.#items.entries().next().value as [string, T];
+      this.#items.delete(oldKey);
+      this.#o.onDrop(oldKey, oldItem);
+    }
+    this.#schedule();
+  }
+
+  /** Forgets the item of `key` (a newer operation supersedes it). */
+  delete(key: string): void {
+    this.#items.delete(key);
+  }
+
+  /** Runs a retry round now (e.g. when the connection is back). */
+  kick(): void {
+    if (this.#items.size === 0 || this.#closed) return;
+    if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#delay = FIRST_DELAY_MS;
+    this.#running ??= this.#round();
+  }
+
+  /** Tries what is left once more (bounded by the caller), then stops retrying. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined || this.#running !== undefined || this.#closed) return;
+    this.#timer = this.#clock.setTimeout(() => {
+      this.#timer = undefined;
+      this.#running = this.#round();
+    }, this.#delay);
+  }
+
+  async #round(): Promise<void> {
+    let failed = false;
+    for (const [key, item] of [...this.#items]) {
+      if (this.#closed || !this.#o.ready()) {
+        failed = true;
+        break;
+      }
+      if (this.#items.get(key) !== item) continue; // superseded meanwhile
+      const done = await this.#o.attempt(key, item);
+      if (done) {
+        if (this.#items.get(key) === item) this.#items.delete(key);
+      } else {
+        failed = true;
+        break;
+      }
+    }
+    this.#running = undefined;
+    this.#delay = failed ? Math.min(this.#delay * 2, MAX_DELAY_MS) : FIRST_DELAY_MS;
+    if (this.#items.size > 0) this.#schedule();
+  }
+}
+
+/**
+ * `promise`, or a rejection with `onTimeout()` once `ms` have passed on `clock` (a promise that
+ * settles later is ignored, its rejection included). `ms <= 0` waits forever.
+ */
+export function withTimeout<T>(clock: TimerClock, promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  if (!(ms > 0)) return promise;
+  let timer: unknown;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = clock.setTimeout(() => reject(onTimeout()), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clock.clearTimeout(timer));
+}

@@ -1,0 +1,102 @@
+import { optionError } from "../errors.js";
+import { parseDuration, type Duration } from "../options.js";
+import { driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
+import type { L2Resilience, L2Store } from "./contract.js";
+import { RECORD_VERSION } from "./envelope.js";
+
+export interface RedisStoreOptions {
+  /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster. Not closed by the store. */
+  client?: unknown;
+  /** Alternatively, a `redis://` URL: the store opens (with ioredis if installed, else node-redis) and closes its own connection. */
+  url?: string;
+  /** An L2 call taking longer counts as failed. Default `"1s"`; `0` disables. */
+  timeout?: Duration;
+  /** Circuit breaker: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"5s"`). */
+  circuitBreaker?: { threshold?: number; cooldown?: Duration };
+}
+
+const KNOWN = new Set(["client", "url", "timeout", "circuitBreaker"]);
+
+/**
+ * Conditional write: store ARGV[2] (expiring after ARGV[3] ms, or never when empty) only if the
+ * generation of the current record equals ARGV[1] ("" when there is no record). The generation is
+ * the second `|`-separated field of a layercache record. One key, so it is cluster-safe.
+ */
+const CAS = luaScript(`
+local cur = redis.call('GET', KEYS[1])
+local gen = ''
+if cur then
+  local head = '${RECORD_VERSION}|'
+  if string.sub(cur, 1, #head) == head then
+    local bar = string.find(cur, '|', #head + 1, true)
+    if bar then gen = string.sub(cur, #head + 1, bar - 1) end
+  end
+end
+if gen ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
+`);
+
+/** Milliseconds for PX: a positive integer, or undefined for "no expiry". */
+function px(ttlMs: number): number | undefined {
+  return ttlMs === Infinity ? undefined : Math.max(1, Math.ceil(ttlMs));
+}
+
+/**
+ * L2 on Redis, Valkey or Redis Cluster. Every key is a plain string holding one layercache record;
+ * reads are GET (batched into MGET within a tick on a standalone ioredis client), writes are SET
+ * with PX, and a load's write-back is a one-key Lua compare-and-set on the record's generation.
+ */
+export class RedisStore implements L2Store {
+  readonly resilience: L2Resilience;
+  readonly #url: string | undefined;
+  #driver: RedisDriver | undefined;
+  #opening: Promise<RedisDriver> | undefined;
+
+  constructor(options: RedisStoreOptions) {
+    if (options === null || typeof options !== "object") throw new TypeError("layercache/redis: RedisStore needs options: { client } or { url }");
+    for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisStore option (known: ${[...KNOWN].join(", ")})`);
+    if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
+    if (options.client !== undefined) this.#driver = driverFor(options.client);
+    else if (typeof options.url !== "string") throw optionError("url", "must be a redis:// URL");
+    this.#url = options.url;
+    const cb = options.circuitBreaker;
+    if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");
+    const threshold = cb?.threshold ?? 3;
+    if (!Number.isInteger(threshold) || threshold < 0) throw optionError("circuitBreaker.threshold", "must be a non-negative integer");
+    this.resilience = {
+      timeoutMs: options.timeout === undefined ? 1000 : parseDuration("timeout", options.timeout, false),
+      breakerThreshold: threshold,
+      breakerCooldownMs: cb?.cooldown === undefined ? 5000 : parseDuration("circuitBreaker.cooldown", cb.cooldown, false),
+    };
+  }
+
+  async connect(): Promise<void> {
+    const d = await this.#ready();
+    await d.open();
+  }
+
+  async get(key: string): Promise<string | null> {
+    return (this.#driver ?? (await this.#ready())).get(key);
+  }
+
+  async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+    const d = this.#driver ?? (await this.#ready());
+    if (ifGeneration === undefined) {
+      await d.set(key, record, px(ttlMs));
+      return true;
+    }
+    const p = px(ttlMs);
+    return (await d.eval(CAS, [key], [ifGeneration, record, p === undefined ? "" : String(p)])) === 1;
+  }
+
+  async close(): Promise<void> {
+    // A client the user passed in is theirs to close.
+    if (this.#url !== undefined && this.#driver !== undefined) await this.#driver.quit();
+  }
+
+  #ready(): Promise<RedisDriver> {
+    if (this.#driver) return Promise.resolve(this.#driver);
+    return (this.#opening ??= driverForUrl(this.#url!).then((d) => (this.#driver = d)));
+  }
+}
