@@ -41,12 +41,12 @@ export interface CacheEvents {
   l2Corrupt: KeyEvent & { error: unknown };
   /** The bus failed to connect, subscribe or publish. */
   busError: { operation: string; error: unknown };
-  /** The bus lost its subscription: invalidations may be missed until it is back; L1 entries revalidate. */
-  busDisconnect: { entries: number };
+  /** The bus lost its subscription: peers' invalidations may be missed until it is back. */
+  busDisconnect: Record<string, never>;
   /** The bus regained its subscription after a gap; L1 entries written before it revalidate. */
   busReconnect: { entries: number };
-  /** A peer's message dropped entries here. */
-  peerInvalidation: { op: "remove" | "clear"; scope: string; keys: string[]; dropped: number; from: string };
+  /** A peer's message dropped entries here ("update": a peer loaded a newer value into L2). */
+  peerInvalidation: { op: "remove" | "clear" | "update"; scope: string; keys: string[]; dropped: number; from: string };
   /** A bus message was malformed, of another version, unsigned or forged, and was ignored. */
   busMessageDropped: { reason: string };
 }

@@ -3,14 +3,18 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 /**
  * Bus message format, version 1: a JSON array
  *
- *   [1, "<sender id>", "remove" | "clear", ["scope", "path"], ["key", ...]]
+ *   [1, "<sender id>", "remove" | "clear" | "update", ["scope", "path"], ["key", ...]]
+ *
+ * "remove" and "clear" are invalidations: peers drop their copies and stop loads in flight from
+ * writing back. "update" says a load just wrote a newer value to L2: peers drop their (older) L1
+ * copies so their next read takes it from L2, but loads in flight are left alone.
  *
  * and, when a shared secret is configured, a sixth element: the base64url HMAC-SHA256 of the
  * JSON text of the first five. Messages carry keys, never values.
  */
 export const BUS_VERSION = 1;
 
-export type BusOp = "remove" | "clear";
+export type BusOp = "remove" | "clear" | "update";
 
 export interface BusMessage {
   from: string;
@@ -45,10 +49,10 @@ export function decodeMessage(text: unknown, secret?: Uint8Array): Decoded {
   if (parsed[0] !== BUS_VERSION) return { ok: false, reason: "version" };
   if (parsed.length > 6) return { ok: false, reason: "malformed" };
   const [, from, op, scope, keys, sig] = parsed as unknown[];
-  if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear") || !isStringArray(scope) || !isStringArray(keys)) {
+  if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear" && op !== "update") || !isStringArray(scope) || !isStringArray(keys)) {
     return { ok: false, reason: "malformed" };
   }
-  if (op === "remove" && (keys.length === 0 || keys.some((k) => k === ""))) return { ok: false, reason: "malformed" };
+  if (op !== "clear" && (keys.length === 0 || keys.some((k) => k === ""))) return { ok: false, reason: "malformed" };
   if (secret !== undefined) {
     if (typeof sig !== "string") return { ok: false, reason: "unsigned" };
     const expected = Buffer.from(sign(secret, JSON.stringify([BUS_VERSION, from, op, scope, keys])));

@@ -8,6 +8,7 @@ import type { Bus, BusConnection } from "./contract.js";
 
 export interface PeerHandlers {
   onRemove(scope: string[], keys: string[], from: string): void;
+  onUpdate(scope: string[], keys: string[], from: string): void;
   onClear(scope: string[], from: string): void;
   /** The bus is deaf (lost, or never connected): invalidations may be missed. */
   onDeaf(): void;
@@ -124,15 +125,21 @@ export class BusLink {
     }, this.#connectDelay);
   }
 
-  /** Tells peers; never rejects. What cannot be published now is merged and republished later. */
+  /**
+   * Tells peers; never rejects. An invalidation that cannot be published now is merged and
+   * republished later; an "update" is only a hint (peers' copies are older, not invalid) and is not.
+   */
   async publish(op: BusOp, scope: readonly string[], keys: string[]): Promise<void> {
     const conn = this.#conn;
-    if (conn === undefined) return this.#queue(op, scope, keys);
+    if (conn === undefined) {
+      if (op !== "update") this.#queue(op, scope, keys);
+      return;
+    }
     try {
       await this.#send(conn, this.#encode(op, scope, keys));
     } catch (error) {
       this.#failed("publish", error);
-      this.#queue(op, scope, keys);
+      if (op !== "update") this.#queue(op, scope, keys);
     }
   }
 
@@ -158,7 +165,7 @@ export class BusLink {
     return encodeMessage({ from: this.#id, op, scope: scope as string[], keys }, this.#secret);
   }
 
-  #queue(op: BusOp, scope: readonly string[], keys: string[]): void {
+  #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
     const id = JSON.stringify(scope);
     const prev = this.#pending.get(id);
     let next: PendingPublish;
@@ -207,6 +214,7 @@ export class BusLink {
     const m: BusMessage = d.message;
     if (m.from === this.#id) return;
     if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from);
+    else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from);
     else this.#peer.onClear(m.scope, m.from);
   }
 

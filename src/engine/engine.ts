@@ -125,6 +125,7 @@ export class Engine {
         clock: init.clock,
         peer: {
           onRemove: (scope, keys, from) => this.#peerRemove(scope, keys, from),
+          onUpdate: (scope, keys, from) => this.#peerUpdate(scope, keys, from),
           onClear: (scope, from) => this.#peerClear(scope, from),
           onDeaf: () => this.#busGap("disconnect"),
           onHearing: () => this.#busGap("reconnect"),
@@ -485,7 +486,7 @@ export class Engine {
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
-    if (published && this.link !== undefined) this.#track(this.link.publish("remove", ns.path, [key]));
+    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key]));
     if (f.pooled) this.#refreshSucceeded(f);
     this.#done(f);
     f.settle(value);
@@ -619,6 +620,17 @@ export class Engine {
     this.#peerInvalidated("remove", scope, keys, dropped, from);
   }
 
+  /** A peer wrote a newer value to L2: drop the older L1 copies (loads in flight are not invalidated). */
+  #peerUpdate(scope: string[], keys: string[], from: string): void {
+    const ns = this.root.find(scope);
+    let dropped = 0;
+    if (ns !== undefined) {
+      ns.epoch++;
+      for (const key of keys) if (ns.part.delete(ns, key)) dropped++;
+    }
+    this.#peerInvalidated("update", scope, keys, dropped, from);
+  }
+
   #peerClear(scope: string[], from: string): void {
     const ns = this.root.find(scope);
     this.#peerInvalidated("clear", scope, [], ns === undefined ? 0 : this.#invalidateScope(ns), from);
@@ -631,14 +643,19 @@ export class Engine {
   }
 
   /**
-   * The bus cannot hear (lost or never connected), or hears again after such a gap: invalidations
-   * in between may have been missed. Entries written before now are no longer served as fresh or
-   * stale — the next read revalidates (L2, then the loader), keeping them only as fail-safe
-   * fallbacks — and loads in flight will not write back. It is done at both ends of the gap: at
-   * the start so that reads while deaf go to L2 (or the loader) rather than trusting L1, at the end
-   * for what was written during the gap.
+   * The bus lost its subscription, or has it again. While it is deaf, L1 keeps serving (that is
+   * what it is for when Redis is down). Once it hears again, invalidations sent in the gap may
+   * have been missed: entries written before now are no longer served as fresh or stale — the
+   * next read revalidates (L2, then the loader), keeping them only as fail-safe fallbacks — and
+   * loads in flight will not write back.
    */
   #busGap(edge: "disconnect" | "reconnect"): void {
+    if (edge === "disconnect") {
+      this.counters.busDisconnects++;
+      writeLog(this.logger, "warn", {}, "layercache: bus subscription lost; invalidations from peers may be missed until it is back");
+      if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", {});
+      return;
+    }
     let entries = 0;
     for (const ns of this.root.subtree()) {
       ns.epoch++;
@@ -648,15 +665,9 @@ export class Engine {
       }
     }
     for (const part of this.#partitions()) entries += part.markAllRevalidate();
-    if (edge === "disconnect") {
-      this.counters.busDisconnects++;
-      writeLog(this.logger, "warn", { entries }, "layercache: bus subscription lost; L1 entries will revalidate");
-      if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", { entries });
-    } else {
-      this.counters.busReconnects++;
-      writeLog(this.logger, "info", { entries }, "layercache: bus subscription back; L1 entries will revalidate");
-      if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
-    }
+    this.counters.busReconnects++;
+    writeLog(this.logger, "info", { entries }, "layercache: bus subscription back; L1 entries will revalidate");
+    if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
   }
 
   // ---------------------------------------------------------------- helpers

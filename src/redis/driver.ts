@@ -10,8 +10,6 @@ export interface RedisDriver {
   /** Connects a client that is not connected yet (node-redis needs it; ioredis connects by itself). */
   open(): Promise<void>;
   get(key: string): Promise<string | null>;
-  /** SET, with PX when `px` is given. */
-  set(key: string, value: string, px: number | undefined): Promise<void>;
   /** Runs a Lua script by SHA, loading it on NOSCRIPT. */
   eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown>;
   publish(channel: string, message: string): Promise<void>;
@@ -117,10 +115,6 @@ class IoredisDriver implements RedisDriver {
     );
   }
 
-  async set(key: string, value: string, px: number | undefined): Promise<void> {
-    await (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px));
-  }
-
   async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
     try {
       return await this.#c.evalsha(script.sha, keys.length, ...keys, ...args);
@@ -193,10 +187,6 @@ class NodeRedisDriver implements RedisDriver {
   async get(key: string): Promise<string | null> {
     const v = await this.#send(key, true, ["GET", key]);
     return v === null || v === undefined ? null : String(v);
-  }
-
-  async set(key: string, value: string, px: number | undefined): Promise<void> {
-    await this.#send(key, false, px === undefined ? ["SET", key, value] : ["SET", key, value, "PX", String(px)]);
   }
 
   async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {

@@ -2,13 +2,17 @@
  * The L2 record format (version 1), one line of text:
  *
  *   LC1|<generation>|<bornMs>|<ttlMs>|<maxStaleMs>|<failSafeMs>|<payload>
- *   LC1|<generation>|-                       (tombstone: the key was removed)
+ *   LC1|<generation>|<bornMs>|-              (tombstone: the key was removed at bornMs)
  *
- * The generation changes on every `set` and `remove`; a load writes back only if the generation
- * it saw when it started is still there, which is how a load that started before an
- * invalidation is kept from resurrecting an old value (SPEC 4.4). Durations are decimal
- * milliseconds, `Infinity` where unbounded. The payload is the serializer's text, last, so it
- * may contain `|`.
+ * - The generation changes on every `set` and `remove`. A load writes back only if the
+ *   generation it saw when it started is still there: a load that started before an
+ *   invalidation cannot resurrect an old value (SPEC 4.4).
+ * - bornMs is the write time. A `set` or `remove` never replaces a record written later, so a
+ *   write retried after an outage (or stuck in a client's offline queue) cannot undo a newer one.
+ * - Durations are decimal milliseconds, `Infinity` where unbounded. The payload is the
+ *   serializer's text, last, so it may contain `|`.
+ *
+ * A backend's conditional writes read the generation (field 2) and the write time (field 3).
  */
 
 export const RECORD_VERSION = "LC1";
@@ -23,6 +27,7 @@ export interface RecordTimes {
 
 export interface DecodedRecord {
   gen: string;
+  born: number;
   /** Absent for a tombstone. */
   times?: RecordTimes;
   payload?: string;
@@ -39,15 +44,32 @@ export function encodeRecord(gen: string, t: RecordTimes, payload: string): stri
   return `${HEAD}${gen}|${t.born}|${t.ttl}|${t.maxStale}|${t.failSafe}|${payload}`;
 }
 
-export function encodeTombstone(gen: string): string {
-  return `${HEAD}${gen}|-`;
+export function encodeTombstone(gen: string, born: number): string {
+  return `${HEAD}${gen}|${born}|-`;
 }
 
-/** The generation of a stored record, as the conditional write compares it ("" when unreadable). */
+/** The `|`-separated field `n` (1 = generation, 2 = write time) of a record, or undefined. */
+function field(record: string, n: number): string | undefined {
+  if (!record.startsWith(HEAD)) return undefined;
+  let at = HEAD.length;
+  for (let i = 1; i < n; i++) {
+    const bar = record.indexOf("|", at);
+    if (bar < 0) return undefined;
+    at = bar + 1;
+  }
+  const end = record.indexOf("|", at);
+  return end < 0 ? undefined : record.slice(at, end);
+}
+
+/** The generation of a stored record ("" when unreadable), as conditional writes compare it. */
 export function generationOf(record: string): string {
-  if (!record.startsWith(HEAD)) return "";
-  const end = record.indexOf("|", HEAD.length);
-  return end < 0 ? "" : record.slice(HEAD.length, end);
+  return field(record, 1) ?? "";
+}
+
+/** The write time of a stored record (-Infinity when unreadable), as `set` and `remove` compare it. */
+export function bornOf(record: string): number {
+  const b = Number(field(record, 2));
+  return Number.isFinite(b) ? b : -Infinity;
 }
 
 export function decodeRecord(text: unknown): DecodedRecord {
@@ -60,16 +82,17 @@ export function decodeRecord(text: unknown): DecodedRecord {
   for (let i = 0; i < 5; i++) {
     const bar = text.indexOf("|", at);
     if (bar < 0) {
-      if (i === 1 && text.slice(at) === "-") return { gen: fields[0]! };
+      if (i === 2 && text.slice(at) === "-") break; // tombstone
       throw new CorruptRecordError("too few fields");
     }
     fields.push(text.slice(at, bar));
     at = bar + 1;
   }
-  const [gen, born, ttl, maxStale, failSafe] = fields as [string, string, string, string, string];
-  const times = { born: Number(born), ttl: Number(ttl), maxStale: Number(maxStale), failSafe: Number(failSafe) };
-  if (!Number.isFinite(times.born) || !(times.ttl >= 0) || !(times.maxStale >= 0) || !(times.failSafe >= 0) || gen === "") {
-    throw new CorruptRecordError("bad header");
-  }
-  return { gen, times, payload: text.slice(at) };
+  const gen = fields[0]!;
+  const born = Number(fields[1]);
+  if (gen === "" || !Number.isFinite(born)) throw new CorruptRecordError("bad header");
+  if (fields.length === 2) return { gen, born };
+  const times = { born, ttl: Number(fields[2]), maxStale: Number(fields[3]), failSafe: Number(fields[4]) };
+  if (!(times.ttl >= 0) || !(times.maxStale >= 0) || !(times.failSafe >= 0)) throw new CorruptRecordError("bad header");
+  return { gen, born, times, payload: text.slice(at) };
 }

@@ -2,7 +2,7 @@ import { optionError } from "../errors.js";
 import { parseDuration, type Duration } from "../options.js";
 import { driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
 import type { L2Resilience, L2Store } from "./contract.js";
-import { RECORD_VERSION } from "./envelope.js";
+import { bornOf, RECORD_VERSION } from "./envelope.js";
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster. Not closed by the store. */
@@ -17,24 +17,35 @@ export interface RedisStoreOptions {
 
 const KNOWN = new Set(["client", "url", "timeout", "circuitBreaker"]);
 
-/**
- * Conditional write: store ARGV[2] (expiring after ARGV[3] ms, or never when empty) only if the
- * generation of the current record equals ARGV[1] ("" when there is no record). The generation is
- * the second `|`-separated field of a layercache record. One key, so it is cluster-safe.
- */
-const CAS = luaScript(`
-local cur = redis.call('GET', KEYS[1])
-local gen = ''
-if cur then
+// Both scripts read the record's generation (field 2) and write time (field 3); see
+// store/envelope.ts. One key each, so they are cluster-safe.
+const READ_HEADER = `
+local function header(rec)
   local head = '${RECORD_VERSION}|'
-  if string.sub(cur, 1, #head) == head then
-    local bar = string.find(cur, '|', #head + 1, true)
-    if bar then gen = string.sub(cur, #head + 1, bar - 1) end
-  end
+  if not rec or string.sub(rec, 1, #head) ~= head then return '', nil end
+  local a = string.find(rec, '|', #head + 1, true)
+  if not a then return '', nil end
+  local b = string.find(rec, '|', a + 1, true)
+  return string.sub(rec, #head + 1, a - 1), tonumber(string.sub(rec, a + 1, (b or 0) - 1))
 end
+local function store(rec, px)
+  if px == '' then redis.call('SET', KEYS[1], rec) else redis.call('SET', KEYS[1], rec, 'PX', px) end
+  return 1
+end
+`;
+
+/** A load's write-back: ARGV = generation seen ("" = none), record, px. Writes only if the generation is unchanged. */
+const CAS = luaScript(`${READ_HEADER}
+local gen = header(redis.call('GET', KEYS[1]))
 if gen ~= ARGV[1] then return 0 end
-if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-return 1
+return store(ARGV[2], ARGV[3])
+`);
+
+/** A set or remove: ARGV = record, px, its write time. Writes unless the stored record was written later. */
+const LWW = luaScript(`${READ_HEADER}
+local _, born = header(redis.call('GET', KEYS[1]))
+if born and born > tonumber(ARGV[3]) then return 0 end
+return store(ARGV[1], ARGV[2])
 `);
 
 /** Milliseconds for PX: a positive integer, or undefined for "no expiry". */
@@ -43,9 +54,10 @@ function px(ttlMs: number): number | undefined {
 }
 
 /**
- * L2 on Redis, Valkey or Redis Cluster. Every key is a plain string holding one layercache record;
- * reads are GET (batched into MGET within a tick on a standalone ioredis client), writes are SET
- * with PX, and a load's write-back is a one-key Lua compare-and-set on the record's generation.
+ * L2 on Redis, Valkey or Redis Cluster. Every key is a plain string holding one layercache record.
+ * Reads are GET (batched into MGET within a tick on a standalone ioredis client). Writes are
+ * one-key Lua scripts: a load's write-back compares the record's generation, a set or remove its
+ * write time (see `L2Store.set`).
  */
 export class RedisStore implements L2Store {
   readonly resilience: L2Resilience;
@@ -82,12 +94,10 @@ export class RedisStore implements L2Store {
 
   async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
     const d = this.#driver ?? (await this.#ready());
-    if (ifGeneration === undefined) {
-      await d.set(key, record, px(ttlMs));
-      return true;
-    }
     const p = px(ttlMs);
-    return (await d.eval(CAS, [key], [ifGeneration, record, p === undefined ? "" : String(p)])) === 1;
+    const ms = p === undefined ? "" : String(p);
+    if (ifGeneration !== undefined) return (await d.eval(CAS, [key], [ifGeneration, record, ms])) === 1;
+    return (await d.eval(LWW, [key], [record, ms, String(bornOf(record))])) === 1;
   }
 
   async close(): Promise<void> {

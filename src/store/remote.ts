@@ -51,7 +51,7 @@ export interface RemoteScope {
 /** A write that could not reach L2, kept for retry. Times are absolute so a late retry keeps the right expiry. */
 type PendingWrite =
   | { kind: "set"; record: string; expiresAt: number; ifGen: string | undefined; label: string }
-  | { kind: "remove"; gen: string; label: string };
+  | { kind: "remove"; gen: string; born: number; label: string };
 
 /** The L2 call took longer than the store's `timeoutMs`. */
 export class L2TimeoutError extends LayerCacheError {
@@ -186,7 +186,7 @@ export class RemoteLayer {
 
   /** Replaces the record with a tombstone of a new generation (retried in the background if L2 fails). */
   async remove(ns: RemoteScope, key: string): Promise<PutResult> {
-    return this.#write(ns, key, { kind: "remove", gen: this.#newGen(), label: ns.label });
+    return this.#write(ns, key, { kind: "remove", gen: this.#newGen(), born: this.#clock.now(), label: ns.label });
   }
 
   /** Gives queued writes one more try (bounded by the caller) and stops retrying. */
@@ -208,7 +208,7 @@ export class RemoteLayer {
   }
 
   #send(full: string, w: PendingWrite, ns: RemoteScope | undefined, key: string | undefined): Promise<boolean | typeof FAILED> {
-    if (w.kind === "remove") return this.#call("remove", ns, key, () => this.store.set(full, encodeTombstone(w.gen), GENERATION_MEMORY_MS));
+    if (w.kind === "remove") return this.#call("remove", ns, key, () => this.store.set(full, encodeTombstone(w.gen, w.born), GENERATION_MEMORY_MS));
     // Even a record past its windows is written: it carries the generation that fences older loads.
     const ttl = Math.max(w.expiresAt - this.#clock.now(), GENERATION_MEMORY_MS);
     return this.#call("set", ns, key, () => this.store.set(full, w.record, ttl, w.ifGen));
@@ -242,7 +242,7 @@ export class RemoteLayer {
     writeLog(this.#logger, "warn", { key, scope: ns.label, err: error }, "layercache: corrupt L2 record treated as a miss and removed");
     if (this.#emitter.l.l2Corrupt) this.#emitter.emit("l2Corrupt", { key, scope: ns.label, error });
     const gen = this.#newGen();
-    const result = await this.#write(ns, key, { kind: "remove", gen, label: ns.label });
+    const result = await this.#write(ns, key, { kind: "remove", gen, born: this.#clock.now(), label: ns.label });
     return result === "written" ? { gen } : undefined;
   }
 

@@ -1,0 +1,96 @@
+import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
+import type { Redis } from "ioredis";
+import { LayerCache } from "../../src/index.js";
+import { encodeMessage } from "../../src/bus/codec.js";
+import { CLIENT_KINDS, eventually, rawClient, uniquePrefix, wire, type Wiring } from "../support/redis-clients.js";
+
+const url = inject("redisUrl");
+let raw: Redis;
+const caches: LayerCache[] = [];
+const wirings: Wiring[] = [];
+beforeAll(() => {
+  raw = rawClient(url);
+});
+afterAll(async () => {
+  await Promise.all(caches.map((c) => c.close()));
+  await Promise.all(wirings.map((w) => w.close()));
+  await raw.quit();
+});
+
+async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true) {
+  const prefix = uniquePrefix();
+  const out: LayerCache[] = [];
+  for (let i = 0; i < n; i++) {
+    const w = await wire(kind, url);
+    wirings.push(w);
+    const c = new LayerCache({ prefix, bus: w.bus, ...(withL2 ? { l2: w.store } : {}), ...extra });
+    caches.push(c);
+    out.push(c);
+  }
+  await Promise.all(out.map((c) => c.ready()));
+  return { caches: out, prefix };
+}
+
+describe.each(CLIENT_KINDS)("RedisBus with %s", (kind) => {
+  test("remove, set and clear (cache and scope) reach every peer's L1", async () => {
+    const { caches: [a, b, c] } = await instances(kind, 3, {}, false);
+    for (const x of [b!, c!]) {
+      // getOrSet without an L2 publishes nothing, so each keeps its own copy.
+      await x.getOrSet("k", () => "mine");
+      await x.scope("s").getOrSet("k", () => "mine");
+    }
+    await a!.remove("k");
+    await eventually(async () => (await b!.get("k")) === undefined && (await c!.get("k")) === undefined);
+    expect(await b!.scope("s").get("k")).toBe("mine");
+    await a!.scope("s").clear();
+    await eventually(async () => (await b!.scope("s").get("k")) === undefined && (await c!.scope("s").get("k")) === undefined);
+    await b!.set("x", 1);
+    await a!.set("x", 2);
+    await eventually(async () => (await b!.get("x")) === undefined);
+    await b!.set("y", 1);
+    await a!.clear();
+    await eventually(async () => (await b!.get("y")) === undefined);
+  });
+
+  test("with a busSecret, unsigned and forged messages change nothing and are counted", async () => {
+    const { caches: [a, b], prefix } = await instances(kind, 2, { busSecret: "s3cret" }, false);
+    await b!.set("k", "kept");
+    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"] }));
+    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"] }, new TextEncoder().encode("guess")));
+    await raw.publish(`${prefix}:bus`, "garbage");
+    await eventually(() => b!.stats().busMessagesDropped === 3);
+    expect(await b!.get("k")).toBe("kept");
+    await a!.remove("k");
+    await eventually(async () => (await b!.get("k")) === undefined);
+  });
+});
+
+describe("bus repair after a lost subscription", () => {
+  test("CLIENT KILL TYPE pubsub: values from before the gap are not served as fresh afterwards", async () => {
+    const { caches: [a, b] } = await instances("ioredis", 2);
+    const gaps: string[] = [];
+    b!.on("busDisconnect", () => gaps.push("disconnect"));
+    b!.on("busReconnect", () => gaps.push("reconnect"));
+    await a!.set("k", "v1");
+    expect(await b!.get("k")).toBe("v1");
+    await raw.call("CLIENT", "KILL", "TYPE", "pubsub");
+    await a!.set("k", "v2"); // this "remove" is likely published while b is not subscribed
+    await eventually(() => gaps.includes("reconnect"));
+    expect(gaps[0]).toBe("disconnect");
+    expect(await b!.get("k")).toBe("v2");
+    // The bus works again.
+    await a!.set("k", "v3");
+    await eventually(async () => (await b!.get("k")) === "v3");
+  });
+
+  test.each(["node-redis", "url"] as const)("CLIENT KILL TYPE pubsub with %s", async (kind) => {
+    const { caches: [a, b] } = await instances(kind, 2);
+    await a!.set("k", "v1");
+    expect(await b!.get("k")).toBe("v1");
+    const before = b!.stats().busReconnects;
+    await raw.call("CLIENT", "KILL", "TYPE", "pubsub");
+    await a!.set("k", "v2");
+    await eventually(() => b!.stats().busReconnects > before, 10_000);
+    expect(await b!.get("k")).toBe("v2");
+  });
+});

@@ -1,0 +1,55 @@
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { createClient } from "redis";
+import { RedisBus, RedisStore } from "../../src/redis.js";
+
+export type ClientKind = "ioredis" | "node-redis" | "url";
+export const CLIENT_KINDS: ClientKind[] = ["ioredis", "node-redis", "url"];
+
+/** A unique prefix per test, so test files can share one redis-server. */
+export function uniquePrefix(): string {
+  return `t${randomBytes(5).toString("hex")}`;
+}
+
+export interface Wiring {
+  store: RedisStore;
+  bus: RedisBus;
+  close(): Promise<void>;
+}
+
+/** A RedisStore and a RedisBus built the way a user would with `kind`. */
+export async function wire(kind: ClientKind, url: string, busOptions: { heartbeat?: string | number } = {}): Promise<Wiring> {
+  if (kind === "url") {
+    return { store: new RedisStore({ url }), bus: new RedisBus({ url, ...busOptions }), close: async () => {} };
+  }
+  if (kind === "ioredis") {
+    const client = new Redis(url);
+    return {
+      store: new RedisStore({ client }),
+      bus: new RedisBus({ client, ...busOptions }),
+      close: async () => void (await client.quit()),
+    };
+  }
+  const client = createClient({ url });
+  client.on("error", () => {});
+  await client.connect();
+  return {
+    store: new RedisStore({ client }),
+    bus: new RedisBus({ client, ...busOptions }),
+    close: async () => void (await client.close()),
+  };
+}
+
+/** A plain client to look at (or tamper with) what is stored. */
+export function rawClient(url: string): Redis {
+  return new Redis(url);
+}
+
+/** Polls `check` until it is true, within `ms` (bounded waits for asynchronous delivery). */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("condition not reached in time");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
