@@ -148,7 +148,7 @@ describe("MemoryBus propagation (SPEC 2)", () => {
 describe("message codec", () => {
   test("round trip; carries sender, op, scope and keys — never a value", () => {
     const text = encodeMessage({ from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"] });
-    expect(JSON.parse(text)).toEqual([BUS_VERSION, "abc", "remove", ["users"], ["1", "2"]]);
+    expect(JSON.parse(text)).toEqual([BUS_VERSION, "abc", "remove", ["users"], ["1", "2"], null]);
     expect(decodeMessage(text)).toEqual({ ok: true, message: { from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"] } });
   });
 
@@ -168,17 +168,19 @@ describe("message codec", () => {
     ["not json", "}{"],
     ["not an array", '{"v":1}'],
     ["too short", "[1,\"a\",\"remove\"]"],
-    ["bad op", '[1,"a","drop",[],["k"]]'],
-    ["bad scope", '[1,"a","remove","users",["k"]]'],
-    ["bad keys", '[1,"a","remove",[],[1]]'],
-    ["no keys on remove", '[1,"a","remove",[],[]]'],
-    ["empty sender", '[1,"","remove",[],["k"]]'],
+    ["bad op", '[1,"a","drop",[],["k"],null]'],
+    ["bad scope", '[1,"a","remove","users",["k"],null]'],
+    ["bad keys", '[1,"a","remove",[],[1],null]'],
+    ["no keys on remove", '[1,"a","remove",[],[],null]'],
+    ["empty sender", '[1,"","remove",[],["k"],null]'],
+    ["bad born", '[1,"a","remove",[],["k"],"yesterday"]'],
+    ["too long", '[1,"a","remove",[],["k"],null,"sig","extra"]'],
   ])("malformed: %s", (_name, text) => {
     expect(decodeMessage(text)).toEqual({ ok: false, reason: "malformed" });
   });
 
   test("another version is refused as such", () => {
-    expect(decodeMessage('[2,"a","remove",[],["k"]]')).toEqual({ ok: false, reason: "version" });
+    expect(decodeMessage('[2,"a","remove",[],["k"],null]')).toEqual({ ok: false, reason: "version" });
   });
 });
 
@@ -205,7 +207,7 @@ describe("bad and forged bus messages (SPEC 6)", () => {
     cache.on("busMessageDropped", (e) => dropped.push(e.reason));
     await cache.set("k", 1);
     bus.inject("garbage");
-    bus.inject('[2,"x","remove",[],["k"]]');
+    bus.inject('[2,"x","remove",[],["k"],null]');
     bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"] })); // unsigned
     bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"] }, new TextEncoder().encode("wrong")));
     expect(await cache.get("k")).toBe(1);

@@ -3,14 +3,17 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 /**
  * Bus message format, version 1: a JSON array
  *
- *   [1, "<sender id>", "remove" | "clear" | "update", ["scope", "path"], ["key", ...]]
+ *   [1, "<sender id>", "<op>", ["scope", "path"], ["key", ...], <born> | null]
  *
- * "remove" and "clear" are invalidations: peers drop their copies and stop loads in flight from
- * writing back. "update" says a load just wrote a newer value to L2: peers drop their (older) L1
- * copies so their next read takes it from L2, but loads in flight are left alone.
+ * and, when a shared secret is configured, a seventh element: the base64url HMAC-SHA256 of the
+ * JSON text of the first six. Messages carry keys, never values.
  *
- * and, when a shared secret is configured, a sixth element: the base64url HMAC-SHA256 of the
- * JSON text of the first five. Messages carry keys, never values.
+ * - "remove" and "clear" are invalidations: peers drop their copies of the keys (of the whole
+ *   scope for "clear") and stop loads in flight from writing back. A "remove" sent by `set`
+ *   carries the new value's write time (`born`): a peer keeps a copy with exactly that write time
+ *   (it already read the new value from L2), and drops any other.
+ * - "update" says a load just wrote the value with write time `born` to L2: peers drop other L1
+ *   copies so their next read takes it from L2, and leave loads in flight alone.
  */
 export const BUS_VERSION = 1;
 
@@ -21,6 +24,8 @@ export interface BusMessage {
   op: BusOp;
   scope: string[];
   keys: string[];
+  /** Write time of the value that replaced the keys' old copies, when there is one. */
+  born?: number;
 }
 
 export type Decoded = { ok: true; message: BusMessage } | { ok: false; reason: string };
@@ -29,9 +34,13 @@ function sign(secret: Uint8Array, body: string): string {
   return createHmac("sha256", secret).update(body).digest("base64url");
 }
 
+function body(m: BusMessage): string {
+  return JSON.stringify([BUS_VERSION, m.from, m.op, m.scope, m.keys, m.born ?? null]);
+}
+
 export function encodeMessage(m: BusMessage, secret?: Uint8Array): string {
-  const body = JSON.stringify([BUS_VERSION, m.from, m.op, m.scope, m.keys]);
-  return secret === undefined ? body : `${body.slice(0, -1)},${JSON.stringify(sign(secret, body))}]`;
+  const text = body(m);
+  return secret === undefined ? text : `${text.slice(0, -1)},${JSON.stringify(sign(secret, text))}]`;
 }
 
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
@@ -45,21 +54,24 @@ export function decodeMessage(text: unknown, secret?: Uint8Array): Decoded {
   } catch {
     return { ok: false, reason: "malformed" };
   }
-  if (!Array.isArray(parsed) || parsed.length < 5) return { ok: false, reason: "malformed" };
+  if (!Array.isArray(parsed) || parsed.length < 6) return { ok: false, reason: Array.isArray(parsed) && parsed[0] !== BUS_VERSION ? "version" : "malformed" };
   if (parsed[0] !== BUS_VERSION) return { ok: false, reason: "version" };
-  if (parsed.length > 6) return { ok: false, reason: "malformed" };
-  const [, from, op, scope, keys, sig] = parsed as unknown[];
+  if (parsed.length > 7) return { ok: false, reason: "malformed" };
+  const [, from, op, scope, keys, born, sig] = parsed as unknown[];
   if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear" && op !== "update") || !isStringArray(scope) || !isStringArray(keys)) {
     return { ok: false, reason: "malformed" };
   }
   if (op !== "clear" && (keys.length === 0 || keys.some((k) => k === ""))) return { ok: false, reason: "malformed" };
+  if (born !== null && !(typeof born === "number" && Number.isFinite(born))) return { ok: false, reason: "malformed" };
+  const message: BusMessage = { from, op, scope, keys };
+  if (born !== null) message.born = born;
   if (secret !== undefined) {
     if (typeof sig !== "string") return { ok: false, reason: "unsigned" };
-    const expected = Buffer.from(sign(secret, JSON.stringify([BUS_VERSION, from, op, scope, keys])));
+    const expected = Buffer.from(sign(secret, body(message)));
     const given = Buffer.from(sig);
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: "forged" };
   } else if (sig !== undefined && typeof sig !== "string") {
     return { ok: false, reason: "malformed" };
   }
-  return { ok: true, message: { from, op, scope, keys } };
+  return { ok: true, message };
 }

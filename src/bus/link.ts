@@ -7,8 +7,8 @@ import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./cod
 import type { Bus, BusConnection } from "./contract.js";
 
 export interface PeerHandlers {
-  onRemove(scope: string[], keys: string[], from: string): void;
-  onUpdate(scope: string[], keys: string[], from: string): void;
+  onRemove(scope: string[], keys: string[], from: string, born: number | undefined): void;
+  onUpdate(scope: string[], keys: string[], from: string, born: number | undefined): void;
   onClear(scope: string[], from: string): void;
   /** The bus is deaf (lost, or never connected): invalidations may be missed. */
   onDeaf(): void;
@@ -129,14 +129,14 @@ export class BusLink {
    * Tells peers; never rejects. An invalidation that cannot be published now is merged and
    * republished later; an "update" is only a hint (peers' copies are older, not invalid) and is not.
    */
-  async publish(op: BusOp, scope: readonly string[], keys: string[]): Promise<void> {
+  async publish(op: BusOp, scope: readonly string[], keys: string[], born?: number): Promise<void> {
     const conn = this.#conn;
     if (conn === undefined) {
       if (op !== "update") this.#queue(op, scope, keys);
       return;
     }
     try {
-      await this.#send(conn, this.#encode(op, scope, keys));
+      await this.#send(conn, this.#encode(op, scope, keys, born));
     } catch (error) {
       this.#failed("publish", error);
       if (op !== "update") this.#queue(op, scope, keys);
@@ -161,8 +161,8 @@ export class BusLink {
     return withTimeout(this.#clock, conn.publish(text), PUBLISH_TIMEOUT_MS, () => busTimeout("publish", PUBLISH_TIMEOUT_MS));
   }
 
-  #encode(op: BusOp, scope: readonly string[], keys: string[]): string {
-    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys }, this.#secret);
+  #encode(op: BusOp, scope: readonly string[], keys: string[], born?: number): string {
+    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, born }, this.#secret);
   }
 
   #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
@@ -213,8 +213,8 @@ export class BusLink {
     }
     const m: BusMessage = d.message;
     if (m.from === this.#id) return;
-    if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from);
-    else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from);
+    if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from, m.born);
+    else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from, m.born);
     else this.#peer.onClear(m.scope, m.from);
   }
 

@@ -11,7 +11,7 @@ import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../opt
 import type { L2Store } from "../store/contract.js";
 import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../store/remote.js";
 import type { Serializer } from "../store/serializer.js";
-import { Flight } from "./flight.js";
+import { Flight, Peek, type Fenced } from "./flight.js";
 import { Namespace } from "./namespace.js";
 
 /** How long `close()` waits for background work before aborting it. */
@@ -124,8 +124,8 @@ export class Engine {
         secret: init.settings.busSecret,
         clock: init.clock,
         peer: {
-          onRemove: (scope, keys, from) => this.#peerRemove(scope, keys, from),
-          onUpdate: (scope, keys, from) => this.#peerUpdate(scope, keys, from),
+          onRemove: (scope, keys, from, born) => this.#peerRemove(scope, keys, from, born),
+          onUpdate: (scope, keys, from, born) => this.#peerUpdate(scope, keys, from, born),
           onClear: (scope, from) => this.#peerClear(scope, from),
           onDeaf: () => this.#busGap("disconnect"),
           onHearing: () => this.#busGap("reconnect"),
@@ -170,7 +170,7 @@ export class Engine {
     for (const f of [...this.#flights]) {
       const error = new CacheClosedError();
       f.controller?.abort(error);
-      f.invalidated = true;
+      f.fence();
       this.#done(f);
       f.fail(error);
     }
@@ -216,18 +216,35 @@ export class Engine {
     return this.#getFromL2(ns, key);
   }
 
-  async #getFromL2(ns: Namespace, key: string): Promise<unknown> {
-    const epoch = ns.epoch;
-    const found = await this.remote!.read(ns, key);
-    const e = found?.entry;
-    if (e !== undefined && this.clock.now() < e.times.fresh) {
-      // An invalidation that happened while L2 answered must not be undone by this fill.
-      if (ns.epoch === epoch) this.#fillL1(ns, key, e);
-      this.#hit(ns, key, "l2", 1);
-      return e.value;
+  /** A get that missed L1: one L2 read per key at a time, shared by the gets that join it. */
+  #getFromL2(ns: Namespace, key: string): Promise<unknown> {
+    const running = ns.peeks?.get(key);
+    if (running !== undefined) {
+      running.callers++;
+      return running.promise;
     }
-    this.#miss(ns, key, 1);
-    return undefined;
+    const peek = new Peek();
+    peek.callers = 1;
+    (ns.peeks ??= new Map()).set(key, peek);
+    peek.promise = this.#peek(ns, key, peek);
+    return peek.promise;
+  }
+
+  async #peek(ns: Namespace, key: string, peek: Peek): Promise<unknown> {
+    try {
+      const found = await this.remote!.read(ns, key);
+      const e = found?.entry;
+      if (e !== undefined && this.clock.now() < e.times.fresh) {
+        // An invalidation that happened while L2 answered must not be undone by this fill.
+        if (peek.accepts(e.times.born)) this.#fillL1(ns, key, e);
+        this.#hit(ns, key, "l2", peek.callers);
+        return e.value;
+      }
+      this.#miss(ns, key, peek.callers);
+      return undefined;
+    } finally {
+      if (ns.peeks?.get(key) === peek) ns.peeks.delete(key);
+    }
   }
 
   /**
@@ -330,7 +347,7 @@ export class Engine {
         if (found !== undefined) {
           f.gen = found.gen;
           const e = found.entry;
-          if (e !== undefined && !f.invalidated) {
+          if (e !== undefined && f.accepts(e.times.born)) {
             const now = this.clock.now();
             const t = e.times;
             // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
@@ -357,7 +374,7 @@ export class Engine {
         }
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
-      if (f.invalidated && (f.settled || f.callers === 0)) return;
+      if (!f.clean && (f.settled || f.callers === 0)) return;
       this.#miss(ns, key, f.settled ? 0 : f.callers);
       f.loading = true;
       await this.#callLoader(f, held);
@@ -405,7 +422,7 @@ export class Engine {
     if (held !== undefined && p.softTimeout > 0 && !f.settled) {
       softTimer = this.clock.setTimeout(() => {
         // An invalidation while the loader ran makes the held value unservable.
-        if (f.settled || f.invalidated) return;
+        if (f.settled || !f.clean) return;
         this.#staleHit(ns, key, "softTimeout", f.callers);
         f.servedStale = "softTimeout";
         f.settle(held.value);
@@ -437,7 +454,7 @@ export class Engine {
       writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: background refresh failed; keeping the stale value");
       if (this.emitter.l.refreshFailure) this.emitter.emit("refreshFailure", { key, scope: ns.label, error });
     }
-    if (held !== undefined && now < held.safeEnd && !f.invalidated) {
+    if (held !== undefined && now < held.safeEnd && f.clean) {
       if (!refresh) {
         // Throttle: a down backend is not called again on every read while the fallback is served.
         if (held.remote !== undefined) this.#fillL1(ns, key, held.remote);
@@ -464,7 +481,7 @@ export class Engine {
       f.settle(undefined);
       return;
     }
-    if (f.invalidated) return this.#discard(f, value, "invalidated");
+    if (!f.clean) return this.#discard(f, value, "invalidated");
     const now = this.clock.now();
     const times = this.#times(p, now);
     let bytes = 0;
@@ -480,13 +497,13 @@ export class Engine {
           published = result === "written";
         }
       }
-      if (f.invalidated) return this.#discard(f, value, "invalidated");
+      if (!f.clean) return this.#discard(f, value, "invalidated");
     }
     this.#writeL1(ns, key, value, times, bytes);
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
-    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key]));
+    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key], times.born));
     if (f.pooled) this.#refreshSucceeded(f);
     this.#done(f);
     f.settle(value);
@@ -558,7 +575,8 @@ export class Engine {
       if (enc !== undefined && !enc.tooLarge) await this.remote.put(ns, key, enc, times);
       else await this.remote.remove(ns, key);
     }
-    await this.link?.publish("remove", ns.path, [key]);
+    // Peers that already read this very write from L2 (same write time) keep it.
+    await this.link?.publish("remove", ns.path, [key], enc !== undefined && !enc.tooLarge ? times.born : undefined);
     if (failure) throw failure;
   }
 
@@ -571,7 +589,7 @@ export class Engine {
 
   async clear(ns: Namespace): Promise<void> {
     if (!this.opened) await this.open();
-    this.#invalidateScope(ns);
+    this.#invalidateScope(ns, true);
     await this.link?.publish("clear", ns.path, []);
   }
 
@@ -580,60 +598,88 @@ export class Engine {
   }
 
   clearLocal(ns: Namespace): void {
-    this.#invalidateScope(ns);
+    this.#invalidateScope(ns, true);
   }
 
-  /** Every invalidation of one key goes through here: in-flight loads of it are detached and marked. */
-  #invalidate(ns: Namespace, key: string, drop: boolean): boolean {
-    ns.epoch++;
+  /**
+   * Every invalidation of one key goes through here: its in-flight load and L2 read are fenced and
+   * detached (`born`: the write that replaced the value, which they may still take from L2).
+   */
+  #invalidate(ns: Namespace, key: string, drop: boolean, born?: number): boolean {
     const f = ns.flights?.get(key);
     if (f !== undefined) {
-      f.invalidated = true;
+      f.fence(born);
       ns.flights!.delete(key);
+    }
+    const peek = ns.peeks?.get(key);
+    if (peek !== undefined) {
+      peek.fence(born);
+      ns.peeks!.delete(key);
     }
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     return drop && ns.part.delete(ns, key);
   }
 
-  #invalidateScope(ns: Namespace): number {
+  /** Fences and detaches everything in flight in a scope and its nested scopes; clears their L1 entries when `drop`. */
+  #invalidateScope(ns: Namespace, drop: boolean): number {
     let dropped = 0;
     for (const n of ns.subtree()) {
-      n.epoch++;
-      if (n.flights !== undefined) {
-        for (const f of n.flights.values()) f.invalidated = true;
-        n.flights.clear();
+      for (const map of [n.flights, n.peeks] as (Map<string, Fenced> | undefined)[]) {
+        if (map === undefined) continue;
+        for (const op of map.values()) op.fence();
+        map.clear();
       }
       n.throttles = undefined;
       n.cooldowns = undefined;
-      dropped += n.part.clearOwner(n);
+      if (drop) dropped += n.part.clearOwner(n);
     }
     return dropped;
   }
 
   // ---------------------------------------------------------------- peers
 
-  #peerRemove(scope: string[], keys: string[], from: string): void {
-    const ns = this.root.find(scope);
-    let dropped = 0;
-    if (ns !== undefined) for (const key of keys) if (this.#invalidate(ns, key, true)) dropped++;
-    this.#peerInvalidated("remove", scope, keys, dropped, from);
-  }
-
-  /** A peer wrote a newer value to L2: drop the older L1 copies (loads in flight are not invalidated). */
-  #peerUpdate(scope: string[], keys: string[], from: string): void {
+  #peerRemove(scope: string[], keys: string[], from: string, born: number | undefined): void {
     const ns = this.root.find(scope);
     let dropped = 0;
     if (ns !== undefined) {
-      ns.epoch++;
-      for (const key of keys) if (ns.part.delete(ns, key)) dropped++;
+      for (const key of keys) {
+        this.#invalidate(ns, key, false, born);
+        if (this.#dropUnlessBorn(ns, key, born)) dropped++;
+      }
+    }
+    this.#peerInvalidated("remove", scope, keys, dropped, from);
+  }
+
+  /** A peer wrote a newer value to L2: drop other L1 copies (loads in flight are not invalidated). */
+  #peerUpdate(scope: string[], keys: string[], from: string, born: number | undefined): void {
+    const ns = this.root.find(scope);
+    let dropped = 0;
+    if (ns !== undefined) {
+      for (const key of keys) {
+        // A get reading L2 may only fill L1 with this newer write, not with what it read before.
+        const peek = ns.peeks?.get(key);
+        if (peek !== undefined) {
+          peek.fence(born);
+          ns.peeks!.delete(key);
+        }
+        if (this.#dropUnlessBorn(ns, key, born)) dropped++;
+      }
     }
     this.#peerInvalidated("update", scope, keys, dropped, from);
   }
 
+  /** Drops the key's L1 entry, unless it is the very write (`born`) the peer announced. */
+  #dropUnlessBorn(ns: Namespace, key: string, born: number | undefined): boolean {
+    const idx = ns.slots.get(key);
+    if (idx === undefined || (born !== undefined && ns.part.born[idx] === born)) return false;
+    ns.part.deleteSlot(idx);
+    return true;
+  }
+
   #peerClear(scope: string[], from: string): void {
     const ns = this.root.find(scope);
-    this.#peerInvalidated("clear", scope, [], ns === undefined ? 0 : this.#invalidateScope(ns), from);
+    this.#peerInvalidated("clear", scope, [], ns === undefined ? 0 : this.#invalidateScope(ns, true), from);
   }
 
   #peerInvalidated(op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void {
@@ -656,14 +702,8 @@ export class Engine {
       if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", {});
       return;
     }
+    this.#invalidateScope(this.root, false);
     let entries = 0;
-    for (const ns of this.root.subtree()) {
-      ns.epoch++;
-      if (ns.flights !== undefined) {
-        for (const f of ns.flights.values()) f.invalidated = true;
-        ns.flights.clear();
-      }
-    }
     for (const part of this.#partitions()) entries += part.markAllRevalidate();
     this.counters.busReconnects++;
     writeLog(this.logger, "info", { entries }, "layercache: bus subscription back; L1 entries will revalidate");

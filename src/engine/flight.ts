@@ -14,11 +14,45 @@ export type Loader<V> = (context: LoaderContext<V>) => V | Promise<V>;
 const noop = (): void => {};
 
 /**
- * One load (or background refresh) of one full key. Callers that miss while it runs join it;
- * an invalidation of the key marks it `invalidated` and detaches it, so its result is returned
- * to those who waited for it but never written to L1 or L2, and later callers start afresh.
+ * An operation in flight for one key (a load, or a `get`'s L2 read) that invalidations fence:
+ * it may still answer the callers waiting for it, but not write anything they would not allow.
  */
-export class Flight {
+export class Fenced {
+  /** Invalidated outright: nothing it read or computed may be written anywhere. */
+  invalidated = false;
+  /** Fenced by a peer's `set`: only that very write (this write time) may still be taken from L2. */
+  unlessBorn: number | undefined = undefined;
+  /** Callers waiting for its answer. */
+  callers = 0;
+
+  /** Records an invalidation of the key; `born` when it came with the write that replaced the value. */
+  fence(born?: number): void {
+    if (born === undefined || (this.unlessBorn !== undefined && this.unlessBorn !== born)) this.invalidated = true;
+    else this.unlessBorn = born;
+  }
+
+  /** Whether an L2 record written at `born` may still be used (served as held, or put in L1). */
+  accepts(born: number): boolean {
+    return !this.invalidated && (this.unlessBorn === undefined || this.unlessBorn === born);
+  }
+
+  /** No invalidation at all: a value of its own (a loader's result) may be written. */
+  get clean(): boolean {
+    return !this.invalidated && this.unlessBorn === undefined;
+  }
+}
+
+/** A `get`'s L2 read, shared by the gets of one key that miss L1 at the same time. */
+export class Peek extends Fenced {
+  promise!: Promise<unknown>;
+}
+
+/**
+ * One load (or background refresh) of one full key. Callers that miss while it runs join it; an
+ * invalidation of the key fences it and detaches it, so its result is returned to those who waited
+ * for it but never written to L1 or L2, and later callers start afresh.
+ */
+export class Flight extends Fenced {
   readonly ns: Namespace;
   readonly key: string;
   readonly policy: Policy;
@@ -29,13 +63,10 @@ export class Flight {
   readonly args: unknown[] | undefined;
   /** Holds a place in the refresh pool. */
   pooled = false;
-  /** Callers waiting for this flight's answer (0 for a background refresh nobody joined). */
-  callers = 0;
   /** Past its L2 read: the loader is (or was) running. */
   loading = false;
   /** Set when the flight answered early with a held value and goes on in the background. */
   servedStale: "background" | "softTimeout" | undefined = undefined;
-  invalidated = false;
   /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
   gen: string | undefined = undefined;
   settled = false;
@@ -45,6 +76,7 @@ export class Flight {
   #reject!: (error: unknown) => void;
 
   constructor(ns: Namespace, key: string, policy: Policy, started: number, fn: Function, self: unknown, args: unknown[] | undefined) {
+    super();
     this.ns = ns;
     this.key = key;
     this.policy = policy;

@@ -1,7 +1,7 @@
 import { L1Partition, type SlotOwner } from "../memory/l1.js";
 import { optionError } from "../errors.js";
 import type { L1Bounds } from "../options.js";
-import type { Flight } from "./flight.js";
+import type { Flight, Peek } from "./flight.js";
 
 /**
  * The shared state of one scope path: its L1 keys, its in-flight loads and its cooldowns. Every
@@ -22,12 +22,12 @@ export class Namespace implements SlotOwner {
   children: Map<string, Namespace> | undefined;
   /** In-flight loads and refreshes by key. */
   flights: Map<string, Flight> | undefined;
+  /** In-flight L2 reads of `get` by key. */
+  peeks: Map<string, Peek> | undefined;
   /** Key → time until which background refreshes are not started (after a failed refresh). */
   cooldowns: Map<string, number> | undefined;
   /** Key → time until which a failed load's fail-safe value is served without calling the loader. */
   throttles: Map<string, number> | undefined;
-  /** Bumped by every invalidation of a key here or a clear of this scope or an ancestor. */
-  epoch = 0;
   /** L2 key prefix, computed on first use by the remote layer. */
   l2Prefix: string | undefined;
 

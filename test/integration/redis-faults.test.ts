@@ -1,0 +1,116 @@
+import { afterEach, describe, expect, test } from "vitest";
+import { Redis } from "ioredis";
+import { LayerCache } from "../../src/index.js";
+import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisServer } from "../support/servers.js";
+import { eventually, uniquePrefix } from "../support/redis-clients.js";
+
+/**
+ * Faults on a real redis-server of the test's own: SIGKILL and restart, SIGSTOP/SIGCONT (a hang),
+ * CLIENT KILL of normal connections. Waits are bounded polls; nothing asserts on speed.
+ */
+const cleanup: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
+});
+
+async function setup() {
+  const server = await RedisServer.start();
+  cleanup.push(() => server.stop());
+  const prefix = uniquePrefix();
+  const make = () => {
+    const client = new Redis(server.url, { maxRetriesPerRequest: 1 });
+    client.on("error", () => {});
+    cleanup.push(async () => client.disconnect());
+    const cache = new LayerCache({
+      prefix,
+      l2: new RedisStore({ client, timeout: "200ms", circuitBreaker: { threshold: 2, cooldown: "300ms" } }),
+      bus: new RedisBus({ client, heartbeat: "200ms" }),
+    });
+    cleanup.push(() => cache.close());
+    return cache;
+  };
+  const a = make();
+  const b = make();
+  await Promise.all([a.ready(), b.ready()]);
+  const raw = new Redis(server.url, { maxRetriesPerRequest: 1, lazyConnect: true });
+  raw.on("error", () => {});
+  cleanup.push(async () => raw.disconnect());
+  return { server, prefix, a, b, raw };
+}
+
+describe("Redis killed and restarted", () => {
+  test("reads fall back to L1 and the loader, writes are queued and land after the restart", async () => {
+    const { server, prefix, a, b, raw } = await setup();
+    const events: string[] = [];
+    a.on("l2CircuitOpen", () => events.push("open"));
+    a.on("l2CircuitClose", () => events.push("close"));
+    await a.set("k", "v1");
+    expect(await b.get("k")).toBe("v1");
+
+    await server.kill("SIGKILL");
+    expect(await b.get("k")).toBe("v1"); // L1 keeps serving
+    expect(await a.getOrSet("fresh", async () => "from-loader")).toBe("from-loader");
+    await a.set("k", "v2"); // L1 now; L2 and bus later
+    await a.set("gone", "x");
+    await a.remove("gone");
+    for (let i = 0; i < 5; i++) await a.getOrSet(`miss${i}`, async () => i);
+    await eventually(() => events.includes("open"));
+    expect(a.stats().l2Pending).toBeGreaterThan(0);
+    expect(await a.get("k")).toBe("v2");
+
+    await server.restart();
+    await raw.connect();
+    await eventually(async () => a.stats().l2Pending === 0 && a.stats().busPending === 0, 15_000);
+    expect(events).toContain("close");
+    expect(await raw.get(`${prefix}::k`)).toMatch(/\|"v2"$/);
+    expect(await raw.get(`${prefix}::gone`)).toMatch(/\|-$/);
+    // b missed the invalidation while Redis was down; once its bus is back it revalidates.
+    await eventually(async () => (await b.get("k")) === "v2", 15_000);
+  });
+});
+
+describe("Redis hangs (SIGSTOP) and resumes (SIGCONT)", () => {
+  test("no request waits on the hung server beyond the timeout; everything recovers after", async () => {
+    const { server, prefix, a, b, raw } = await setup();
+    await raw.connect();
+    await a.set("k", "v1");
+    expect(await b.get("k")).toBe("v1");
+    const deaf: string[] = [];
+    b.on("busDisconnect", () => deaf.push("disconnect"));
+    b.on("busReconnect", () => deaf.push("reconnect"));
+
+    server.pause();
+    try {
+      const results = await Promise.all([
+        b.get("k"),
+        a.getOrSet("other", async () => "loaded"),
+        a.getOrSet("other2", async () => "loaded2"),
+        a.set("k", "v2"),
+        a.remove("x"),
+      ]);
+      expect(results.slice(0, 3)).toEqual(["v1", "loaded", "loaded2"]);
+      await eventually(() => deaf.includes("disconnect"), 10_000); // the heartbeat noticed the silence
+    } finally {
+      server.resume();
+    }
+    await eventually(() => deaf.includes("reconnect"), 15_000);
+    await eventually(async () => a.stats().l2Pending === 0, 15_000);
+    expect(await raw.get(`${prefix}::k`)).toMatch(/\|"v2"$/);
+    await eventually(async () => (await b.get("k")) === "v2", 15_000);
+  });
+});
+
+describe("connections killed (CLIENT KILL TYPE normal)", () => {
+  test("operations go on and the cache keeps working", async () => {
+    const { a, b, raw } = await setup();
+    await raw.connect();
+    await a.set("k", "v1");
+    await raw.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes");
+    for (let i = 0; i < 20; i++) await a.getOrSet(`k${i}`, async () => i);
+    await eventually(async () => {
+      await a.set("k", "v2");
+      return (await b.get("k")) === "v2";
+    }, 15_000);
+  });
+});
