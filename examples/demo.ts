@@ -1,7 +1,8 @@
 /**
  * `npm run demo` — a narrated walkthrough of layercache.
  *
- * Two instances of one service run in this process, joined by a MemoryBus (no server needed).
+ * Without REDIS_URL: two instances of one service run in this process, joined by a MemoryBus (no
+ * server needed). With REDIS_URL: two processes share Redis as L2 and bus (see demo-redis.ts).
  * Every number printed is measured while it runs.
  */
 import { LayerCache, MemoryBus } from "../src/index.js";
@@ -108,7 +109,11 @@ async function main(): Promise<void> {
   console.log(`\n${dim("Done. Next: `npm test` runs the whole suite.")}`);
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exitCode = 1;
-});
+if (process.env.REDIS_URL) {
+  await import("./demo-redis.js");
+} else {
+  main().catch((error) => {
+    console.error(error);
+    process.exitCode = 1;
+  });
+}

@@ -2,12 +2,13 @@ import { execFile } from "node:child_process";
 import { readdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { describe, expect, test } from "vitest";
+import { describe, expect, inject, test } from "vitest";
 
 const root = resolve(import.meta.dirname, "..");
 const run = promisify(execFile);
 const tsx = join(root, "node_modules", "tsx", "dist", "cli.mjs");
 const env = { ...process.env, REDIS_URL: "" };
+const withRedis = { ...process.env, REDIS_URL: inject("redisUrl") };
 
 describe("examples run", () => {
   test("npm run demo narrates every step and ends cleanly", async () => {
@@ -19,9 +20,17 @@ describe("examples run", () => {
     expect(stdout).toMatch(/A's copy: undefined/);
   }, 60_000);
 
-  for (const file of readdirSync(join(root, "examples")).filter((f) => f.endsWith(".ts") && f !== "demo.ts")) {
+  test("npm run demo with REDIS_URL: two processes, an invalidation crossing between them", async () => {
+    const { stdout } = await run("npm", ["run", "--silent", "demo"], { cwd: root, env: withRedis });
+    expect(stdout).toMatch(/B's loader was not called/);
+    expect(stdout).toMatch(/\[process B\] dropped its copy of user:42 on A's word \(remove\)/);
+    expect(stdout).toMatch(/\[process B\] get user:42 → undefined/);
+    expect(stdout).toMatch(/Done\./);
+  }, 60_000);
+
+  for (const file of readdirSync(join(root, "examples")).filter((f) => f.endsWith(".ts") && !f.startsWith("demo"))) {
     test(file, async () => {
-      const { stderr } = await run("node", [tsx, join("examples", file)], { cwd: root, env });
+      const { stderr } = await run("node", [tsx, join("examples", file)], { cwd: root, env: withRedis });
       expect(stderr.replace(/npm warn.*\n/g, "")).toBe("");
     }, 60_000);
   }

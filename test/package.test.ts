@@ -2,7 +2,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 
 /**
  * The published shape: `npm pack`, installed into a clean folder, imported both ways and
@@ -20,7 +20,7 @@ beforeAll(() => {
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
   const tgz = readdirSync(dir).find((f) => f.endsWith(".tgz"))!;
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", join(dir, tgz)], dir);
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", join(dir, tgz), "ioredis"], dir);
 }, 180_000);
 
 afterAll(() => {
@@ -33,7 +33,8 @@ const script = `
   const v = await cache.getOrSet("k", async () => ({ n: 1 }));
   const users = cache.scope("users");
   const f = users.cached(async (id) => "u" + id, { key: (id) => "user:" + id });
-  const r = [v.n, await f("1"), f.cacheKey("1"), typeof FakeClock, await peer.get("k")];
+  const store = new RedisStore({ url: "redis://127.0.0.1:1" }); // not connected: needs no client library yet
+  const r = [v.n, await f("1"), f.cacheKey("1"), typeof FakeClock, await peer.get("k"), typeof store.set, typeof RedisBus];
   await cache.close(); await peer.close();
   console.log(JSON.stringify(r));
 `;
@@ -42,23 +43,48 @@ describe("npm pack output", () => {
   test("contains the builds, the types and the docs, not the sources or tests", () => {
     const listing = run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], root);
     const files = (JSON.parse(listing)[0].files as { path: string }[]).map((f) => f.path);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "README.md", "package.json"]) expect(files).toContain(f);
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "package.json"]) {
+      expect(files).toContain(f);
+    }
     expect(files.some((f) => f.startsWith("src/") || f.startsWith("test/"))).toBe(false);
   });
 
   test("imports as ESM", () => {
-    writeFileSync(join(dir, "esm.mjs"), `import { LayerCache, MemoryBus, FakeClock } from "layercache";\n${script}`);
-    expect(JSON.parse(run("node", ["esm.mjs"], dir))).toEqual([1, "u1", "user:1", "function", null]);
+    writeFileSync(join(dir, "esm.mjs"), `import { LayerCache, MemoryBus, FakeClock } from "layercache";\nimport { RedisStore, RedisBus } from "layercache/redis";\n${script}`);
+    expect(JSON.parse(run("node", ["esm.mjs"], dir))).toEqual([1, "u1", "user:1", "function", null, "function", "function"]);
   });
 
   test("requires as CommonJS", () => {
-    writeFileSync(join(dir, "cjs.cjs"), `const { LayerCache, MemoryBus, FakeClock } = require("layercache");\n(async () => {${script}})();`);
-    expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null]);
+    writeFileSync(join(dir, "cjs.cjs"), `const { LayerCache, MemoryBus, FakeClock } = require("layercache");\nconst { RedisStore, RedisBus } = require("layercache/redis");\n(async () => {${script}})();`);
+    expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null, "function", "function"]);
+  });
+
+  test.each([
+    ["esm.mjs", `import { LayerCache } from "layercache"; import { RedisStore, RedisBus } from "layercache/redis";`],
+    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore, RedisBus } = require("layercache/redis");`],
+  ])("%s: RedisStore and RedisBus from { url } share values and invalidations through a real redis-server", (file, imports) => {
+    const url = inject("redisUrl");
+    const body = `
+      const opts = () => ({ prefix: "pack-${file}", l2: new RedisStore({ url: ${JSON.stringify(url)} }), bus: new RedisBus({ url: ${JSON.stringify(url)} }) });
+      const a = new LayerCache(opts()); const b = new LayerCache(opts());
+      await a.set("k", { n: 1 });
+      const seen = await b.get("k");
+      await a.remove("k");
+      for (let i = 0; i < 100 && b.stats().peerInvalidations === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      const after = await b.get("k");
+      await a.close(); await b.close();
+      console.log(JSON.stringify([seen, after === undefined, a.stats().l2Errors + b.stats().l2Errors]));`;
+    const name = "redis-" + file;
+    writeFileSync(join(dir, name), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
+    expect(JSON.parse(run("node", [name], dir))).toEqual([{ n: 1 }, true, 0]);
   });
 
   test("type-checks for ESM and CommonJS consumers", () => {
     const ts = `
       import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
+      import { RedisStore, RedisBus, type RedisStoreOptions } from "layercache/redis";
+      const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
+      void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
       const options: CacheOptions = { ttl: "1m", refresh: "background", bus: new MemoryBus() };
       const cache = new LayerCache(options);
       async function main(): Promise<number> {

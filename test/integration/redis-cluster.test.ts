@@ -1,0 +1,105 @@
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { Cluster, Redis } from "ioredis";
+import { createCluster } from "redis";
+import { LayerCache } from "../../src/index.js";
+import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisCluster } from "../support/servers.js";
+import { eventually, uniquePrefix } from "../support/redis-clients.js";
+import { deferred, flush } from "../support/helpers.js";
+
+/** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
+let cluster: RedisCluster;
+const closers: (() => Promise<unknown>)[] = [];
+beforeAll(async () => {
+  cluster = await RedisCluster.start();
+}, 60_000);
+afterAll(async () => {
+  for (const c of closers.reverse()) await c().catch(() => {});
+  await cluster?.stop();
+});
+
+type Kind = "ioredis-cluster" | "node-redis-cluster";
+
+async function clusterClient(kind: Kind): Promise<unknown> {
+  if (kind === "ioredis-cluster") {
+    const c = new Cluster(cluster.startupNodes);
+    c.on("error", () => {});
+    closers.push(() => c.quit());
+    return c;
+  }
+  const c = createCluster({ rootNodes: cluster.startupNodes.map((n) => ({ url: `redis://${n.host}:${n.port}` })) });
+  c.on("error", () => {});
+  await c.connect();
+  closers.push(() => c.close());
+  return c;
+}
+
+async function instances(kind: Kind, n: number) {
+  const prefix = uniquePrefix();
+  const out: LayerCache[] = [];
+  for (let i = 0; i < n; i++) {
+    const client = await clusterClient(kind);
+    const cache = new LayerCache({ prefix, l2: new RedisStore({ client }), bus: new RedisBus({ client }) });
+    closers.push(() => cache.close());
+    out.push(cache);
+  }
+  await Promise.all(out.map((c) => c.ready()));
+  return { caches: out, prefix };
+}
+
+/** Keys per master node, read node by node. */
+async function keysPerNode(prefix: string): Promise<number[]> {
+  const counts: number[] = [];
+  for (const node of cluster.nodes) {
+    const r = new Redis(node.url);
+    counts.push((await r.keys(`${prefix}:*`)).length);
+    await r.quit();
+  }
+  return counts;
+}
+
+describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster with %s", (kind) => {
+  test("L2 is shared, keys spread across the masters, and nothing raises CROSSSLOT", async () => {
+    const { caches: [a, b], prefix } = await instances(kind, 2);
+    const errors: unknown[] = [];
+    for (const c of [a!, b!]) c.on("l2Error", (e) => errors.push(e.error));
+    let calls = 0;
+    // Concurrent reads of many keys: the path that batches on a standalone client.
+    await Promise.all(Array.from({ length: 60 }, (_, i) => a!.getOrSet(`k${i}`, async () => (calls++, `v${i}`))));
+    const fromB = await Promise.all(Array.from({ length: 60 }, (_, i) => b!.getOrSet(`k${i}`, async () => (calls++, "from b"))));
+    expect(fromB).toEqual(Array.from({ length: 60 }, (_, i) => `v${i}`));
+    expect(calls).toBe(60);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => a!.scope("s").set(`x${i}`, i)));
+    await Promise.all(Array.from({ length: 20 }, (_, i) => a!.remove(`k${i}`)));
+    expect(errors).toEqual([]);
+    const spread = await keysPerNode(prefix);
+    expect(spread.filter((n) => n > 0).length).toBe(3);
+  });
+
+  test("remove and scope clear reach the peer over cluster pub/sub", async () => {
+    const { caches: [a, b] } = await instances(kind, 2);
+    await a!.set("k", 1);
+    expect(await b!.get("k")).toBe(1);
+    await a!.remove("k");
+    await eventually(async () => (await b!.get("k")) === undefined);
+    await b!.scope("users").getOrSet("u", async () => "b's");
+    const clears = (): number => b!.stats().peerInvalidations;
+    const before = clears();
+    await a!.scope("users").clear();
+    await eventually(() => clears() > before);
+    expect(b!.stats().entries).toBe(0);
+  });
+
+  test("a load that started before a set on the peer does not write back", async () => {
+    const { caches: [a, b] } = await instances(kind, 2);
+    const gate = deferred<string>();
+    const p = b!.getOrSet("k", () => gate.promise);
+    await flush();
+    await a!.set("k", "newer");
+    gate.resolve("older");
+    expect(await p).toBe("older");
+    a!.clearMemory();
+    expect(await a!.get("k")).toBe("newer");
+    await eventually(async () => (await b!.get("k")) === "newer");
+  });
+});

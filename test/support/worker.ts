@@ -1,0 +1,67 @@
+/**
+ * A layercache instance in a child process, driven over IPC by a test (see processes.ts).
+ * Argv: <redis url> <prefix>.
+ */
+import { LayerCache } from "../../src/index.js";
+import { RedisBus, RedisStore } from "../../src/redis.js";
+
+const [url, prefix] = process.argv.slice(2) as [string, string];
+const cache = new LayerCache({ prefix, l2: new RedisStore({ url }), bus: new RedisBus({ url, heartbeat: "500ms" }) });
+const gates = new Map<string, (value: unknown) => void>();
+
+interface Command {
+  id: number;
+  op: "ready" | "get" | "set" | "remove" | "clear" | "getOrSet" | "release" | "stats" | "close";
+  key?: string;
+  value?: unknown;
+  gate?: string;
+}
+
+const send = (m: unknown): void => void process.send!(m);
+
+process.on("message", async (m: Command) => {
+  try {
+    let result: unknown;
+    switch (m.op) {
+      case "ready":
+        await cache.ready();
+        break;
+      case "get":
+        result = await cache.get(m.key!);
+        break;
+      case "set":
+        await cache.set(m.key!, m.value);
+        break;
+      case "remove":
+        await cache.remove(m.key!);
+        break;
+      case "clear":
+        await cache.clear();
+        break;
+      case "getOrSet":
+        result = await cache.getOrSet(m.key!, () => {
+          if (m.gate === undefined) return m.value;
+          send({ event: "loading", gate: m.gate });
+          return new Promise((resolve) => gates.set(m.gate!, resolve));
+        });
+        break;
+      case "release":
+        gates.get(m.gate!)?.(m.value);
+        break;
+      case "stats":
+        result = cache.stats();
+        break;
+      case "close":
+        await cache.close();
+        send({ id: m.id, ok: true });
+        process.exit(0);
+    }
+    send({ id: m.id, ok: true, result });
+  } catch (error) {
+    send({ id: m.id, ok: false, error: String(error) });
+  }
+});
+process.on("unhandledRejection", (error) => {
+  send({ event: "unhandledRejection", error: String(error) });
+});
+send({ event: "started" });
