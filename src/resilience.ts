@@ -76,7 +76,8 @@ export interface RetryQueueOptions<T> {
 }
 
 const FIRST_DELAY_MS = 250;
-const MAX_DELAY_MS = 30_000;
+/** Retries back off to at most this; calls to a dead server are paced by its breaker anyway. */
+const MAX_DELAY_MS = 5_000;
 
 /**
  * Work that failed and is retried in the background: one item per key (the newest wins), bounded,
@@ -131,10 +132,10 @@ export class RetryQueue<T> {
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#delay = FIRST_DELAY_MS;
-    this.#running ??= this.#round();
+    this.#start();
   }
 
-  /** Tries what is left once more (bounded by the caller), then stops retrying. */
+  /** Waits for a round in progress, then stops retrying. */
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
@@ -146,29 +147,29 @@ export class RetryQueue<T> {
     if (this.#timer !== undefined || this.#running !== undefined || this.#closed) return;
     this.#timer = this.#clock.setTimeout(() => {
       this.#timer = undefined;
-      this.#running = this.#round();
+      this.#start();
     }, this.#delay);
   }
 
-  async #round(): Promise<void> {
-    let failed = false;
+  #start(): void {
+    if (this.#running !== undefined || this.#closed) return;
+    this.#running = this.#round().then((failed) => {
+      this.#running = undefined;
+      this.#delay = failed ? Math.min(this.#delay * 2, MAX_DELAY_MS) : FIRST_DELAY_MS;
+      if (this.#items.size > 0) this.#schedule();
+    });
+  }
+
+  /** One pass over the queue, oldest first; true when an attempt failed. */
+  async #round(): Promise<boolean> {
     for (const [key, item] of [...this.#items]) {
-      if (this.#closed || !this.#o.ready()) {
-        failed = true;
-        break;
-      }
+      if (this.#closed) return false;
+      if (!this.#o.ready()) return false; // not a failure: look again soon, without backing off
       if (this.#items.get(key) !== item) continue; // superseded meanwhile
-      const done = await this.#o.attempt(key, item);
-      if (done) {
-        if (this.#items.get(key) === item) this.#items.delete(key);
-      } else {
-        failed = true;
-        break;
-      }
+      if (!(await this.#o.attempt(key, item))) return true;
+      if (this.#items.get(key) === item) this.#items.delete(key);
     }
-    this.#running = undefined;
-    this.#delay = failed ? Math.min(this.#delay * 2, MAX_DELAY_MS) : FIRST_DELAY_MS;
-    if (this.#items.size > 0) this.#schedule();
+    return false;
   }
 }
 

@@ -147,40 +147,48 @@ describe("MemoryBus propagation (SPEC 2)", () => {
 
 describe("message codec", () => {
   test("round trip; carries sender, op, scope and keys — never a value", () => {
-    const text = encodeMessage({ from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"] });
-    expect(JSON.parse(text)).toEqual([BUS_VERSION, "abc", "remove", ["users"], ["1", "2"], null]);
-    expect(decodeMessage(text)).toEqual({ ok: true, message: { from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"] } });
+    const text = encodeMessage({ from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"], gen: "g1", at: 1234 });
+    expect(JSON.parse(text)).toEqual([BUS_VERSION, "abc", "remove", ["users"], ["1", "2"], "g1", 1234]);
+    expect(decodeMessage(text)).toEqual({ ok: true, message: { from: "abc", op: "remove", scope: ["users"], keys: ["1", "2"], gen: "g1", at: 1234 } });
   });
 
   test("signed messages verify with the secret and are refused without it or when forged", () => {
     const secret = new TextEncoder().encode("s3cret");
     const other = new TextEncoder().encode("guess");
-    const signed = encodeMessage({ from: "abc", op: "clear", scope: [], keys: [] }, secret);
+    const signed = encodeMessage({ from: "abc", op: "clear", scope: [], keys: [], at: Date.now() }, secret);
     expect(decodeMessage(signed, secret).ok).toBe(true);
     expect(decodeMessage(signed, other)).toEqual({ ok: false, reason: "forged" });
-    const unsigned = encodeMessage({ from: "abc", op: "clear", scope: [], keys: [] });
+    const unsigned = encodeMessage({ from: "abc", op: "clear", scope: [], keys: [], at: Date.now() });
     expect(decodeMessage(unsigned, secret)).toEqual({ ok: false, reason: "unsigned" });
     const tampered = signed.replace('"clear"', '"remove"');
     expect(decodeMessage(tampered, secret).ok).toBe(false);
+  });
+
+  test("a signed message far from the receiver's clock is refused as a replay", () => {
+    const secret = new TextEncoder().encode("s3cret");
+    const old = encodeMessage({ from: "abc", op: "clear", scope: [], keys: [], at: Date.now() - 6 * 60_000 }, secret);
+    expect(decodeMessage(old, secret)).toEqual({ ok: false, reason: "replayed" });
+    expect(decodeMessage(old).ok).toBe(true); // without a secret there is nothing to trust anyway
   });
 
   test.each([
     ["not json", "}{"],
     ["not an array", '{"v":1}'],
     ["too short", "[1,\"a\",\"remove\"]"],
-    ["bad op", '[1,"a","drop",[],["k"],null]'],
-    ["bad scope", '[1,"a","remove","users",["k"],null]'],
-    ["bad keys", '[1,"a","remove",[],[1],null]'],
-    ["no keys on remove", '[1,"a","remove",[],[],null]'],
-    ["empty sender", '[1,"","remove",[],["k"],null]'],
-    ["bad born", '[1,"a","remove",[],["k"],"yesterday"]'],
-    ["too long", '[1,"a","remove",[],["k"],null,"sig","extra"]'],
+    ["bad op", '[1,"a","drop",[],["k"],null,1]'],
+    ["bad scope", '[1,"a","remove","users",["k"],null,1]'],
+    ["bad keys", '[1,"a","remove",[],[1],null,1]'],
+    ["no keys on remove", '[1,"a","remove",[],[],null,1]'],
+    ["empty sender", '[1,"","remove",[],["k"],null,1]'],
+    ["bad generation", '[1,"a","remove",[],["k"],5,1]'],
+    ["no send time", '[1,"a","remove",[],["k"],null]'],
+    ["too long", '[1,"a","remove",[],["k"],null,1,"sig","extra"]'],
   ])("malformed: %s", (_name, text) => {
     expect(decodeMessage(text)).toEqual({ ok: false, reason: "malformed" });
   });
 
   test("another version is refused as such", () => {
-    expect(decodeMessage('[2,"a","remove",[],["k"],null]')).toEqual({ ok: false, reason: "version" });
+    expect(decodeMessage('[2,"a","remove",[],["k"],null,1]')).toEqual({ ok: false, reason: "version" });
   });
 });
 
@@ -207,14 +215,14 @@ describe("bad and forged bus messages (SPEC 6)", () => {
     cache.on("busMessageDropped", (e) => dropped.push(e.reason));
     await cache.set("k", 1);
     bus.inject("garbage");
-    bus.inject('[2,"x","remove",[],["k"],null]');
-    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"] })); // unsigned
-    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"] }, new TextEncoder().encode("wrong")));
+    bus.inject('[2,"x","remove",[],["k"],null,1]');
+    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"], at: Date.now() })); // unsigned
+    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"], at: Date.now() }, new TextEncoder().encode("wrong")));
     expect(await cache.get("k")).toBe(1);
     expect(dropped).toEqual(["malformed", "version", "unsigned", "forged"]);
     expect(cache.stats().busMessagesDropped).toBe(4);
     // A correctly signed message is obeyed.
-    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"] }, new TextEncoder().encode("shared")));
+    bus.inject(encodeMessage({ from: "x", op: "remove", scope: [], keys: ["k"], at: Date.now() }, new TextEncoder().encode("shared")));
     expect(await cache.get("k")).toBeUndefined();
   });
 

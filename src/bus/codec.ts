@@ -3,19 +3,24 @@ import { createHmac, timingSafeEqual } from "node:crypto";
 /**
  * Bus message format, version 1: a JSON array
  *
- *   [1, "<sender id>", "<op>", ["scope", "path"], ["key", ...], <born> | null]
+ *   [1, "<sender id>", "<op>", ["scope", "path"], ["key", ...], "<generation>" | null, <sentAtMs>]
  *
- * and, when a shared secret is configured, a seventh element: the base64url HMAC-SHA256 of the
- * JSON text of the first six. Messages carry keys, never values.
+ * and, when a shared secret is configured, an eighth element: the base64url HMAC-SHA256 of the
+ * JSON text of the first seven. Messages carry keys, never values.
  *
  * - "remove" and "clear" are invalidations: peers drop their copies of the keys (of the whole
- *   scope for "clear") and stop loads in flight from writing back. A "remove" sent by `set`
- *   carries the new value's write time (`born`): a peer keeps a copy with exactly that write time
- *   (it already read the new value from L2), and drops any other.
- * - "update" says a load just wrote the value with write time `born` to L2: peers drop other L1
- *   copies so their next read takes it from L2, and leave loads in flight alone.
+ *   scope for "clear") and fence their loads in flight. A "remove" sent by `set` names the L2
+ *   generation of the new value: a peer's load or read that finds exactly that record in L2 may
+ *   still use it (it is the newest value); nothing older.
+ * - "update" says a load just wrote the record of that generation to L2: peers drop their other
+ *   L1 copies so their next read takes it from L2, and leave loads in flight alone.
+ * - sentAtMs is the sender's clock; with a secret, a signed message more than 5 minutes away from
+ *   the receiver's clock is refused, so a captured message cannot be replayed later.
  */
 export const BUS_VERSION = 1;
+
+/** How far a signed message's send time may be from the receiver's clock. */
+export const REPLAY_WINDOW_MS = 5 * 60_000;
 
 export type BusOp = "remove" | "clear" | "update";
 
@@ -24,8 +29,10 @@ export interface BusMessage {
   op: BusOp;
   scope: string[];
   keys: string[];
-  /** Write time of the value that replaced the keys' old copies, when there is one. */
-  born?: number;
+  /** L2 generation of the value that replaced the keys' old copies, when there is one. */
+  gen?: string;
+  /** Sender's clock when sent. */
+  at: number;
 }
 
 export type Decoded = { ok: true; message: BusMessage } | { ok: false; reason: string };
@@ -35,7 +42,7 @@ function sign(secret: Uint8Array, body: string): string {
 }
 
 function body(m: BusMessage): string {
-  return JSON.stringify([BUS_VERSION, m.from, m.op, m.scope, m.keys, m.born ?? null]);
+  return JSON.stringify([BUS_VERSION, m.from, m.op, m.scope, m.keys, m.gen ?? null, m.at]);
 }
 
 export function encodeMessage(m: BusMessage, secret?: Uint8Array): string {
@@ -45,8 +52,8 @@ export function encodeMessage(m: BusMessage, secret?: Uint8Array): string {
 
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === "string");
 
-/** Parses and checks a message; with a secret, unsigned or badly signed messages are refused. */
-export function decodeMessage(text: unknown, secret?: Uint8Array): Decoded {
+/** Parses and checks a message; with a secret, unsigned, badly signed or replayed messages are refused. */
+export function decodeMessage(text: unknown, secret?: Uint8Array, now: number = Date.now()): Decoded {
   if (typeof text !== "string") return { ok: false, reason: "not text" };
   let parsed: unknown;
   try {
@@ -54,22 +61,23 @@ export function decodeMessage(text: unknown, secret?: Uint8Array): Decoded {
   } catch {
     return { ok: false, reason: "malformed" };
   }
-  if (!Array.isArray(parsed) || parsed.length < 6) return { ok: false, reason: Array.isArray(parsed) && parsed[0] !== BUS_VERSION ? "version" : "malformed" };
+  if (!Array.isArray(parsed)) return { ok: false, reason: "malformed" };
   if (parsed[0] !== BUS_VERSION) return { ok: false, reason: "version" };
-  if (parsed.length > 7) return { ok: false, reason: "malformed" };
-  const [, from, op, scope, keys, born, sig] = parsed as unknown[];
+  if (parsed.length < 7 || parsed.length > 8) return { ok: false, reason: "malformed" };
+  const [, from, op, scope, keys, gen, at, sig] = parsed as unknown[];
   if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear" && op !== "update") || !isStringArray(scope) || !isStringArray(keys)) {
     return { ok: false, reason: "malformed" };
   }
   if (op !== "clear" && (keys.length === 0 || keys.some((k) => k === ""))) return { ok: false, reason: "malformed" };
-  if (born !== null && !(typeof born === "number" && Number.isFinite(born))) return { ok: false, reason: "malformed" };
-  const message: BusMessage = { from, op, scope, keys };
-  if (born !== null) message.born = born;
+  if ((gen !== null && (typeof gen !== "string" || gen === "")) || typeof at !== "number" || !Number.isFinite(at)) return { ok: false, reason: "malformed" };
+  const message: BusMessage = { from, op, scope, keys, at };
+  if (gen !== null) message.gen = gen;
   if (secret !== undefined) {
     if (typeof sig !== "string") return { ok: false, reason: "unsigned" };
     const expected = Buffer.from(sign(secret, body(message)));
     const given = Buffer.from(sig);
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: "forged" };
+    if (Math.abs(now - at) > REPLAY_WINDOW_MS) return { ok: false, reason: "replayed" };
   } else if (sig !== undefined && typeof sig !== "string") {
     return { ok: false, reason: "malformed" };
   }

@@ -1,18 +1,18 @@
 import type { TimerClock } from "../clock.js";
+import { LayerCacheError } from "../errors.js";
 import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
-import { LayerCacheError } from "../errors.js";
-import { RetryQueue, withTimeout } from "../resilience.js";
+import { Breaker, RetryQueue, withTimeout } from "../resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
 import type { Bus, BusConnection } from "./contract.js";
 
 export interface PeerHandlers {
-  onRemove(scope: string[], keys: string[], from: string, born: number | undefined): void;
-  onUpdate(scope: string[], keys: string[], from: string, born: number | undefined): void;
+  onRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void;
+  onUpdate(scope: string[], keys: string[], from: string, gen: string | undefined): void;
   onClear(scope: string[], from: string): void;
-  /** The bus is deaf (lost, or never connected): invalidations may be missed. */
+  /** The bus lost its subscription: invalidations may be missed. */
   onDeaf(): void;
-  /** The bus hears again after being deaf. */
+  /** The bus hears again after being deaf (or after connecting late): what was missed must be repaired. */
   onHearing(): void;
 }
 
@@ -32,11 +32,14 @@ const PUBLISH_TIMEOUT_MS = 1_000;
 const CONNECT_TIMEOUT_MS = 5_000;
 const CONNECT_FIRST_DELAY_MS = 500;
 const CONNECT_MAX_DELAY_MS = 30_000;
+/** Publishing failures that open the bus's breaker, and how long it stays open. */
+const BREAKER_THRESHOLD = 3;
+const BREAKER_COOLDOWN_MS = 5_000;
 
 /**
  * The facade every bus access goes through: codec, signing, dropping our own and bad messages,
- * reconnecting, republishing what failed, and error handling — the engine above it only sees
- * decoded peer operations and "deaf"/"hearing" transitions.
+ * (re)connecting, a circuit breaker on publishing, republishing what failed, and error handling —
+ * the engine above it only sees decoded peer operations and "deaf"/"hearing" transitions.
  */
 export class BusLink {
   readonly #bus: Bus;
@@ -49,10 +52,13 @@ export class BusLink {
   readonly #logger: Logger | undefined;
   readonly #clock: TimerClock;
   readonly #pending: RetryQueue<PendingPublish>;
+  readonly #breaker: Breaker;
   #conn: BusConnection | undefined;
   #connectTimer: unknown;
   #connectDelay = CONNECT_FIRST_DELAY_MS;
   #closed = false;
+  /** Set when the cache stopped waiting for the first connection: connecting later must repair L1. */
+  #late = false;
 
   constructor(
     bus: Bus,
@@ -67,9 +73,12 @@ export class BusLink {
     this.#counters = o.counters;
     this.#logger = o.logger;
     this.#clock = o.clock;
+    this.#breaker = new Breaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_MS, o.clock, (state) => {
+      if (state === "closed") this.#pending.kick();
+    });
     this.#pending = new RetryQueue<PendingPublish>(o.clock, {
       max: Infinity, // bounded by MAX_PENDING_KEYS in #queue
-      ready: () => this.#conn !== undefined,
+      ready: () => this.#conn !== undefined && this.#breaker.ready(),
       attempt: (_key, p) => this.#republish(p),
       onDrop: () => {},
     });
@@ -82,30 +91,50 @@ export class BusLink {
 
   /** Connects; never rejects. When it fails, the link keeps trying in the background. */
   async connect(): Promise<void> {
-    if (await this.#tryConnect()) return;
+    if (await this.#tryConnect()) {
+      if (this.#late) this.#heard();
+      return;
+    }
+    if (this.#closed) return;
     this.#peer.onDeaf();
     this.#scheduleConnect();
   }
 
+  /** The cache goes on without waiting for `connect()`: a connection made afterwards repairs L1. */
+  stopWaiting(): void {
+    if (this.#conn === undefined) this.#late = true;
+  }
+
   async #tryConnect(): Promise<boolean> {
     const attempt = this.#bus.connect(this.#channel, {
-        onMessage: (text) => this.#receive(text),
-        onDisconnect: () => this.#peer.onDeaf(),
-        onReconnect: () => {
-          this.#peer.onHearing();
-          this.#pending.kick();
-        },
-        onError: (error, operation) => this.#failed(operation, error),
+      onMessage: (text) => this.#receive(text),
+      onDisconnect: () => this.#peer.onDeaf(),
+      onReconnect: () => this.#heard(),
+      onError: (error, operation) => this.#failed(operation, error),
     });
+    let conn: BusConnection;
     try {
-      this.#conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS));
-      return true;
+      conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS));
     } catch (error) {
       // A connection that arrives after we gave up on it is closed, not leaked.
       attempt.then((late) => late.close()).catch(() => {});
-      this.#failed("connect", error);
+      if (!this.#closed) this.#failed("connect", error);
       return false;
     }
+    if (this.#closed) {
+      await conn.close().catch(() => {});
+      return false;
+    }
+    this.#conn = conn;
+    return true;
+  }
+
+  #heard(): void {
+    this.#late = false;
+    this.#peer.onHearing();
+    // Hearing the channel again means the server is back: publish without waiting out the breaker.
+    this.#breaker.success();
+    this.#pending.kick();
   }
 
   #scheduleConnect(): void {
@@ -114,10 +143,8 @@ export class BusLink {
       this.#connectTimer = undefined;
       if (this.#closed) return;
       if (await this.#tryConnect()) {
-        if (this.#closed) return void this.#conn?.close().catch(() => {});
         this.#connectDelay = CONNECT_FIRST_DELAY_MS;
-        this.#peer.onHearing();
-        this.#pending.kick();
+        this.#heard();
       } else {
         this.#connectDelay = Math.min(this.#connectDelay * 2, CONNECT_MAX_DELAY_MS);
         this.#scheduleConnect();
@@ -126,18 +153,21 @@ export class BusLink {
   }
 
   /**
-   * Tells peers; never rejects. An invalidation that cannot be published now is merged and
-   * republished later; an "update" is only a hint (peers' copies are older, not invalid) and is not.
+   * Tells peers; never rejects, and never waits on a bus whose breaker is open. An invalidation
+   * that cannot be published now is merged and republished later; an "update" is only a hint
+   * (peers' copies are older, not invalid) and is not.
    */
-  async publish(op: BusOp, scope: readonly string[], keys: string[], born?: number): Promise<void> {
+  async publish(op: BusOp, scope: readonly string[], keys: string[], gen?: string): Promise<void> {
     const conn = this.#conn;
-    if (conn === undefined) {
+    if (conn === undefined || !this.#breaker.allow()) {
       if (op !== "update") this.#queue(op, scope, keys);
       return;
     }
     try {
-      await this.#send(conn, this.#encode(op, scope, keys, born));
+      await this.#send(conn, this.#encode(op, scope, keys, gen));
+      this.#breaker.success();
     } catch (error) {
+      this.#breaker.failure();
       this.#failed("publish", error);
       if (op !== "update") this.#queue(op, scope, keys);
     }
@@ -161,8 +191,9 @@ export class BusLink {
     return withTimeout(this.#clock, conn.publish(text), PUBLISH_TIMEOUT_MS, () => busTimeout("publish", PUBLISH_TIMEOUT_MS));
   }
 
-  #encode(op: BusOp, scope: readonly string[], keys: string[], born?: number): string {
-    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, born }, this.#secret);
+  #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {
+    // Wall-clock send time (not the cache's clock): receivers compare it with theirs against replays.
+    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: Date.now() }, this.#secret);
   }
 
   #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
@@ -189,15 +220,17 @@ export class BusLink {
 
   async #republish(p: PendingPublish): Promise<boolean> {
     const conn = this.#conn;
-    if (conn === undefined) return false;
+    if (conn === undefined || !this.#breaker.allow()) return false;
     try {
       if (p.keys === "clear") await this.#send(conn, this.#encode("clear", p.scope, []));
       else {
         const keys = [...p.keys];
         for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)));
       }
+      this.#breaker.success();
       return true;
     } catch (error) {
+      this.#breaker.failure();
       this.#failed("publish", error);
       return false;
     }
@@ -213,8 +246,8 @@ export class BusLink {
     }
     const m: BusMessage = d.message;
     if (m.from === this.#id) return;
-    if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from, m.born);
-    else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from, m.born);
+    if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from, m.gen);
+    else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from, m.gen);
     else this.#peer.onClear(m.scope, m.from);
   }
 

@@ -3,7 +3,7 @@ import { systemClock } from "../clock.js";
 import { optionError } from "../errors.js";
 import { withTimeout } from "../resilience.js";
 import { parseDuration, type Duration } from "../options.js";
-import { driverFor, driverForUrl, type RedisDriver } from "../redis/driver.js";
+import { checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "../redis/driver.js";
 import type { Bus, BusConnection, BusHandlers } from "./contract.js";
 
 export interface RedisBusOptions {
@@ -14,8 +14,8 @@ export interface RedisBusOptions {
   /**
    * How often the subscriber checks that it still hears the channel, by publishing to a channel of
    * its own and waiting for the echo. A missed echo (while publishing works) means the
-   * subscription is broken: it is replaced and the cache repairs its L1. Default `"2s"`; `0` turns
-   * the check off (connection events alone are then watched).
+   * subscription is broken: it is replaced and the cache repairs its L1; the echo coming back is
+   * also how a regained subscription is confirmed. Default `"2s"`; must be positive.
    */
   heartbeat?: Duration;
 }
@@ -38,10 +38,11 @@ export class RedisBus implements Bus {
     for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisBus option (known: ${[...KNOWN].join(", ")})`);
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined) driverFor(options.client); // fail now on a wrong client
-    else if (typeof options.url !== "string") throw optionError("url", "must be a redis:// URL");
+    else checkRedisUrl(options.url);
     this.#client = options.client;
     this.#url = options.url;
     this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
+    if (this.#heartbeatMs <= 0) throw optionError("heartbeat", "must be a positive duration");
   }
 
   async connect(channel: string, handlers: BusHandlers): Promise<BusConnection> {
@@ -92,10 +93,8 @@ class Subscription {
 
   async start(): Promise<void> {
     this.#sub = await this.#open();
-    if (this.#heartbeatMs > 0) {
-      this.#timer = setInterval(() => void this.#beat(), this.#heartbeatMs);
-      this.#timer.unref?.();
-    }
+    this.#timer = setInterval(() => void this.#beat(), this.#heartbeatMs);
+    this.#timer.unref?.();
   }
 
   async stop(): Promise<void> {
@@ -109,9 +108,8 @@ class Subscription {
     sub.onState((state, error) => {
       if (sub !== this.#sub || this.#stopped) return;
       if (state === "down") this.#lost(error);
-      // Back up: the client resubscribes by itself; an echo proves it (or, without heartbeat, trust the event).
-      else if (this.#heartbeatMs > 0) void this.#beat();
-      else this.#regained();
+      // Back up: the client resubscribes by itself; the echo of a heartbeat proves it.
+      else void this.#beat();
     });
     try {
       await sub.subscribe([this.#channel, this.#echoChannel], (channel, message) => {
@@ -158,7 +156,7 @@ class Subscription {
       this.#sentOk = false;
       const published = this.#pub.publish(this.#echoChannel, String(n));
       // A hung server must not hold the heartbeat: give the publish one interval.
-      await withTimeout(systemClock, published, this.#heartbeatMs || 1000, () => new Error("heartbeat publish timed out"));
+      await withTimeout(systemClock, published, this.#heartbeatMs, () => new Error("heartbeat publish timed out"));
       this.#sentOk = true;
     } catch (error) {
       this.#lost(error);
@@ -169,12 +167,18 @@ class Subscription {
 
   async #replace(): Promise<void> {
     const old = this.#sub;
+    let next: RedisDriver;
     try {
-      this.#sub = await this.#open();
+      next = await this.#open();
     } catch (error) {
       this.#handlers.onError(error, "resubscribe");
       return;
     }
+    if (this.#stopped) {
+      await next.quit();
+      return;
+    }
+    this.#sub = next;
     await old?.quit().catch(() => {});
   }
 }

@@ -16,6 +16,8 @@ import { Namespace } from "./namespace.js";
 
 /** How long `close()` waits for background work before aborting it. */
 const CLOSE_WAIT_MS = 5_000;
+/** How long the first operations wait for L2 and the bus to connect before going on without them. */
+const OPEN_WAIT_MS = 1_000;
 
 export interface EngineInit {
   settings: CacheSettings;
@@ -113,7 +115,9 @@ export class Engine {
         prefix: init.settings.prefix,
         maxValueBytes: init.settings.maxValueBytes,
         clock: init.clock,
-        newGen: () => `${this.id}.${(++this.#genSeq).toString(36)}`,
+        newGen: () => this.#newGen(),
+        // A removal that reached L2 late: peers may have re-read the old value meanwhile.
+        onRetried: (ns, key) => void this.link?.publish("remove", ns.path, [key]),
       });
     this.link =
       init.bus &&
@@ -124,8 +128,8 @@ export class Engine {
         secret: init.settings.busSecret,
         clock: init.clock,
         peer: {
-          onRemove: (scope, keys, from, born) => this.#peerRemove(scope, keys, from, born),
-          onUpdate: (scope, keys, from, born) => this.#peerUpdate(scope, keys, from, born),
+          onRemove: (scope, keys, from, gen) => this.#peerRemove(scope, keys, from, gen),
+          onUpdate: (scope, keys, from, gen) => this.#peerUpdate(scope, keys, from, gen),
           onClear: (scope, from) => this.#peerClear(scope, from),
           onDeaf: () => this.#busGap("disconnect"),
           onHearing: () => this.#busGap("reconnect"),
@@ -136,6 +140,7 @@ export class Engine {
 
   // ---------------------------------------------------------------- lifecycle
 
+  /** Connects L2 and the bus (each bounded by its own timeouts); `cache.ready()`. */
   open(): Promise<void> {
     if (this.closed) return Promise.reject(new CacheClosedError());
     return (this.#opening ??= this.#connect());
@@ -147,8 +152,31 @@ export class Engine {
     if (!this.closed) this.opened = true;
   }
 
+  /**
+   * The first operations wait for the connections, but at most OPEN_WAIT_MS: with Redis down at
+   * start-up they go on degraded at once rather than hang. A bus that connects later repairs L1.
+   */
   #afterOpen<T>(op: () => Promise<T>): Promise<T> {
-    return this.open().then(op);
+    if (this.closed) return Promise.reject(new CacheClosedError());
+    const opening = this.open();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.link?.stopWaiting();
+        if (!this.closed) this.opened = true;
+        resolve();
+      }, OPEN_WAIT_MS);
+      timer.unref?.();
+      opening.then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
+    }).then(() => (this.closed ? Promise.reject(new CacheClosedError()) : op()));
   }
 
   close(): Promise<void> {
@@ -159,11 +187,13 @@ export class Engine {
   }
 
   async #shutdown(): Promise<void> {
-    if (this.#tasks.size > 0) {
+    // Connections still being opened are closed once open (their facades see `closed`).
+    const waitFor = [...this.#tasks, ...(this.#opening ? [this.#opening] : [])];
+    if (waitFor.length > 0) {
       // Not unref'd: close() must resolve even when nothing else keeps the process alive.
       let timer: ReturnType<typeof setTimeout> | undefined;
       const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)));
-      await Promise.race([Promise.allSettled([...this.#tasks]), bound]);
+      await Promise.race([Promise.allSettled(waitFor), bound]);
       clearTimeout(timer);
     }
     // What is still running is aborted; whoever still waits for it gets CacheClosedError.
@@ -236,7 +266,7 @@ export class Engine {
       const e = found?.entry;
       if (e !== undefined && this.clock.now() < e.times.fresh) {
         // An invalidation that happened while L2 answered must not be undone by this fill.
-        if (peek.accepts(e.times.born)) this.#fillL1(ns, key, e);
+        if (peek.accepts(found!.gen)) this.#fillL1(ns, key, e);
         this.#hit(ns, key, "l2", peek.callers);
         return e.value;
       }
@@ -347,7 +377,7 @@ export class Engine {
         if (found !== undefined) {
           f.gen = found.gen;
           const e = found.entry;
-          if (e !== undefined && f.accepts(e.times.born)) {
+          if (e !== undefined && f.accepts(found.gen)) {
             const now = this.clock.now();
             const t = e.times;
             // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
@@ -487,12 +517,15 @@ export class Engine {
     let bytes = 0;
     let published = false;
     // The conditional write is only trustworthy while L2 still remembers the generation the load saw.
+    let gen: string | undefined;
     if (this.remote !== undefined && f.gen !== undefined && now - f.started < GENERATION_MEMORY_MS) {
       const enc = this.#encodeForL2(ns, key, value);
       if (enc !== undefined) {
         bytes = enc.bytes;
         if (!enc.tooLarge) {
-          const result = await this.remote.put(ns, key, enc, times, f.gen);
+          // A load keeps the generation it saw: concurrent loads of one value do not conflict.
+          gen = f.gen === "" ? this.#newGen() : f.gen;
+          const result = await this.remote.put(ns, key, enc, times, gen, f.gen);
           if (result === "conflict") return this.#discard(f, value, "conflict");
           published = result === "written";
         }
@@ -503,7 +536,7 @@ export class Engine {
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
-    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key], times.born));
+    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key], gen));
     if (f.pooled) this.#refreshSucceeded(f);
     this.#done(f);
     f.settle(value);
@@ -555,7 +588,7 @@ export class Engine {
   // ---------------------------------------------------------------- writes
 
   async set(ns: Namespace, key: string, value: unknown, p: Policy): Promise<void> {
-    if (!this.opened) await this.open();
+    if (!this.opened) await this.#afterOpen(async () => {});
     if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
     this.#invalidate(ns, key, false);
     const times = this.#times(p, this.clock.now());
@@ -570,25 +603,28 @@ export class Engine {
       }
     }
     this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
+    let gen: string | undefined;
     if (this.remote !== undefined) {
       // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
-      if (enc !== undefined && !enc.tooLarge) await this.remote.put(ns, key, enc, times);
-      else await this.remote.remove(ns, key);
+      if (enc !== undefined && !enc.tooLarge) {
+        gen = this.#newGen();
+        if ((await this.remote.put(ns, key, enc, times, gen)) !== "written") gen = undefined;
+      } else await this.remote.remove(ns, key);
     }
-    // Peers that already read this very write from L2 (same write time) keep it.
-    await this.link?.publish("remove", ns.path, [key], enc !== undefined && !enc.tooLarge ? times.born : undefined);
+    // Peers whose load or read finds this very record in L2 (generation `gen`) may keep it.
+    await this.link?.publish("remove", ns.path, [key], gen);
     if (failure) throw failure;
   }
 
   async remove(ns: Namespace, key: string): Promise<void> {
-    if (!this.opened) await this.open();
+    if (!this.opened) await this.#afterOpen(async () => {});
     this.#invalidate(ns, key, true);
     await this.remote?.remove(ns, key);
     await this.link?.publish("remove", ns.path, [key]);
   }
 
   async clear(ns: Namespace): Promise<void> {
-    if (!this.opened) await this.open();
+    if (!this.opened) await this.#afterOpen(async () => {});
     this.#invalidateScope(ns, true);
     await this.link?.publish("clear", ns.path, []);
   }
@@ -603,17 +639,18 @@ export class Engine {
 
   /**
    * Every invalidation of one key goes through here: its in-flight load and L2 read are fenced and
-   * detached (`born`: the write that replaced the value, which they may still take from L2).
+   * detached (`gen`: the L2 generation of the write that replaced the value, which they may still
+   * take from L2).
    */
-  #invalidate(ns: Namespace, key: string, drop: boolean, born?: number): boolean {
+  #invalidate(ns: Namespace, key: string, drop: boolean, gen?: string): boolean {
     const f = ns.flights?.get(key);
     if (f !== undefined) {
-      f.fence(born);
+      f.fence(gen);
       ns.flights!.delete(key);
     }
     const peek = ns.peeks?.get(key);
     if (peek !== undefined) {
-      peek.fence(born);
+      peek.fence(gen);
       ns.peeks!.delete(key);
     }
     ns.throttles?.delete(key);
@@ -639,20 +676,15 @@ export class Engine {
 
   // ---------------------------------------------------------------- peers
 
-  #peerRemove(scope: string[], keys: string[], from: string, born: number | undefined): void {
+  #peerRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void {
     const ns = this.root.find(scope);
     let dropped = 0;
-    if (ns !== undefined) {
-      for (const key of keys) {
-        this.#invalidate(ns, key, false, born);
-        if (this.#dropUnlessBorn(ns, key, born)) dropped++;
-      }
-    }
+    if (ns !== undefined) for (const key of keys) if (this.#invalidate(ns, key, true, gen)) dropped++;
     this.#peerInvalidated("remove", scope, keys, dropped, from);
   }
 
-  /** A peer wrote a newer value to L2: drop other L1 copies (loads in flight are not invalidated). */
-  #peerUpdate(scope: string[], keys: string[], from: string, born: number | undefined): void {
+  /** A peer's load wrote a newer value to L2: drop the L1 copies (loads in flight are not invalidated). */
+  #peerUpdate(scope: string[], keys: string[], from: string, gen: string | undefined): void {
     const ns = this.root.find(scope);
     let dropped = 0;
     if (ns !== undefined) {
@@ -660,21 +692,13 @@ export class Engine {
         // A get reading L2 may only fill L1 with this newer write, not with what it read before.
         const peek = ns.peeks?.get(key);
         if (peek !== undefined) {
-          peek.fence(born);
+          peek.fence(gen);
           ns.peeks!.delete(key);
         }
-        if (this.#dropUnlessBorn(ns, key, born)) dropped++;
+        if (ns.part.delete(ns, key)) dropped++;
       }
     }
     this.#peerInvalidated("update", scope, keys, dropped, from);
-  }
-
-  /** Drops the key's L1 entry, unless it is the very write (`born`) the peer announced. */
-  #dropUnlessBorn(ns: Namespace, key: string, born: number | undefined): boolean {
-    const idx = ns.slots.get(key);
-    if (idx === undefined || (born !== undefined && ns.part.born[idx] === born)) return false;
-    ns.part.deleteSlot(idx);
-    return true;
   }
 
   #peerClear(scope: string[], from: string): void {
@@ -711,6 +735,10 @@ export class Engine {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  #newGen(): string {
+    return `${this.id}.${(++this.#genSeq).toString(36)}`;
+  }
 
   #times(p: Policy, now: number): EntryTimes {
     const ttl = p.jitter > 0 ? p.ttl + Math.random() * p.jitter : p.ttl;

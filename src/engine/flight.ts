@@ -20,25 +20,25 @@ const noop = (): void => {};
 export class Fenced {
   /** Invalidated outright: nothing it read or computed may be written anywhere. */
   invalidated = false;
-  /** Fenced by a peer's `set`: only that very write (this write time) may still be taken from L2. */
-  unlessBorn: number | undefined = undefined;
+  /** Fenced by a peer's `set`: only that very write (this L2 generation) may still be taken from L2. */
+  unlessGen: string | undefined = undefined;
   /** Callers waiting for its answer. */
   callers = 0;
 
-  /** Records an invalidation of the key; `born` when it came with the write that replaced the value. */
-  fence(born?: number): void {
-    if (born === undefined || (this.unlessBorn !== undefined && this.unlessBorn !== born)) this.invalidated = true;
-    else this.unlessBorn = born;
+  /** Records an invalidation of the key; `gen` when it came with the write that replaced the value. */
+  fence(gen?: string): void {
+    if (gen === undefined || (this.unlessGen !== undefined && this.unlessGen !== gen)) this.invalidated = true;
+    else this.unlessGen = gen;
   }
 
-  /** Whether an L2 record written at `born` may still be used (served as held, or put in L1). */
-  accepts(born: number): boolean {
-    return !this.invalidated && (this.unlessBorn === undefined || this.unlessBorn === born);
+  /** Whether the L2 record of generation `gen` may still be used (served as held, or put in L1). */
+  accepts(gen: string): boolean {
+    return !this.invalidated && (this.unlessGen === undefined || this.unlessGen === gen);
   }
 
   /** No invalidation at all: a value of its own (a loader's result) may be written. */
   get clean(): boolean {
-    return !this.invalidated && this.unlessBorn === undefined;
+    return !this.invalidated && this.unlessGen === undefined;
   }
 }
 

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { optionError } from "../errors.js";
 
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
@@ -10,6 +11,8 @@ export interface RedisDriver {
   /** Connects a client that is not connected yet (node-redis needs it; ioredis connects by itself). */
   open(): Promise<void>;
   get(key: string): Promise<string | null>;
+  /** SET, with PX when `px` is given. */
+  set(key: string, value: string, px: number | undefined): Promise<void>;
   /** Runs a Lua script by SHA, loading it on NOSCRIPT. */
   eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown>;
   publish(channel: string, message: string): Promise<void>;
@@ -18,8 +21,14 @@ export interface RedisDriver {
   subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void>;
   /** Connection state changes: `down` when the connection is lost, `up` when it is usable again. */
   onState(listener: (state: "up" | "down", error?: unknown) => void): void;
+  /** Closes the connection: QUIT, or a hard disconnect when the server does not answer in time. */
   quit(): Promise<void>;
 }
+
+/** Longest a QUIT may wait before the connection is simply dropped (a hung server never answers). */
+const QUIT_TIMEOUT_MS = 1_000;
+/** Most keys in one MGET: a burst of misses becomes several commands, not one huge one. */
+const MAX_BATCH = 256;
 
 export interface LuaScript {
   readonly source: string;
@@ -46,9 +55,23 @@ export function driverFor(client: unknown): RedisDriver {
   throw new TypeError("layercache/redis: `client` must be an ioredis Redis or Cluster, or a node-redis client or cluster");
 }
 
+/** Throws the TypeError for an option `url` that is not a redis:// or rediss:// URL. */
+export function checkRedisUrl(url: unknown): asserts url is string {
+  let ok = false;
+  if (typeof url === "string") {
+    try {
+      const u = new URL(url);
+      ok = (u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "";
+    } catch {
+      ok = false;
+    }
+  }
+  if (!ok) throw optionError("url", `must be a redis:// or rediss:// URL with a host (got ${JSON.stringify(url)})`);
+}
+
 /** Creates a client for `{ url }`: ioredis when installed, else node-redis. */
 export async function driverForUrl(url: string): Promise<RedisDriver> {
-  if (typeof url !== "string" || !/^rediss?:\/\//.test(url)) throw new TypeError(`layercache/redis: url must be a redis:// or rediss:// URL (got ${JSON.stringify(url)})`);
+  checkRedisUrl(url);
   let ioredis: AnyClient | undefined;
   try {
     ioredis = (await import("ioredis")) as AnyClient;
@@ -70,10 +93,15 @@ export async function driverForUrl(url: string): Promise<RedisDriver> {
   return new NodeRedisDriver(client, false, true);
 }
 
+interface Batch {
+  keys: string[];
+  waiters: { resolve(v: string | null): void; reject(e: unknown): void }[];
+}
+
 class IoredisDriver implements RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster";
   readonly #c: AnyClient;
-  #batch: { keys: string[]; waiters: { resolve(v: string | null): void; reject(e: unknown): void }[] } | undefined;
+  #batch: Batch | undefined;
 
   constructor(client: AnyClient, owned = false) {
     this.#c = client;
@@ -93,17 +121,16 @@ class IoredisDriver implements RedisDriver {
   get(key: string): Promise<string | null> {
     if (this.kind === "ioredis-cluster") return this.#c.get(key);
     let batch = this.#batch;
-    if (batch === undefined) {
-      batch = this.#batch = { keys: [], waiters: [] };
-      process.nextTick(() => this.#flush());
+    if (batch === undefined || batch.keys.length >= MAX_BATCH) {
+      const b = (batch = this.#batch = { keys: [], waiters: [] });
+      process.nextTick(() => this.#flush(b));
     }
     batch.keys.push(key);
     return new Promise((resolve, reject) => batch.waiters.push({ resolve, reject }));
   }
 
-  #flush(): void {
-    const batch = this.#batch!;
-    this.#batch = undefined;
+  #flush(batch: Batch): void {
+    if (this.#batch === batch) this.#batch = undefined;
     const { keys, waiters } = batch;
     if (keys.length === 1) {
       (this.#c.get(keys[0]) as Promise<string | null>).then(waiters[0]!.resolve, waiters[0]!.reject);
@@ -113,6 +140,10 @@ class IoredisDriver implements RedisDriver {
       (values) => values.forEach((v, i) => waiters[i]!.resolve(v)),
       (error) => waiters.forEach((w) => w.reject(error)),
     );
+  }
+
+  async set(key: string, value: string, px: number | undefined): Promise<void> {
+    await (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px));
   }
 
   async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
@@ -155,11 +186,10 @@ class IoredisDriver implements RedisDriver {
   }
 
   async quit(): Promise<void> {
-    try {
-      await this.#c.quit();
-    } catch {
-      this.#c.disconnect(false);
-    }
+    await quitWithin(
+      () => this.#c.quit(),
+      () => this.#c.disconnect(false),
+    );
   }
 }
 
@@ -187,6 +217,10 @@ class NodeRedisDriver implements RedisDriver {
   async get(key: string): Promise<string | null> {
     const v = await this.#send(key, true, ["GET", key]);
     return v === null || v === undefined ? null : String(v);
+  }
+
+  async set(key: string, value: string, px: number | undefined): Promise<void> {
+    await this.#send(key, false, px === undefined ? ["SET", key, value] : ["SET", key, value, "PX", String(px)]);
   }
 
   async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
@@ -230,10 +264,28 @@ class NodeRedisDriver implements RedisDriver {
   }
 
   async quit(): Promise<void> {
+    if (!this.#c.isOpen) return;
+    await quitWithin(
+      () => (this.#c.close ? this.#c.close() : this.#c.quit()),
+      () => (this.#c.destroy ? this.#c.destroy() : this.#c.disconnect?.()),
+    );
+  }
+}
+
+/** A polite close, or a hard one when the polite one fails or takes longer than QUIT_TIMEOUT_MS. */
+async function quitWithin(polite: () => Promise<unknown>, hard: () => unknown): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), QUIT_TIMEOUT_MS)));
+  try {
+    const result = await Promise.race([polite().then(() => "done" as const), late]);
+    if (result === "late") hard();
+  } catch {
     try {
-      if (this.#c.isOpen) await (this.#c.close ? this.#c.close() : this.#c.quit());
+      hard();
     } catch {
-      this.#c.destroy?.();
+      // already gone
     }
+  } finally {
+    clearTimeout(timer);
   }
 }

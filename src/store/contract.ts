@@ -1,7 +1,7 @@
 /**
  * The contract an L2 backend implements. It stores opaque text records written by layercache
- * (see `envelope.ts`); the only parts of a record a backend reads are its generation and write
- * time, which its conditional writes compare.
+ * (see `envelope.ts`); the only part of a record a backend reads is its generation, which the
+ * conditional write compares.
  */
 export interface L2Store {
   /** Opens connections; called once, by `cache.ready()` or the first operation. */
@@ -9,13 +9,10 @@ export interface L2Store {
   /** The stored record, or null/undefined when there is none. */
   get(key: string): Promise<string | null | undefined>;
   /**
-   * Stores `record` under `key`, expiring after `ttlMs` (`Infinity`: never), atomically
-   * conditional; the result says whether it was written.
-   * - With `ifGeneration`: only when the stored record's generation (field 2) equals it (`""`
-   *   meaning "no record") — a load's write-back.
-   * - Without: unless the stored record was written later (its write time, field 3, is greater) —
-   *   a `set` or `remove`, so a retried or delayed write never undoes a newer one.
-   * See `generationOf` and `bornOf` in store/envelope.ts.
+   * Stores `record` under `key`, expiring after `ttlMs` (`Infinity`: never); the result says
+   * whether it was written. With `ifGeneration` (a load's write-back) the write happens only when
+   * the stored record's generation equals it (`""` meaning "no record"), atomically — see
+   * `generationOf` in store/envelope.ts. Without it the write is unconditional.
    */
   set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean>;
   /** Releases what the store opened itself (never a client the user passed in). */

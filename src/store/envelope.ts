@@ -12,7 +12,7 @@
  * - Durations are decimal milliseconds, `Infinity` where unbounded. The payload is the
  *   serializer's text, last, so it may contain `|`.
  *
- * A backend's conditional writes read the generation (field 2) and the write time (field 3).
+ * A backend's conditional write reads the generation (field 2).
  */
 
 export const RECORD_VERSION = "LC1";
@@ -48,28 +48,11 @@ export function encodeTombstone(gen: string, born: number): string {
   return `${HEAD}${gen}|${born}|-`;
 }
 
-/** The `|`-separated field `n` (1 = generation, 2 = write time) of a record, or undefined. */
-function field(record: string, n: number): string | undefined {
-  if (!record.startsWith(HEAD)) return undefined;
-  let at = HEAD.length;
-  for (let i = 1; i < n; i++) {
-    const bar = record.indexOf("|", at);
-    if (bar < 0) return undefined;
-    at = bar + 1;
-  }
-  const end = record.indexOf("|", at);
-  return end < 0 ? undefined : record.slice(at, end);
-}
-
 /** The generation of a stored record ("" when unreadable), as conditional writes compare it. */
 export function generationOf(record: string): string {
-  return field(record, 1) ?? "";
-}
-
-/** The write time of a stored record (-Infinity when unreadable), as `set` and `remove` compare it. */
-export function bornOf(record: string): number {
-  const b = Number(field(record, 2));
-  return Number.isFinite(b) ? b : -Infinity;
+  if (!record.startsWith(HEAD)) return "";
+  const end = record.indexOf("|", HEAD.length);
+  return end < 0 ? "" : record.slice(HEAD.length, end);
 }
 
 export function decodeRecord(text: unknown): DecodedRecord {

@@ -1,8 +1,8 @@
 import { optionError } from "../errors.js";
 import { parseDuration, type Duration } from "../options.js";
-import { driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
+import { checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
 import type { L2Resilience, L2Store } from "./contract.js";
-import { bornOf, RECORD_VERSION } from "./envelope.js";
+import { RECORD_VERSION } from "./envelope.js";
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster. Not closed by the store. */
@@ -17,35 +17,24 @@ export interface RedisStoreOptions {
 
 const KNOWN = new Set(["client", "url", "timeout", "circuitBreaker"]);
 
-// Both scripts read the record's generation (field 2) and write time (field 3); see
-// store/envelope.ts. One key each, so they are cluster-safe.
-const READ_HEADER = `
-local function header(rec)
+/**
+ * A load's write-back: store ARGV[2] (expiring after ARGV[3] ms, or never when empty) only if the
+ * generation of the current record — its second `|`-separated field — equals ARGV[1] ("" when
+ * there is no record). One key, so it is cluster-safe.
+ */
+const CAS = luaScript(`
+local cur = redis.call('GET', KEYS[1])
+local gen = ''
+if cur then
   local head = '${RECORD_VERSION}|'
-  if not rec or string.sub(rec, 1, #head) ~= head then return '', nil end
-  local a = string.find(rec, '|', #head + 1, true)
-  if not a then return '', nil end
-  local b = string.find(rec, '|', a + 1, true)
-  return string.sub(rec, #head + 1, a - 1), tonumber(string.sub(rec, a + 1, (b or 0) - 1))
+  if string.sub(cur, 1, #head) == head then
+    local bar = string.find(cur, '|', #head + 1, true)
+    if bar then gen = string.sub(cur, #head + 1, bar - 1) end
+  end
 end
-local function store(rec, px)
-  if px == '' then redis.call('SET', KEYS[1], rec) else redis.call('SET', KEYS[1], rec, 'PX', px) end
-  return 1
-end
-`;
-
-/** A load's write-back: ARGV = generation seen ("" = none), record, px. Writes only if the generation is unchanged. */
-const CAS = luaScript(`${READ_HEADER}
-local gen = header(redis.call('GET', KEYS[1]))
 if gen ~= ARGV[1] then return 0 end
-return store(ARGV[2], ARGV[3])
-`);
-
-/** A set or remove: ARGV = record, px, its write time. Writes unless the stored record was written later. */
-const LWW = luaScript(`${READ_HEADER}
-local _, born = header(redis.call('GET', KEYS[1]))
-if born and born > tonumber(ARGV[3]) then return 0 end
-return store(ARGV[1], ARGV[2])
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1
 `);
 
 /** Milliseconds for PX: a positive integer, or undefined for "no expiry". */
@@ -55,22 +44,23 @@ function px(ttlMs: number): number | undefined {
 
 /**
  * L2 on Redis, Valkey or Redis Cluster. Every key is a plain string holding one layercache record.
- * Reads are GET (batched into MGET within a tick on a standalone ioredis client). Writes are
- * one-key Lua scripts: a load's write-back compares the record's generation, a set or remove its
- * write time (see `L2Store.set`).
+ * Reads are GET (batched into MGET within a tick on a standalone ioredis client); a set or remove
+ * is a SET with PX; a load's write-back is a one-key Lua compare-and-set on the record's
+ * generation.
  */
 export class RedisStore implements L2Store {
   readonly resilience: L2Resilience;
   readonly #url: string | undefined;
   #driver: RedisDriver | undefined;
   #opening: Promise<RedisDriver> | undefined;
+  #closed = false;
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== "object") throw new TypeError("layercache/redis: RedisStore needs options: { client } or { url }");
     for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisStore option (known: ${[...KNOWN].join(", ")})`);
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined) this.#driver = driverFor(options.client);
-    else if (typeof options.url !== "string") throw optionError("url", "must be a redis:// URL");
+    else checkRedisUrl(options.url);
     this.#url = options.url;
     const cb = options.circuitBreaker;
     if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");
@@ -95,18 +85,31 @@ export class RedisStore implements L2Store {
   async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
     const d = this.#driver ?? (await this.#ready());
     const p = px(ttlMs);
-    const ms = p === undefined ? "" : String(p);
-    if (ifGeneration !== undefined) return (await d.eval(CAS, [key], [ifGeneration, record, ms])) === 1;
-    return (await d.eval(LWW, [key], [record, ms, String(bornOf(record))])) === 1;
+    if (ifGeneration === undefined) {
+      await d.set(key, record, p);
+      return true;
+    }
+    return (await d.eval(CAS, [key], [ifGeneration, record, p === undefined ? "" : String(p)])) === 1;
   }
 
   async close(): Promise<void> {
-    // A client the user passed in is theirs to close.
-    if (this.#url !== undefined && this.#driver !== undefined) await this.#driver.quit();
+    this.#closed = true;
+    // A client the user passed in is theirs to close; one we are still opening is closed once open.
+    if (this.#url === undefined) return;
+    const d = this.#driver ?? (await this.#opening?.catch(() => undefined));
+    await d?.quit();
   }
 
   #ready(): Promise<RedisDriver> {
     if (this.#driver) return Promise.resolve(this.#driver);
-    return (this.#opening ??= driverForUrl(this.#url!).then((d) => (this.#driver = d)));
+    if (this.#closed) return Promise.reject(new Error("layercache/redis: the store is closed"));
+    this.#opening ??= driverForUrl(this.#url!).then(
+      (d) => (this.#driver = d),
+      (error: unknown) => {
+        this.#opening = undefined; // the next call tries again
+        throw error;
+      },
+    );
+    return this.#opening;
   }
 }

@@ -48,10 +48,17 @@ export interface RemoteScope {
   l2Prefix: string | undefined;
 }
 
-/** A write that could not reach L2, kept for retry. Times are absolute so a late retry keeps the right expiry. */
-type PendingWrite =
-  | { kind: "set"; record: string; expiresAt: number; ifGen: string | undefined; label: string }
-  | { kind: "remove"; gen: string; born: number; label: string };
+/**
+ * A key whose L2 record must be replaced by a tombstone because a `set` or `remove` of it could
+ * not reach L2. Retrying the set itself could overwrite a newer write that landed meanwhile (from
+ * another instance, or from a client library's offline queue); removing is always safe: the worst
+ * outcome is a miss and a load from the source of truth.
+ */
+interface PendingTombstone {
+  ns: RemoteScope;
+  key: string;
+  gen: string;
+}
 
 /** The L2 call took longer than the store's `timeoutMs`. */
 export class L2TimeoutError extends LayerCacheError {
@@ -87,7 +94,8 @@ export class RemoteLayer {
   readonly #newGen: () => string;
   readonly #timeoutMs: number;
   readonly #breaker: Breaker | undefined;
-  readonly #pending: RetryQueue<PendingWrite>;
+  readonly #pending: RetryQueue<PendingTombstone>;
+  readonly #onRetried: (ns: RemoteScope, key: string) => void;
 
   constructor(
     store: L2Store,
@@ -100,6 +108,8 @@ export class RemoteLayer {
       logger: Logger | undefined;
       clock: TimerClock;
       newGen: () => string;
+      /** A queued tombstone reached L2: peers should drop what they read meanwhile. */
+      onRetried: (ns: RemoteScope, key: string) => void;
     },
   ) {
     this.store = store;
@@ -111,16 +121,17 @@ export class RemoteLayer {
     this.#logger = o.logger;
     this.#clock = o.clock;
     this.#newGen = o.newGen;
+    this.#onRetried = o.onRetried;
     const r = { ...RESILIENCE_DEFAULTS, ...store.resilience };
     this.#timeoutMs = r.timeoutMs;
     this.#breaker = r.breakerThreshold > 0 ? new Breaker(r.breakerThreshold, r.breakerCooldownMs, o.clock, (s) => this.#breakerChanged(s)) : undefined;
-    this.#pending = new RetryQueue<PendingWrite>(o.clock, {
+    this.#pending = new RetryQueue<PendingTombstone>(o.clock, {
       max: MAX_PENDING_WRITES,
       ready: () => this.#breaker?.ready() ?? true,
-      attempt: (key, w) => this.#retry(key, w),
-      onDrop: (key, w) => {
+      attempt: (full, t) => this.#retry(full, t),
+      onDrop: (key, t) => {
         this.#counters.l2WritesDropped++;
-        writeLog(this.#logger, "warn", { key, scope: w.label, kind: w.kind }, "layercache: too many L2 writes waiting for retry; dropped the oldest");
+        writeLog(this.#logger, "warn", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
       },
     });
   }
@@ -173,50 +184,58 @@ export class RemoteLayer {
   }
 
   /**
-   * Stores an encoded value with the given windows. `ifGen` makes the write conditional on the
-   * record's generation (a load's write-back); without it the write is a `set` with a new
-   * generation. A write that fails is retried in the background.
+   * Stores an encoded value with the given windows under generation `gen`. With `ifGen` the write
+   * is a load's write-back, conditional on the record's generation and not retried when L2 fails
+   * (it is only a copy). Without it, it is a `set`: when L2 fails, the key's record is replaced by
+   * a tombstone in the background instead (see `PendingTombstone`).
    */
-  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, ifGen?: string): Promise<PutResult> {
+  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, gen: string, ifGen?: string): Promise<PutResult> {
     const t: RecordTimes = { born: times.born, ttl: times.fresh - times.born, maxStale: times.maxStale, failSafe: times.failSafe };
-    const expiresAt = times.fresh + Math.max(times.maxStale, times.failSafe);
-    const record = encodeRecord(ifGen ? ifGen : this.#newGen(), t, enc.payload);
-    return this.#write(ns, key, { kind: "set", record, expiresAt, ifGen, label: ns.label });
+    // Even a record past its windows is written: it carries the generation that fences older loads.
+    const ttlMs = Math.max(times.fresh + Math.max(times.maxStale, times.failSafe) - this.#clock.now(), GENERATION_MEMORY_MS);
+    const record = encodeRecord(gen, t, enc.payload);
+    const full = this.keyOf(ns, key);
+    if (ifGen !== undefined) {
+      const ok = await this.#call("set", ns, key, () => this.store.set(full, record, ttlMs, ifGen));
+      return ok === FAILED ? "failed" : ok ? "written" : "conflict";
+    }
+    this.#pending.delete(full); // this write supersedes a removal still waiting
+    const ok = await this.#call("set", ns, key, () => this.store.set(full, record, ttlMs));
+    if (ok !== FAILED) return "written";
+    this.#pending.put(full, { ns, key, gen: this.#newGen() });
+    return "failed";
   }
 
   /** Replaces the record with a tombstone of a new generation (retried in the background if L2 fails). */
   async remove(ns: RemoteScope, key: string): Promise<PutResult> {
-    return this.#write(ns, key, { kind: "remove", gen: this.#newGen(), born: this.#clock.now(), label: ns.label });
+    const full = this.keyOf(ns, key);
+    this.#pending.delete(full);
+    const t: PendingTombstone = { ns, key, gen: this.#newGen() };
+    if ((await this.#tombstone(full, t)) !== FAILED) return "written";
+    this.#pending.put(full, t);
+    return "failed";
   }
 
-  /** Gives queued writes one more try (bounded by the caller) and stops retrying. */
+  /** Gives queued removals one more try (bounded by the caller) and stops retrying. */
   async close(): Promise<void> {
     this.#pending.kick();
     await this.#pending.close();
-    await this.#call("close", undefined, undefined, async () => this.store.close?.());
-  }
-
-  async #write(ns: RemoteScope, key: string, w: PendingWrite): Promise<PutResult> {
-    const full = this.keyOf(ns, key);
-    this.#pending.delete(full); // this write supersedes an older one still waiting
-    const result = await this.#send(full, w, ns, key);
-    if (result === FAILED) {
-      this.#pending.put(full, w);
-      return "failed";
+    try {
+      // Not through the breaker: connections must be released even when L2 is failing.
+      await withTimeout(this.#clock, Promise.resolve(this.store.close?.()), Math.max(this.#timeoutMs, 1000), () => new L2TimeoutError("close", this.#timeoutMs));
+    } catch (error) {
+      this.#failed("close", undefined, undefined, error);
     }
-    return result ? "written" : "conflict";
   }
 
-  #send(full: string, w: PendingWrite, ns: RemoteScope | undefined, key: string | undefined): Promise<boolean | typeof FAILED> {
-    if (w.kind === "remove") return this.#call("remove", ns, key, () => this.store.set(full, encodeTombstone(w.gen, w.born), GENERATION_MEMORY_MS));
-    // Even a record past its windows is written: it carries the generation that fences older loads.
-    const ttl = Math.max(w.expiresAt - this.#clock.now(), GENERATION_MEMORY_MS);
-    return this.#call("set", ns, key, () => this.store.set(full, w.record, ttl, w.ifGen));
+  #tombstone(full: string, t: PendingTombstone): Promise<boolean | typeof FAILED> {
+    return this.#call("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS));
   }
 
-  async #retry(full: string, w: PendingWrite): Promise<boolean> {
-    const result = await this.#send(full, w, undefined, full);
-    return result !== FAILED;
+  async #retry(full: string, t: PendingTombstone): Promise<boolean> {
+    if ((await this.#tombstone(full, t)) === FAILED) return false;
+    this.#onRetried(t.ns, t.key);
+    return true;
   }
 
   /** Runs one store call under the breaker and the timeout; FAILED (already reported) when it could not. */
@@ -241,9 +260,11 @@ export class RemoteLayer {
     this.#counters.l2Corrupt++;
     writeLog(this.#logger, "warn", { key, scope: ns.label, err: error }, "layercache: corrupt L2 record treated as a miss and removed");
     if (this.#emitter.l.l2Corrupt) this.#emitter.emit("l2Corrupt", { key, scope: ns.label, error });
-    const gen = this.#newGen();
-    const result = await this.#write(ns, key, { kind: "remove", gen, born: this.#clock.now(), label: ns.label });
-    return result === "written" ? { gen } : undefined;
+    const full = this.keyOf(ns, key);
+    const t: PendingTombstone = { ns, key, gen: this.#newGen() };
+    if ((await this.#tombstone(full, t)) !== FAILED) return { gen: t.gen };
+    this.#pending.put(full, t);
+    return undefined;
   }
 
   #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown): void {
@@ -259,7 +280,7 @@ export class RemoteLayer {
       writeLog(this.#logger, "error", {}, "layercache: L2 circuit opened; reads fall back to L1 and the loader until it recovers");
       if (this.#emitter.l.l2CircuitOpen) this.#emitter.emit("l2CircuitOpen", {});
     } else {
-      writeLog(this.#logger, "info", { pendingWrites: this.#pending.size }, "layercache: L2 circuit closed; retrying queued writes");
+      writeLog(this.#logger, "info", { pendingRemovals: this.#pending.size }, "layercache: L2 circuit closed; retrying queued removals");
       if (this.#emitter.l.l2CircuitClose) this.#emitter.emit("l2CircuitClose", {});
       this.#pending.kick();
     }

@@ -55,8 +55,8 @@ describe.each(CLIENT_KINDS)("RedisBus with %s", (kind) => {
   test("with a busSecret, unsigned and forged messages change nothing and are counted", async () => {
     const { caches: [a, b], prefix } = await instances(kind, 2, { busSecret: "s3cret" }, false);
     await b!.set("k", "kept");
-    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"] }));
-    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"] }, new TextEncoder().encode("guess")));
+    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }));
+    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }, new TextEncoder().encode("guess")));
     await raw.publish(`${prefix}:bus`, "garbage");
     await eventually(() => b!.stats().busMessagesDropped === 3);
     expect(await b!.get("k")).toBe("kept");

@@ -5,7 +5,7 @@ import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
 import { RedisCluster } from "../support/servers.js";
 import { eventually, uniquePrefix } from "../support/redis-clients.js";
-import { deferred, flush } from "../support/helpers.js";
+import { gated } from "../support/helpers.js";
 
 /** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
 let cluster: RedisCluster;
@@ -92,11 +92,11 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster
 
   test("a load that started before a set on the peer does not write back", async () => {
     const { caches: [a, b] } = await instances(kind, 2);
-    const gate = deferred<string>();
-    const p = b!.getOrSet("k", () => gate.promise);
-    await flush();
+    const load = gated<string>();
+    const p = b!.getOrSet("k", load.loader);
+    await load.started;
     await a!.set("k", "newer");
-    gate.resolve("older");
+    load.release("older");
     expect(await p).toBe("older");
     a!.clearMemory();
     expect(await a!.get("k")).toBe("newer");

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import type { Redis } from "ioredis";
 import { FakeClock, LayerCache, SerializationError } from "../../src/index.js";
 import { CLIENT_KINDS, eventually, rawClient, uniquePrefix, wire, type Wiring } from "../support/redis-clients.js";
-import { deferred, flush } from "../support/helpers.js";
+import { gated } from "../support/helpers.js";
 
 const url = inject("redisUrl");
 let raw: Redis;
@@ -101,11 +101,11 @@ describe.each(CLIENT_KINDS)("RedisStore with %s", (kind) => {
 
   test("a load that started before a set on the other instance does not write back (conditional write)", async () => {
     const { a, b, prefix } = await pair();
-    const gate = deferred<string>();
-    const p = b.getOrSet("k", () => gate.promise);
-    await flush();
+    const load = gated<string>();
+    const p = b.getOrSet("k", load.loader);
+    await load.started;
     await a.set("k", "newer");
-    gate.resolve("older");
+    load.release("older");
     expect(await p).toBe("older");
     expect(await raw.get(`${prefix}::k`)).toMatch(/\|"newer"$/);
     await eventually(async () => (await b.get("k")) === "newer");

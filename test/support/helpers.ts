@@ -30,3 +30,23 @@ export function counter(prefix = "v") {
   fn.calls = 0;
   return fn;
 }
+
+/** A loader that blocks until released, and tells when it has been called. */
+export function gated<T>() {
+  const started = deferred<void>();
+  const gate = deferred<T>();
+  let calls = 0;
+  return {
+    loader: (): Promise<T> => {
+      calls++;
+      started.resolve();
+      return gate.promise;
+    },
+    /** Resolves once the loader runs (the load read L2 and found nothing usable). */
+    started: started.promise,
+    release: (value: T) => gate.resolve(value),
+    get calls() {
+      return calls;
+    },
+  };
+}

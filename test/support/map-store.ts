@@ -1,5 +1,5 @@
 import type { L2Store } from "../../src/store/contract.js";
-import { bornOf, generationOf } from "../../src/store/envelope.js";
+import { generationOf } from "../../src/store/envelope.js";
 
 /**
  * An in-process implementation of our own L2 contract, used to test the engine's L2 path under a
@@ -27,12 +27,10 @@ export class MapStore implements L2Store {
   async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
     this.sets++;
     if (this.failing) throw new Error("store down");
-    const cur = await this.get(key);
-    this.gets--;
     if (ifGeneration !== undefined) {
+      const cur = await this.get(key);
+      this.gets--;
       if ((cur === undefined ? "" : generationOf(cur)) !== ifGeneration) return false;
-    } else if (cur !== undefined && bornOf(cur) > bornOf(record)) {
-      return false;
     }
     this.data.set(key, { record, expires: this.now() + ttlMs });
     return true;
