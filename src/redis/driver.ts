@@ -80,8 +80,9 @@ export async function driverForUrl(url: string): Promise<RedisDriver> {
   }
   if (ioredis) {
     const Redis = ioredis.Redis ?? ioredis.default;
-    // The cache has its own timeouts and breaker; a dead server must fail fast, not queue forever.
-    return new IoredisDriver(new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: true, lazyConnect: false }), true);
+    // The cache has its own timeouts and breaker: while the server is away, commands fail at once
+    // instead of waiting in a queue (and arriving late).
+    return new IoredisDriver(new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, lazyConnect: true }), true);
   }
   let nodeRedis: AnyClient;
   try {
@@ -164,6 +165,7 @@ class IoredisDriver implements RedisDriver {
   }
 
   async subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void> {
+    await this.open();
     this.#c.on("message", (channel: string, message: string) => onMessage(channel, message));
     await this.#c.subscribe(...channels);
   }
