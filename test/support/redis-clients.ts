@@ -1,10 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
+import { Redis as Redis6 } from "ioredis-v6";
 import { createClient } from "redis";
+import { createClient as createClient4 } from "redis-v4";
 import { RedisBus, RedisStore } from "../../src/redis.js";
 
-export type ClientKind = "ioredis" | "node-redis" | "url";
-export const CLIENT_KINDS: ClientKind[] = ["ioredis", "node-redis", "url"];
+/** The client libraries (and majors) the peer dependency ranges promise, plus `{ url }`. */
+export type ClientKind = "ioredis" | "ioredis@6" | "node-redis" | "node-redis@4" | "url";
+export const CLIENT_KINDS: ClientKind[] = ["ioredis", "ioredis@6", "node-redis", "node-redis@4", "url"];
 
 /** A unique prefix per test, so test files can share one redis-server. */
 export function uniquePrefix(): string {
@@ -22,21 +25,21 @@ export async function wire(kind: ClientKind, url: string, busOptions: { heartbea
   if (kind === "url") {
     return { store: new RedisStore({ url }), bus: new RedisBus({ url, ...busOptions }), close: async () => {} };
   }
-  if (kind === "ioredis") {
-    const client = new Redis(url);
+  if (kind === "ioredis" || kind === "ioredis@6") {
+    const client = kind === "ioredis" ? new Redis(url) : new Redis6(url);
     return {
       store: new RedisStore({ client }),
       bus: new RedisBus({ client, ...busOptions }),
       close: async () => void (await client.quit()),
     };
   }
-  const client = createClient({ url });
+  const client = kind === "node-redis" ? createClient({ url }) : createClient4({ url });
   client.on("error", () => {});
   await client.connect();
   return {
     store: new RedisStore({ client }),
     bus: new RedisBus({ client, ...busOptions }),
-    close: async () => void (await client.close()),
+    close: async () => void (await client.quit()),
   };
 }
 
