@@ -11,4 +11,6 @@ export default defineConfig({
   platform: "node",
   splitting: true,
   treeshake: true,
+  // Client libraries are optional peers, loaded at run time only when `{ url }` needs one: never bundled.
+  external: ["ioredis", "redis"],
 });

@@ -42,7 +42,10 @@ const script = `
 describe("npm pack output", () => {
   test("contains the builds, the types and the docs, not the sources or tests", () => {
     const listing = run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], root);
-    const files = (JSON.parse(listing)[0].files as { path: string }[]).map((f) => f.path);
+    const info = JSON.parse(listing)[0] as { files: { path: string }[]; unpackedSize: number };
+    const files = info.files.map((f) => f.path);
+    // The client libraries are optional peers: bundling one by mistake would show as megabytes.
+    expect(info.unpackedSize).toBeLessThan(600_000);
     for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "package.json"]) {
       expect(files).toContain(f);
     }

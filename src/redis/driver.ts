@@ -73,10 +73,11 @@ export function checkRedisUrl(url: unknown): asserts url is string {
 export async function driverForUrl(url: string): Promise<RedisDriver> {
   checkRedisUrl(url);
   let ioredis: AnyClient | undefined;
+  let why = "";
   try {
     ioredis = (await import("ioredis")) as AnyClient;
-  } catch {
-    // not installed: try node-redis
+  } catch (error) {
+    why = error instanceof Error ? error.message : String(error); // not installed: try node-redis
   }
   if (ioredis) {
     const Redis = ioredis.Redis ?? ioredis.default;
@@ -87,8 +88,9 @@ export async function driverForUrl(url: string): Promise<RedisDriver> {
   let nodeRedis: AnyClient;
   try {
     nodeRedis = (await import("redis")) as AnyClient;
-  } catch {
-    throw new Error("layercache/redis: `{ url }` needs a Redis client library; install one: npm install ioredis (or: npm install redis)");
+  } catch (error) {
+    const detail = `${why}; ${error instanceof Error ? error.message : String(error)}`;
+    throw new Error(`layercache/redis: \`{ url }\` needs a Redis client library; install one: npm install ioredis (or: npm install redis) (${detail})`);
   }
   const client = nodeRedis.createClient({ url, disableOfflineQueue: true });
   return new NodeRedisDriver(client, false, true);
@@ -103,6 +105,7 @@ class IoredisDriver implements RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster";
   readonly #c: AnyClient;
   #batch: Batch | undefined;
+  #readyWait: Promise<void> | undefined;
 
   constructor(client: AnyClient, owned = false) {
     this.#c = client;
@@ -112,7 +115,35 @@ class IoredisDriver implements RedisDriver {
   }
 
   async open(): Promise<void> {
-    if (this.#c.status === "wait") await this.#c.connect();
+    await this.#ready();
+  }
+
+  /**
+   * Undefined when the client takes commands now; else a promise of the moment it will (shared by
+   * every command waiting). A client without an offline queue would fail them at once instead; the
+   * cache's own timeout bounds this wait.
+   */
+  #ready(): Promise<void> | undefined {
+    const status = this.#c.status;
+    if (status === "ready") return undefined;
+    if (status === "wait") return this.#c.connect();
+    // Known to be down: fail now (the breaker takes it from there) rather than wait for a retry.
+    if (status !== "connecting" && status !== "connect") return Promise.reject(new Error(`Redis connection is ${status}`));
+    return (this.#readyWait ??= new Promise<void>((resolve, reject) => {
+      const done = (error?: Error): void => {
+        this.#c.off("ready", onReady);
+        this.#c.off("error", onDown);
+        this.#c.off("close", onDown);
+        this.#readyWait = undefined;
+        if (error) reject(error);
+        else resolve();
+      };
+      const onReady = (): void => done();
+      const onDown = (error?: unknown): void => done(error instanceof Error ? error : new Error("Redis connection closed"));
+      this.#c.on("ready", onReady);
+      this.#c.on("error", onDown);
+      this.#c.on("close", onDown);
+    }));
   }
 
   /**
@@ -120,7 +151,10 @@ class IoredisDriver implements RedisDriver {
    * live on different slots and a multi-key command would raise CROSSSLOT).
    */
   get(key: string): Promise<string | null> {
-    if (this.kind === "ioredis-cluster") return this.#c.get(key);
+    if (this.kind === "ioredis-cluster") {
+      const wait = this.#ready();
+      return wait ? wait.then(() => this.#c.get(key)) : this.#c.get(key);
+    }
     let batch = this.#batch;
     if (batch === undefined || batch.keys.length >= MAX_BATCH) {
       const b = (batch = this.#batch = { keys: [], waiters: [] });
@@ -132,6 +166,16 @@ class IoredisDriver implements RedisDriver {
 
   #flush(batch: Batch): void {
     if (this.#batch === batch) this.#batch = undefined;
+    const wait = this.#ready();
+    if (wait !== undefined) {
+      wait.then(
+        () => this.#send(batch),
+        (error: unknown) => batch.waiters.forEach((w) => w.reject(error)),
+      );
+    } else this.#send(batch);
+  }
+
+  #send(batch: Batch): void {
     const { keys, waiters } = batch;
     if (keys.length === 1) {
       (this.#c.get(keys[0]) as Promise<string | null>).then(waiters[0]!.resolve, waiters[0]!.reject);
@@ -144,10 +188,12 @@ class IoredisDriver implements RedisDriver {
   }
 
   async set(key: string, value: string, px: number | undefined): Promise<void> {
+    await this.#ready();
     await (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px));
   }
 
   async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+    await this.#ready();
     try {
       return await this.#c.evalsha(script.sha, keys.length, ...keys, ...args);
     } catch (error) {
@@ -157,6 +203,7 @@ class IoredisDriver implements RedisDriver {
   }
 
   async publish(channel: string, message: string): Promise<void> {
+    await this.#ready();
     await this.#c.publish(channel, message);
   }
 
@@ -199,6 +246,7 @@ class NodeRedisDriver implements RedisDriver {
   readonly kind: "node-redis" | "node-redis-cluster";
   readonly #c: AnyClient;
   readonly #cluster: boolean;
+  #readyWait: Promise<void> | undefined;
 
   constructor(client: AnyClient, cluster: boolean, owned = false) {
     this.#c = client;
@@ -212,7 +260,21 @@ class NodeRedisDriver implements RedisDriver {
     if (!this.#c.isOpen) await this.#c.connect();
   }
 
-  #send(key: string | undefined, readonly: boolean, args: string[]): Promise<unknown> {
+  /** Waits for a standalone client that is (re)connecting; the cache's own timeout bounds the wait. */
+  #ready(): Promise<void> | undefined {
+    if (this.#cluster || this.#c.isReady !== false) return undefined;
+    if (!this.#c.isOpen) return this.open();
+    return (this.#readyWait ??= new Promise<void>((resolve) => {
+      this.#c.once("ready", () => {
+        this.#readyWait = undefined;
+        resolve();
+      });
+    }));
+  }
+
+  async #send(key: string | undefined, readonly: boolean, args: string[]): Promise<unknown> {
+    const wait = this.#ready();
+    if (wait !== undefined) await wait;
     return this.#cluster ? this.#c.sendCommand(key, readonly, args) : this.#c.sendCommand(args);
   }
 
