@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
@@ -44,8 +44,12 @@ describe("npm pack output", () => {
     const listing = run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], root);
     const info = JSON.parse(listing)[0] as { files: { path: string }[]; unpackedSize: number };
     const files = info.files.map((f) => f.path);
-    // The client libraries are optional peers: bundling one by mistake would show as megabytes.
-    expect(info.unpackedSize).toBeLessThan(600_000);
+    // The client libraries are optional peers, loaded at run time: never bundled into dist.
+    for (const f of files.filter((f) => /^dist\/.*\.(c?js)$/.test(f))) {
+      expect(readFileSync(join(root, f), "utf8")).not.toMatch(/node_modules\/(ioredis|@redis)\//);
+    }
+    expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
+    expect(info.unpackedSize).toBeLessThan(2_000_000);
     for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "package.json"]) {
       expect(files).toContain(f);
     }
