@@ -173,6 +173,67 @@ export class RetryQueue<T> {
   }
 }
 
+interface Deadline {
+  at: number;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * Timeouts for many concurrent calls at the cost of one timer: each call gets a deadline in a
+ * set ordered by start time (so the oldest is first), and one timer, armed for the oldest
+ * deadline, rejects whatever is overdue. No `setTimeout` per call on the hot path.
+ */
+export class Deadlines {
+  readonly #pending = new Set<Deadline>();
+  readonly #clock: TimerClock;
+  readonly #ms: number;
+  readonly #onTimeout: () => Error;
+  #timer: unknown;
+
+  constructor(clock: TimerClock, ms: number, onTimeout: () => Error) {
+    this.#clock = clock;
+    this.#ms = ms;
+    this.#onTimeout = onTimeout;
+  }
+
+  /** `promise`, or a rejection with `onTimeout()` once `ms` have passed. `ms <= 0` waits forever. */
+  wrap<T>(promise: Promise<T>): Promise<T> {
+    if (!(this.#ms > 0)) return promise;
+    return new Promise<T>((resolve, reject) => {
+      const d: Deadline = { at: this.#clock.now() + this.#ms, reject };
+      this.#pending.add(d);
+      if (this.#timer === undefined) this.#arm(this.#ms);
+      promise.then(
+        (value) => {
+          this.#pending.delete(d);
+          resolve(value);
+        },
+        (error: unknown) => {
+          this.#pending.delete(d);
+          reject(error);
+        },
+      );
+    });
+  }
+
+  #arm(ms: number): void {
+    this.#timer = this.#clock.setTimeout(() => this.#sweep(), Math.max(0, ms));
+  }
+
+  #sweep(): void {
+    this.#timer = undefined;
+    const now = this.#clock.now();
+    for (const d of this.#pending) {
+      if (d.at > now) {
+        this.#arm(d.at - now);
+        return;
+      }
+      this.#pending.delete(d);
+      d.reject(this.#onTimeout());
+    }
+  }
+}
+
 /**
  * `promise`, or a rejection with `onTimeout()` once `ms` have passed on `clock` (a promise that
  * settles later is ignored, its rejection included). `ms <= 0` waits forever.

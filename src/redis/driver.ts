@@ -11,6 +11,8 @@ export interface RedisDriver {
   /** Connects a client that is not connected yet (node-redis needs it; ioredis connects by itself). */
   open(): Promise<void>;
   get(key: string): Promise<string | null>;
+  /** Several keys: one MGET on a standalone server, one GET each on a cluster (no CROSSSLOT). */
+  getMany(keys: string[]): Promise<(string | null)[]>;
   /** SET, with PX when `px` is given. */
   set(key: string, value: string, px: number | undefined): Promise<void>;
   /** Runs a Lua script by SHA, loading it on NOSCRIPT. */
@@ -27,8 +29,7 @@ export interface RedisDriver {
 
 /** Longest a QUIT may wait before the connection is simply dropped (a hung server never answers). */
 const QUIT_TIMEOUT_MS = 1_000;
-/** Most keys in one MGET: a burst of misses becomes several commands, not one huge one. */
-const MAX_BATCH = 256;
+
 
 export interface LuaScript {
   readonly source: string;
@@ -96,15 +97,9 @@ export async function driverForUrl(url: string): Promise<RedisDriver> {
   return new NodeRedisDriver(client, false, true);
 }
 
-interface Batch {
-  keys: string[];
-  waiters: { resolve(v: string | null): void; reject(e: unknown): void }[];
-}
-
 class IoredisDriver implements RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster";
   readonly #c: AnyClient;
-  #batch: Batch | undefined;
   #readyWait: Promise<void> | undefined;
 
   constructor(client: AnyClient, owned = false) {
@@ -146,45 +141,15 @@ class IoredisDriver implements RedisDriver {
     }));
   }
 
-  /**
-   * GETs issued in the same tick share one MGET (standalone only: in a cluster, keys of one batch
-   * live on different slots and a multi-key command would raise CROSSSLOT).
-   */
   get(key: string): Promise<string | null> {
-    if (this.kind === "ioredis-cluster") {
-      const wait = this.#ready();
-      return wait ? wait.then(() => this.#c.get(key)) : this.#c.get(key);
-    }
-    let batch = this.#batch;
-    if (batch === undefined || batch.keys.length >= MAX_BATCH) {
-      const b = (batch = this.#batch = { keys: [], waiters: [] });
-      process.nextTick(() => this.#flush(b));
-    }
-    batch.keys.push(key);
-    return new Promise((resolve, reject) => batch.waiters.push({ resolve, reject }));
-  }
-
-  #flush(batch: Batch): void {
-    if (this.#batch === batch) this.#batch = undefined;
     const wait = this.#ready();
-    if (wait !== undefined) {
-      wait.then(
-        () => this.#send(batch),
-        (error: unknown) => batch.waiters.forEach((w) => w.reject(error)),
-      );
-    } else this.#send(batch);
+    return wait ? wait.then(() => this.#c.get(key)) : this.#c.get(key);
   }
 
-  #send(batch: Batch): void {
-    const { keys, waiters } = batch;
-    if (keys.length === 1) {
-      (this.#c.get(keys[0]) as Promise<string | null>).then(waiters[0]!.resolve, waiters[0]!.reject);
-      return;
-    }
-    (this.#c.mget(keys) as Promise<(string | null)[]>).then(
-      (values) => values.forEach((v, i) => waiters[i]!.resolve(v)),
-      (error) => waiters.forEach((w) => w.reject(error)),
-    );
+  getMany(keys: string[]): Promise<(string | null)[]> {
+    const wait = this.#ready();
+    const run = (): Promise<(string | null)[]> => (this.kind === "ioredis-cluster" ? Promise.all(keys.map((k) => this.#c.get(k))) : this.#c.mget(keys));
+    return wait ? wait.then(run) : run();
   }
 
   async set(key: string, value: string, px: number | undefined): Promise<void> {
@@ -281,6 +246,12 @@ class NodeRedisDriver implements RedisDriver {
   async get(key: string): Promise<string | null> {
     const v = await this.#send(key, true, ["GET", key]);
     return v === null || v === undefined ? null : String(v);
+  }
+
+  async getMany(keys: string[]): Promise<(string | null)[]> {
+    if (this.#cluster) return Promise.all(keys.map((k) => this.get(k)));
+    const values = (await this.#send(keys[0], true, ["MGET", ...keys])) as unknown[];
+    return values.map((v) => (v === null || v === undefined ? null : String(v)));
   }
 
   async set(key: string, value: string, px: number | undefined): Promise<void> {

@@ -9,6 +9,11 @@ export interface L2Store {
   /** The stored record, or null/undefined when there is none. */
   get(key: string): Promise<string | null | undefined>;
   /**
+   * Optional: several records in one call (same order as `keys`). When present, the reads of one
+   * tick are batched through it — one round trip, one timeout and one breaker check per batch.
+   */
+  getMany?(keys: string[]): Promise<(string | null | undefined)[]>;
+  /**
    * Stores `record` under `key`, expiring after `ttlMs` (`Infinity`: never); the result says
    * whether it was written. With `ifGeneration` (a load's write-back) the write happens only when
    * the stored record's generation equals it (`""` meaning "no record"), atomically — see

@@ -44,7 +44,7 @@ function px(ttlMs: number): number | undefined {
 
 /**
  * L2 on Redis, Valkey or Redis Cluster. Every key is a plain string holding one layercache record.
- * Reads are GET (batched into MGET within a tick on a standalone ioredis client); a set or remove
+ * Reads are GET, or MGET for the reads of one tick on a standalone server; a set or remove
  * is a SET with PX; a load's write-back is a one-key Lua compare-and-set on the record's
  * generation.
  */
@@ -78,8 +78,15 @@ export class RedisStore implements L2Store {
     await d.open();
   }
 
-  async get(key: string): Promise<string | null> {
-    return (this.#driver ?? (await this.#ready())).get(key);
+  get(key: string): Promise<string | null> {
+    const d = this.#driver;
+    return d !== undefined ? d.get(key) : this.#ready().then((ready) => ready.get(key));
+  }
+
+  /** MGET on a standalone server; one GET per key on a cluster (keys of one batch live on different slots). */
+  getMany(keys: string[]): Promise<(string | null)[]> {
+    const d = this.#driver;
+    return d !== undefined ? d.getMany(keys) : this.#ready().then((ready) => ready.getMany(keys));
   }
 
   async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {

@@ -3,7 +3,7 @@ import { LayerCacheError, SerializationError } from "../errors.js";
 import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
 import type { EntryTimes } from "../memory/l1.js";
-import { Breaker, RetryQueue, withTimeout, type BreakerState } from "../resilience.js";
+import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../resilience.js";
 import { RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
 import { decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
 import type { Serializer } from "./serializer.js";
@@ -14,6 +14,14 @@ import type { Serializer } from "./serializer.js";
  * because the generation it saw may have been forgotten.
  */
 export const GENERATION_MEMORY_MS = 60_000;
+
+/** Most keys read by one `getMany`. */
+const MAX_READ_BATCH = 256;
+
+interface ReadBatch {
+  keys: string[];
+  waiters: ((value: string | null | undefined | typeof FAILED) => void)[];
+}
 
 /** Most failed L2 writes kept for retry (one per key); beyond it the oldest is dropped and reported. */
 const MAX_PENDING_WRITES = 10_000;
@@ -93,9 +101,11 @@ export class RemoteLayer {
   readonly #clock: TimerClock;
   readonly #newGen: () => string;
   readonly #timeoutMs: number;
+  readonly #deadlines: Deadlines;
   readonly #breaker: Breaker | undefined;
   readonly #pending: RetryQueue<PendingTombstone>;
   readonly #onRetried: (ns: RemoteScope, key: string) => void;
+  #batch: ReadBatch | undefined;
 
   constructor(
     store: L2Store,
@@ -124,6 +134,7 @@ export class RemoteLayer {
     this.#onRetried = o.onRetried;
     const r = { ...RESILIENCE_DEFAULTS, ...store.resilience };
     this.#timeoutMs = r.timeoutMs;
+    this.#deadlines = new Deadlines(o.clock, r.timeoutMs, () => new L2TimeoutError("call", r.timeoutMs));
     this.#breaker = r.breakerThreshold > 0 ? new Breaker(r.breakerThreshold, r.breakerCooldownMs, o.clock, (s) => this.#breakerChanged(s)) : undefined;
     this.#pending = new RetryQueue<PendingTombstone>(o.clock, {
       max: MAX_PENDING_WRITES,
@@ -153,21 +164,45 @@ export class RemoteLayer {
   }
 
   /** The key's record; undefined when L2 could not be reached. Corrupt records become misses. */
-  async read(ns: RemoteScope, key: string): Promise<RemoteRead | undefined> {
-    const full = this.keyOf(ns, key);
-    const text = await this.#call("get", ns, key, () => this.store.get(full));
+  read(ns: RemoteScope, key: string): Promise<RemoteRead | undefined> {
+    return this.#fetch(this.keyOf(ns, key)).then((text) => this.#decode(ns, key, text));
+  }
+
+  #decode(ns: RemoteScope, key: string, text: string | null | undefined | typeof FAILED): RemoteRead | undefined | Promise<RemoteRead | undefined> {
     if (text === FAILED) return undefined;
     if (text === null || text === undefined) return { gen: "" };
-    let gen = "";
     try {
       const rec = decodeRecord(text);
-      gen = rec.gen;
-      if (rec.times === undefined) return { gen };
+      if (rec.times === undefined) return { gen: rec.gen };
       const value = this.#serializer.deserialize(rec.payload!);
-      return { gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
+      return { gen: rec.gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
     } catch (error) {
       return this.#corrupt(ns, key, error);
     }
+  }
+
+  /**
+   * Reads one key. With a store that has `getMany`, the reads of one tick share a single call (one
+   * round trip, one timeout, one breaker check); otherwise each is its own `get`.
+   */
+  #fetch(full: string): Promise<string | null | undefined | typeof FAILED> {
+    if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full));
+    let batch = this.#batch;
+    if (batch === undefined || batch.keys.length >= MAX_READ_BATCH) {
+      const b: ReadBatch = (batch = this.#batch = { keys: [], waiters: [] });
+      process.nextTick(() => this.#flushReads(b));
+    }
+    batch.keys.push(full);
+    return new Promise((resolve) => batch.waiters.push(resolve));
+  }
+
+  #flushReads(batch: ReadBatch): void {
+    if (this.#batch === batch) this.#batch = undefined;
+    const { keys, waiters } = batch;
+    const run = (): Promise<(string | null | undefined)[]> => (keys.length === 1 ? this.store.get(keys[0]!).then((v) => [v]) : this.store.getMany!(keys));
+    void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run).then((values) => {
+      for (let i = 0; i < waiters.length; i++) waiters[i]!(values === FAILED ? FAILED : values[i]);
+    });
   }
 
   /** Serializes a value; throws `SerializationError` when the serializer cannot. */
@@ -239,21 +274,29 @@ export class RemoteLayer {
   }
 
   /** Runs one store call under the breaker and the timeout; FAILED (already reported) when it could not. */
-  async #call<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
+  #call<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
     const breaker = this.#breaker;
     if (breaker !== undefined && !breaker.allow()) {
       this.#counters.l2ShortCircuits++;
-      return FAILED;
+      return Promise.resolve(FAILED);
     }
+    let pending: Promise<T>;
     try {
-      const result = await withTimeout(this.#clock, run(), this.#timeoutMs, () => new L2TimeoutError(operation, this.#timeoutMs));
-      breaker?.success();
-      return result;
+      pending = run();
     } catch (error) {
-      breaker?.failure();
-      this.#failed(operation, ns, key, error);
-      return FAILED;
+      pending = Promise.reject(error);
     }
+    return this.#deadlines.wrap(pending).then(
+      (result) => {
+        breaker?.success();
+        return result;
+      },
+      (error: unknown) => {
+        breaker?.failure();
+        this.#failed(operation, ns, key, error);
+        return FAILED;
+      },
+    );
   }
 
   async #corrupt(ns: RemoteScope, key: string, error: unknown): Promise<RemoteRead | undefined> {

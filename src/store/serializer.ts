@@ -26,6 +26,9 @@ export const jsonSerializer: Serializer = {
     return text;
   },
   deserialize(text: string): unknown {
+    // Text that cannot spell a dangerous key (no "__proto__", no "constructor", no \u escape that
+    // could hide one) is plain JSON; secure-json-parse handles the rest.
+    if (!text.includes("__proto__") && !text.includes("constructor") && !text.includes("\\u")) return JSON.parse(text);
     return sjson.parse(text, undefined, PARSE_OPTIONS);
   },
 };

@@ -1,0 +1,347 @@
+/**
+ * `npm run bench`: layercache side by side with BentoCache, cache-manager and cacheable, and raw
+ * baselines, in one process run on this machine, against a redis-server it starts on a free
+ * loopback port. Prints tables of ops/s and ratios; writes docs/benchmarks/results.json and
+ * docs/benchmarks/chart.svg. `--quick` runs shorter rounds (for a smoke run, not for the README).
+ */
+import { execFileSync, fork, spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { Redis } from "ioredis";
+import { LRUCache } from "lru-cache";
+import { LayerCache } from "../src/index.js";
+import { RedisBus, RedisStore } from "../src/redis.js";
+import { RedisServer, ensureBinary } from "../test/support/servers.js";
+import { compare, fmtOps, OPTIONS, percentile, printRatios, QUICK, rng, sleep, zipf } from "./lib.js";
+import { bentoPeer, cacheablePeer, cacheManagerPeer, layercachePeer, lruBaseline, rawRedisBaseline, type Peer } from "./peers.js";
+import { renderChart } from "./chart.js";
+
+const root = resolve(import.meta.dirname, "..");
+const results: Record<string, unknown> = {};
+const targets: { scenario: string; target: string; measured: string; met: boolean }[] = [];
+const target = (scenario: string, what: string, measured: string, met: boolean) => targets.push({ scenario, target: what, measured, met });
+
+async function closeAll(peers: Peer[]): Promise<void> {
+  for (const p of peers) await p.close().catch(() => {});
+}
+
+const VALUE = { id: 42, name: "Ada Lovelace", roles: ["admin"] };
+
+// ------------------------------------------------------------------ 1. L1 hit getOrSet
+async function scenario1(): Promise<void> {
+  const peers = [layercachePeer(), bentoPeer(), cacheManagerPeer(), cacheablePeer(), lruBaseline()];
+  const keys = Array.from({ length: 1000 }, (_, i) => `key:${i}`);
+  const loader = async () => VALUE;
+  for (const p of peers) for (const k of keys) await p.getOrSet(k, loader);
+  const r = await compare(
+    Object.fromEntries(peers.map((p) => [p.name, async () => {
+      for (let i = 0; i < 1000; i++) await p.getOrSet(keys[i]!, loader);
+    }])),
+    1000,
+  );
+  printRatios("1. L1 hit: getOrSet, sequential awaited calls over 1 000 hot keys", r, "layercache");
+  results.s1 = r;
+  const vsBento = r.layercache! / r.BentoCache!;
+  const vsLru = r.layercache! / r["lru-cache (async)"]!;
+  target("1", "≥ 10× BentoCache", `${vsBento.toFixed(1)}×`, vsBento >= 10);
+  target("1", "≥ 25% of async lru-cache", `${(vsLru * 100).toFixed(0)}%`, vsLru >= 0.25);
+  await closeAll(peers);
+}
+
+// ------------------------------------------------------------------ 2. cached function, L1 hit
+async function scenario2(): Promise<void> {
+  const peers = [layercachePeer(), bentoPeer(), cacheManagerPeer(), cacheablePeer(), lruBaseline()];
+  const ids = Array.from({ length: 1000 }, (_, i) => String(i));
+  const fns = peers.map((p) => p.cached(async (id: string) => ({ id, name: "user" })));
+  for (const f of fns) for (const id of ids) await f(id);
+  const r = await compare(
+    Object.fromEntries(peers.map((p, j) => [p.name, async () => {
+      const f = fns[j]!;
+      for (let i = 0; i < 1000; i++) await f(ids[i]!);
+    }])),
+    1000,
+  );
+  printRatios("2. Cached function hitting L1 (key building included)", r, "layercache");
+  results.s2 = r;
+  await closeAll(peers);
+}
+
+// ------------------------------------------------------------------ 3. L2 hit, L1 cold, 64 concurrent
+async function scenario3(url: string): Promise<void> {
+  const clients: Redis[] = [];
+  const client = () => {
+    const c = new Redis(url);
+    clients.push(c);
+    return c;
+  };
+  // L1 bounded to one entry: every read of a random key among 10 000 goes to L2.
+  const peers = [
+    layercachePeer({ l1Size: 1, redis: client(), prefix: "s3-lc" }),
+    bentoPeer({ l1Size: 1, redis: client(), prefix: "s3-bento" }),
+    cacheManagerPeer({ l1Size: 1, redisUrl: url, prefix: "s3-cm" }),
+    cacheablePeer({ l1Size: 1, redisUrl: url, prefix: "s3-ca" }),
+    rawRedisBaseline(client(), "s3-raw"),
+  ];
+  const N = 10_000;
+  for (const p of peers) for (let i = 0; i < N; i += 500) await Promise.all(Array.from({ length: 500 }, (_, j) => p.set(`key:${i + j}`, { ...VALUE, id: i + j })));
+  const random = rng(3);
+  const picks = Array.from({ length: 64 * 1024 }, () => `key:${Math.floor(random() * N)}`);
+  let cursor = 0;
+  const r = await compare(
+    Object.fromEntries(peers.map((p) => [p.name, async () => {
+      const at = (cursor = (cursor + 64) % picks.length);
+      const batch = await Promise.all(picks.slice(at, at + 64).map((k) => p.get(k)));
+      if (batch[0] === undefined) throw new Error(`${p.name}: expected an L2 hit`);
+    }])),
+    64,
+  );
+  printRatios("3. L2 hit with L1 cold: 64 concurrent gets against Redis", r, "layercache");
+  results.s3 = r;
+  const vsBento = r.layercache! / r.BentoCache!;
+  const vsRaw = r.layercache! / r["ioredis GET+JSON.parse"]!;
+  target("3", "≥ 2.5× BentoCache", `${vsBento.toFixed(2)}×`, vsBento >= 2.5);
+  target("3", "≥ 80% of raw ioredis", `${(vsRaw * 100).toFixed(0)}%`, vsRaw >= 0.8);
+  await closeAll(peers);
+  for (const c of clients) c.disconnect();
+}
+
+// ------------------------------------------------------------------ 4. tiered Zipf workload
+async function scenario4(url: string): Promise<void> {
+  const KEYS = 100_000;
+  const L1 = 10_000;
+  const OPS = QUICK ? 30_000 : 150_000;
+  const CONCURRENCY = 64;
+  const draw = zipf(KEYS, 0.9, rng(4));
+  const trace = Int32Array.from({ length: OPS }, () => draw());
+
+  // The LRU baseline's hit ratio on the same trace, same size.
+  const lru = new LRUCache<number, true>({ max: L1 });
+  let lruHits = 0;
+  for (const k of trace) {
+    if (lru.get(k)) lruHits++;
+    else lru.set(k, true);
+  }
+
+  const clients: Redis[] = [];
+  const client = () => {
+    const c = new Redis(url);
+    clients.push(c);
+    return c;
+  };
+  const lc = layercachePeer({ l1Size: L1, redis: client(), prefix: "s4-lc" });
+  const peers: Peer[] = [lc, bentoPeer({ l1Size: L1, redis: client(), prefix: "s4-bento" }), cacheManagerPeer({ l1Size: L1, redisUrl: url, prefix: "s4-cm" }), cacheablePeer({ l1Size: L1, redisUrl: url, prefix: "s4-ca" })];
+  const loader = async () => {
+    await sleep(1);
+    return VALUE;
+  };
+  const out: Record<string, { opsPerSec: number }> = {};
+  for (const p of peers) {
+    let next = 0;
+    const t = process.hrtime.bigint();
+    await Promise.all(
+      Array.from({ length: CONCURRENCY }, async () => {
+        while (next < OPS) {
+          const k = trace[next++]!;
+          await p.getOrSet(`key:${k}`, loader);
+        }
+      }),
+    );
+    out[p.name] = { opsPerSec: OPS / (Number(process.hrtime.bigint() - t) / 1e9) };
+  }
+  const s = lc.cache.stats();
+  const l1Ratio = (s.hits - s.l2Hits) / OPS;
+  console.log(`\n4. Tiered workload: Zipf(0.9) over ${KEYS} keys, L1 ${L1} entries, loader 1 ms, ${CONCURRENCY} concurrent, ${OPS} reads`);
+  console.table(Object.entries(out).map(([name, v]) => ({ library: name, "ops/s": fmtOps(v.opsPerSec) })));
+  console.log(`   layercache L1 hit ratio ${(l1Ratio * 100).toFixed(1)}% (SIEVE) vs LRU of the same size on the same trace ${((lruHits / OPS) * 100).toFixed(1)}%`);
+  results.s4 = { throughput: out, l1HitRatio: l1Ratio, lruHitRatio: lruHits / OPS };
+  await closeAll(peers);
+  for (const c of clients) c.disconnect();
+}
+
+// ------------------------------------------------------------------ 5. stampede
+async function scenario5(): Promise<void> {
+  const peers = [layercachePeer(), bentoPeer(), cacheManagerPeer(), cacheablePeer()];
+  const out: Record<string, number> = {};
+  for (const p of peers) {
+    let calls = 0;
+    const loader = async () => {
+      calls++;
+      await sleep(10);
+      return VALUE;
+    };
+    await Promise.all(Array.from({ length: 1000 }, () => p.getOrSet("stampede", loader)));
+    out[p.name] = calls;
+  }
+  console.log("\n5. Stampede: 1 000 concurrent misses of one key → loader calls");
+  console.table(Object.entries(out).map(([name, calls]) => ({ library: name, "loader calls": calls })));
+  results.s5 = out;
+  target("5", "exactly 1 loader call", String(out.layercache), out.layercache === 1);
+  await closeAll(peers);
+}
+
+// ------------------------------------------------------------------ 6. invalidation latency
+async function scenario6(url: string): Promise<void> {
+  const prefix = `s6-${process.pid}`;
+  const b = fork(join(root, "bench/invalidation-peer.ts"), [url, prefix], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const waiting = new Map<string, (m: Record<string, string>) => void>();
+  b.on("message", (m: Record<string, string>) => {
+    const key = m.dropped ?? m.primed ?? (m.ready ? "ready" : m.stopped ? "stopped" : "");
+    const w = waiting.get((m.dropped ? "dropped:" : m.primed ? "primed:" : "") + key);
+    w?.(m);
+  });
+  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
+  await expect("ready");
+
+  const client = new Redis(url);
+  const a = new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus: new RedisBus({ client }) });
+  await a.ready();
+  // 5 000 ops/s of background load: 25 every 10 ms here and 25 in B.
+  let n = 0;
+  const bg = setInterval(() => {
+    for (let i = 0; i < 25; i++) {
+      const k = `bg:${n++ % 2000}`;
+      void (n % 5 === 0 ? a.set(k, { n }) : a.getOrSet(k, async () => ({ n })));
+    }
+  }, 10);
+  b.send({ op: "background", perTick: 25 });
+  await sleep(300);
+
+  const SAMPLES = QUICK ? 100 : 500;
+  const latencies: number[] = [];
+  for (let i = 0; i < SAMPLES; i++) {
+    const key = `inv:${i}`;
+    await a.set(key, { i });
+    const primed = expect(`primed:${key}`);
+    b.send({ op: "prime", key });
+    await primed;
+    const dropped = expect(`dropped:${key}`);
+    const t0 = process.hrtime.bigint();
+    await a.remove(key);
+    const m = await dropped;
+    latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
+    await sleep(2);
+  }
+  clearInterval(bg);
+  const stopped = expect("stopped");
+  b.send({ op: "stop" });
+  await stopped;
+  await a.close();
+  client.disconnect();
+  const p50 = percentile(latencies, 50);
+  const p99 = percentile(latencies, 99);
+  console.log(`\n6. Invalidation latency: remove in process A until process B dropped its copy (${SAMPLES} samples, 5 000 ops/s of background load)`);
+  console.table([{ p50: `${p50.toFixed(3)} ms`, p99: `${p99.toFixed(3)} ms`, max: `${Math.max(...latencies).toFixed(3)} ms` }]);
+  results.s6 = { p50, p99, max: Math.max(...latencies), samples: SAMPLES };
+  target("6", "p99 ≤ 2 ms on loopback", `${p99.toFixed(2)} ms`, p99 <= 2);
+}
+
+// ------------------------------------------------------------------ 7. memory per entry
+async function scenario7(): Promise<void> {
+  const N = QUICK ? 200_000 : 1_000_000;
+  const measure = (lib: string) =>
+    new Promise<number>((resolvePromise, reject) => {
+      const child = spawn(process.execPath, ["--expose-gc", "--import", "tsx", join(root, "bench/memory-child.ts"), lib, String(N)], { cwd: root, stdio: ["ignore", "pipe", "inherit"] });
+      let out = "";
+      child.stdout.on("data", (d) => (out += d));
+      child.on("exit", (code) => (code === 0 ? resolvePromise(JSON.parse(out).bytesPerEntry) : reject(new Error(`${lib}: exit ${code}`))));
+    });
+  const r: Record<string, number> = {};
+  for (const lib of ["layercache", "lru-cache", "lru-cache+ttl"]) r[lib] = await measure(lib);
+  console.log(`\n7. Memory: heap bytes per L1 entry, ${N.toLocaleString("en")} entries (key "key:<i>", value { id: i })`);
+  console.table(Object.entries(r).map(([lib, b]) => ({ library: lib, "bytes/entry": b.toFixed(1), "layercache ÷ it": lib === "layercache" ? "—" : `${(r.layercache! / b).toFixed(2)}×` })));
+  results.s7 = r;
+  const ratio = r.layercache! / r["lru-cache"]!;
+  target("7", "≤ 1.3× lru-cache bytes per entry", `${ratio.toFixed(2)}×`, ratio <= 1.3);
+}
+
+// ------------------------------------------------------------------ 8. refresh storm
+async function scenario8(): Promise<void> {
+  const KEYS = 10_000;
+  const READS = QUICK ? 50_000 : 200_000;
+  const cache = new LayerCache({ ttl: "1s", maxStale: "1h", refresh: "background", maxEntries: 20_000 });
+  const keys = Array.from({ length: KEYS }, (_, i) => `storm:${i}`);
+  let running = 0;
+  let maxRunning = 0;
+  let loads = 0;
+  const loader = async () => {
+    loads++;
+    running++;
+    maxRunning = Math.max(maxRunning, running);
+    await sleep(5);
+    running--;
+    return { ...VALUE, refreshed: true };
+  };
+  const timeReads = async (n: number, ks: string[], l: () => Promise<unknown>) => {
+    const lat = new Float64Array(n);
+    for (let i = 0; i < n; i++) {
+      const t = process.hrtime.bigint();
+      await cache.getOrSet(ks[i % ks.length]!, l);
+      lat[i] = Number(process.hrtime.bigint() - t) / 1e3;
+    }
+    return lat;
+  };
+  for (const k of keys) await cache.getOrSet(k, async () => VALUE);
+  const fresh = await timeReads(READS, keys, loader); // fresh L1 hits: the scenario-1 path, timed per read
+  loads = 0;
+  await sleep(1100); // every key expires at once
+  const storm = await timeReads(READS, keys, loader);
+  const freshP99 = percentile(fresh, 99);
+  const stormP99 = percentile(storm, 99);
+  await sleep(50);
+  const s = cache.stats();
+  await cache.close();
+  console.log(`\n8. Refresh storm: ${KEYS} background-refresh keys expire together; ${READS} reads go on (loader 5 ms, refreshConcurrency 8)`);
+  console.table([
+    { reads: "fresh L1 hits (before)", p50: `${percentile(fresh, 50).toFixed(2)} µs`, p99: `${freshP99.toFixed(2)} µs` },
+    { reads: "during the storm", p50: `${percentile(storm, 50).toFixed(2)} µs`, p99: `${stormP99.toFixed(2)} µs` },
+  ]);
+  console.log(`   loader calls ${loads}, most at once ${maxRunning} (bound 8), refreshes skipped (pool full) ${s.refreshSkips}`);
+  results.s8 = { freshP50: percentile(fresh, 50), freshP99, stormP50: percentile(storm, 50), stormP99, maxConcurrentLoads: maxRunning, loads, skipped: s.refreshSkips };
+  target("8", "read p99 within 2× of L1-hit p99", `${(stormP99 / freshP99).toFixed(2)}×`, stormP99 <= 2 * freshP99);
+  target("8", "loader concurrency ≤ refreshConcurrency (8)", String(maxRunning), maxRunning <= 8);
+}
+
+// ------------------------------------------------------------------ main
+async function main(): Promise<void> {
+  const redisBin = ensureBinary("redis-server", "redis-server");
+  const server = await RedisServer.start();
+  const machine = {
+    cpu: cpus()[0]?.model ?? "unknown",
+    cores: cpus().length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    redis: execFileSync(redisBin, ["--version"]).toString().match(/v=([\d.]+)/)?.[1] ?? "?",
+    date: new Date().toISOString().slice(0, 10),
+    quick: QUICK,
+    rounds: OPTIONS.rounds,
+    timePerRoundMs: OPTIONS.time,
+  };
+  console.log(`layercache benchmarks — ${machine.cpu}, ${machine.cores} cores, Node ${machine.node}, redis-server ${machine.redis}${QUICK ? " (quick)" : ""}`);
+  console.log(`Each number: median of ${OPTIONS.rounds} rounds of ${OPTIONS.time} ms per library, libraries in rotating order, all in this one run.`);
+  try {
+    const only = process.argv.find((a) => a.startsWith("--only="))?.slice(7).split(",");
+    const run = (n: string) => !only || only.includes(n);
+    if (run("1")) await scenario1();
+    if (run("2")) await scenario2();
+    if (run("3")) await scenario3(server.url);
+    if (run("4")) await scenario4(server.url);
+    if (run("5")) await scenario5();
+    if (run("6")) await scenario6(server.url);
+    if (run("7")) await scenario7();
+    if (run("8")) await scenario8();
+  } finally {
+    await server.stop();
+  }
+  console.log("\nTargets");
+  console.table(targets.map((t) => ({ scenario: t.scenario, target: t.target, measured: t.measured, met: t.met ? "yes" : "NO" })));
+  const dir = join(root, "docs/benchmarks");
+  mkdirSync(dir, { recursive: true });
+  const file = QUICK ? "results-quick.json" : "results.json";
+  writeFileSync(join(dir, file), JSON.stringify({ machine, results, targets }, null, 2) + "\n");
+  if (!QUICK) writeFileSync(join(dir, "chart.svg"), renderChart(results, machine));
+  console.log(`\nWrote docs/benchmarks/${file}${QUICK ? "" : " and docs/benchmarks/chart.svg"}`);
+  process.exitCode = targets.every((t) => t.met) ? 0 : 1;
+}
+
+await main();
