@@ -19,6 +19,8 @@ export interface BusConnection {
 }
 
 export interface Bus {
+  /** The client object this bus publishes on, when it was given one (see `L2Store.connection`). */
+  readonly connection?: object;
   /** Subscribes to `channel`; resolves once messages published afterwards will be delivered. */
   connect(channel: string, handlers: BusHandlers): Promise<BusConnection>;
 }

@@ -29,6 +29,8 @@ const KNOWN = new Set(["client", "url", "heartbeat"]);
  * which stops trusting L1 until the subscription is heard again.
  */
 export class RedisBus implements Bus {
+  /** The client passed in (see `L2Store.connection`). */
+  readonly connection: object | undefined;
   readonly #client: unknown;
   readonly #url: string | undefined;
   readonly #heartbeatMs: number;
@@ -40,6 +42,7 @@ export class RedisBus implements Bus {
     if (options.client !== undefined) driverFor(options.client); // fail now on a wrong client
     else checkRedisUrl(options.url);
     this.#client = options.client;
+    this.connection = options.client as object | undefined;
     this.#url = options.url;
     this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
     if (this.#heartbeatMs <= 0) throw optionError("heartbeat", "must be a positive duration");

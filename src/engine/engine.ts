@@ -95,6 +95,8 @@ export class Engine {
   #refreshing = 0;
   #genSeq = 0;
   readonly #tasks = new Set<Promise<void>>();
+  /** L2 and bus send on one connection that keeps call order: an invalidation needs no round trip in between. */
+  readonly #ordered: boolean;
   /** Every flight not yet done, detached ones included (for close). */
   readonly #flights = new Set<Flight>();
 
@@ -136,6 +138,7 @@ export class Engine {
         },
       });
     this.opened = this.remote === undefined && this.link === undefined;
+    this.#ordered = init.store?.connection !== undefined && init.store.connection === init.bus?.connection;
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -603,24 +606,36 @@ export class Engine {
       }
     }
     this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
-    let gen: string | undefined;
-    if (this.remote !== undefined) {
-      // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
-      if (enc !== undefined && !enc.tooLarge) {
-        gen = this.#newGen();
-        if ((await this.remote.put(ns, key, enc, times, gen)) !== "written") gen = undefined;
-      } else await this.remote.remove(ns, key);
-    }
+    // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
+    const gen = enc !== undefined && !enc.tooLarge ? this.#newGen() : undefined;
+    const remote = this.remote;
+    const toL2 = () => (remote === undefined ? undefined : gen !== undefined ? remote.put(ns, key, enc!, times, gen) : remote.remove(ns, key));
     // Peers whose load or read finds this very record in L2 (generation `gen`) may keep it.
-    await this.link?.publish("remove", ns.path, [key], gen);
+    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen));
     if (failure) throw failure;
   }
 
   async remove(ns: Namespace, key: string): Promise<void> {
     if (!this.opened) await this.#afterOpen(async () => {});
     this.#invalidate(ns, key, true);
-    await this.remote?.remove(ns, key);
-    await this.link?.publish("remove", ns.path, [key]);
+    await this.#invalidateOut(
+      () => this.remote?.remove(ns, key),
+      () => this.link?.publish("remove", ns.path, [key]),
+    );
+  }
+
+  /**
+   * L2 first, then the bus: a peer that drops its copy and re-reads L2 must find the new state.
+   * On one order-keeping connection both are sent back to back; otherwise the bus waits for L2.
+   */
+  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined): Promise<void> {
+    if (this.#ordered) {
+      const l2 = toL2();
+      await Promise.all([l2, toBus()]);
+    } else {
+      await toL2();
+      await toBus();
+    }
   }
 
   async clear(ns: Namespace): Promise<void> {

@@ -4,7 +4,10 @@ import { optionError } from "../errors.js";
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
  * and Cluster) and node-redis (standalone and cluster) — so that `RedisStore` and `RedisBus` are
- * written once. Only single-key commands are used, so nothing here can raise CROSSSLOT.
+ * written once. Only single-key commands are used, so nothing here can raise CROSSSLOT (MGET only
+ * on a standalone server). Commands are written to the connection synchronously, in call order,
+ * whenever it takes commands: an L2 write followed by a PUBLISH on the same client reach Redis in
+ * that order.
  */
 export interface RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster" | "node-redis" | "node-redis-cluster";
@@ -44,6 +47,8 @@ export function luaScript(source: string): LuaScript {
 type AnyClient = Record<string, any>;
 
 const isNoScript = (error: unknown): boolean => error instanceof Error && /NOSCRIPT/i.test(error.message);
+const noop = (): void => {};
+const asText = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
 
 /** Recognizes the client a user passed in. */
 export function driverFor(client: unknown): RedisDriver {
@@ -141,35 +146,35 @@ class IoredisDriver implements RedisDriver {
     }));
   }
 
-  get(key: string): Promise<string | null> {
+  /** Issues a command now when the connection takes commands (so calls are written in call order), else once it does. */
+  #whenReady<T>(issue: () => Promise<T>): Promise<T> {
     const wait = this.#ready();
-    return wait ? wait.then(() => this.#c.get(key)) : this.#c.get(key);
+    return wait ? wait.then(issue) : issue();
+  }
+
+  get(key: string): Promise<string | null> {
+    return this.#whenReady(() => this.#c.get(key));
   }
 
   getMany(keys: string[]): Promise<(string | null)[]> {
-    const wait = this.#ready();
-    const run = (): Promise<(string | null)[]> => (this.kind === "ioredis-cluster" ? Promise.all(keys.map((k) => this.#c.get(k))) : this.#c.mget(keys));
-    return wait ? wait.then(run) : run();
+    return this.#whenReady(() => (this.kind === "ioredis-cluster" ? Promise.all(keys.map((k) => this.#c.get(k))) : this.#c.mget(keys)));
   }
 
-  async set(key: string, value: string, px: number | undefined): Promise<void> {
-    await this.#ready();
-    await (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px));
+  set(key: string, value: string, px: number | undefined): Promise<void> {
+    return this.#whenReady(() => (px === undefined ? this.#c.set(key, value) : this.#c.set(key, value, "PX", px))).then(noop);
   }
 
-  async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
-    await this.#ready();
-    try {
-      return await this.#c.evalsha(script.sha, keys.length, ...keys, ...args);
-    } catch (error) {
-      if (!isNoScript(error)) throw error;
-      return this.#c.eval(script.source, keys.length, ...keys, ...args);
-    }
+  eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+    return this.#whenReady(() =>
+      (this.#c.evalsha(script.sha, keys.length, ...keys, ...args) as Promise<unknown>).catch((error: unknown) => {
+        if (!isNoScript(error)) throw error;
+        return this.#c.eval(script.source, keys.length, ...keys, ...args);
+      }),
+    );
   }
 
-  async publish(channel: string, message: string): Promise<void> {
-    await this.#ready();
-    await this.#c.publish(channel, message);
+  publish(channel: string, message: string): Promise<void> {
+    return this.#whenReady(() => this.#c.publish(channel, message)).then(noop);
   }
 
   duplicate(): RedisDriver {
@@ -237,39 +242,38 @@ class NodeRedisDriver implements RedisDriver {
     }));
   }
 
-  async #send(key: string | undefined, readonly: boolean, args: string[]): Promise<unknown> {
+  /** Issues a command now when the connection takes commands (so calls are written in call order), else once it does. */
+  #send(key: string | undefined, readonly: boolean, args: string[]): Promise<unknown> {
+    const issue = (): Promise<unknown> => (this.#cluster ? this.#c.sendCommand(key, readonly, args) : this.#c.sendCommand(args));
     const wait = this.#ready();
-    if (wait !== undefined) await wait;
-    return this.#cluster ? this.#c.sendCommand(key, readonly, args) : this.#c.sendCommand(args);
+    return wait ? wait.then(issue) : issue();
   }
 
-  async get(key: string): Promise<string | null> {
-    const v = await this.#send(key, true, ["GET", key]);
-    return v === null || v === undefined ? null : String(v);
+  get(key: string): Promise<string | null> {
+    return this.#send(key, true, ["GET", key]).then(asText);
   }
 
-  async getMany(keys: string[]): Promise<(string | null)[]> {
+  getMany(keys: string[]): Promise<(string | null)[]> {
     if (this.#cluster) return Promise.all(keys.map((k) => this.get(k)));
-    const values = (await this.#send(keys[0], true, ["MGET", ...keys])) as unknown[];
-    return values.map((v) => (v === null || v === undefined ? null : String(v)));
+    return this.#send(keys[0], true, ["MGET", ...keys]).then((values) => (values as unknown[]).map(asText));
   }
 
-  async set(key: string, value: string, px: number | undefined): Promise<void> {
-    await this.#send(key, false, px === undefined ? ["SET", key, value] : ["SET", key, value, "PX", String(px)]);
+  set(key: string, value: string, px: number | undefined): Promise<void> {
+    return this.#send(key, false, px === undefined ? ["SET", key, value] : ["SET", key, value, "PX", String(px)]).then(noop);
   }
 
-  async eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+  eval(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
     const rest = [String(keys.length), ...keys, ...args];
-    try {
-      return await this.#send(keys[0], false, ["EVALSHA", script.sha, ...rest]);
-    } catch (error) {
+    return this.#send(keys[0], false, ["EVALSHA", script.sha, ...rest]).catch((error: unknown) => {
       if (!isNoScript(error)) throw error;
       return this.#send(keys[0], false, ["EVAL", script.source, ...rest]);
-    }
+    });
   }
 
-  async publish(channel: string, message: string): Promise<void> {
-    await this.#c.publish(channel, message);
+  publish(channel: string, message: string): Promise<void> {
+    const wait = this.#ready();
+    const issue = (): Promise<void> => this.#c.publish(channel, message).then(noop);
+    return wait ? wait.then(issue) : issue();
   }
 
   duplicate(): RedisDriver {

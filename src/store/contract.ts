@@ -24,6 +24,13 @@ export interface L2Store {
   close?(): Promise<void>;
   /** How the cache guards calls to this store (defaults below apply to any field left out). */
   readonly resilience?: L2Resilience;
+  /**
+   * The client object this store sends on, when it was given one. When the bus publishes on the
+   * very same object (`Bus.connection`) and both write their commands in call order, an
+   * invalidation's L2 write and its bus message are sent back to back — the server still runs them
+   * in order — instead of waiting a round trip in between.
+   */
+  readonly connection?: object;
 }
 
 export interface L2Resilience {

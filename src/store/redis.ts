@@ -50,6 +50,8 @@ function px(ttlMs: number): number | undefined {
  */
 export class RedisStore implements L2Store {
   readonly resilience: L2Resilience;
+  /** The client passed in (L2 writes and a RedisBus on the same client are sent in order). */
+  readonly connection: object | undefined;
   readonly #url: string | undefined;
   #driver: RedisDriver | undefined;
   #opening: Promise<RedisDriver> | undefined;
@@ -61,6 +63,7 @@ export class RedisStore implements L2Store {
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined) this.#driver = driverFor(options.client);
     else checkRedisUrl(options.url);
+    this.connection = options.client as object | undefined;
     this.#url = options.url;
     const cb = options.circuitBreaker;
     if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");

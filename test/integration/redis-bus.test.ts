@@ -94,3 +94,28 @@ describe("bus repair after a lost subscription", () => {
     expect(await b!.get("k")).toBe("v2");
   });
 });
+
+describe("order of an invalidation: L2 first, then the bus", () => {
+  test.each(["ioredis", "node-redis", "url"] as const)("with %s, a peer that re-reads L2 when the message arrives finds the new state", async (kind) => {
+    const { caches: [a], prefix } = await instances(kind, 1);
+    const sub = rawClient(url);
+    const reader = rawClient(url);
+    const seen: string[] = [];
+    await sub.subscribe(`${prefix}:bus`);
+    sub.on("message", (_channel, message) => {
+      const [, , op, , keys] = JSON.parse(message) as [number, string, string, string[], string[]];
+      if (op === "remove") void reader.get(`${prefix}::${keys[0]}`).then((v) => seen.push(`${keys[0]}=${v}`));
+    });
+    for (let i = 0; i < 30; i++) {
+      await a!.set(`k${i}`, "old");
+      await a!.remove(`k${i}`);
+    }
+    await eventually(() => seen.length === 60);
+    // Every message about a remove found the tombstone, never the old value; a message about a set
+    // found the new record (or, read a moment later, the remove that followed it).
+    expect(seen.filter((_, i) => i % 2 === 1).every((s) => /\|-$/.test(s))).toBe(true);
+    expect(seen.filter((_, i) => i % 2 === 0).every((s) => /\|"old"$|\|-$/.test(s))).toBe(true);
+    sub.disconnect();
+    reader.disconnect();
+  });
+});
