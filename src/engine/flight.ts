@@ -96,8 +96,15 @@ export class Flight extends Fenced {
   invoke(stale: unknown): Promise<unknown> {
     try {
       if (this.args !== undefined) return Promise.resolve(this.fn.apply(this.self, this.args));
-      const controller = (this.controller = new AbortController());
-      return Promise.resolve(this.fn({ signal: controller.signal, stale } satisfies LoaderContext));
+      // The AbortController is made only if the loader looks at `signal` (most never do).
+      const flight = this;
+      const context: LoaderContext = {
+        get signal() {
+          return (flight.controller ??= new AbortController()).signal;
+        },
+        stale,
+      };
+      return Promise.resolve(this.fn(context));
     } catch (error) {
       return Promise.reject(error);
     }
