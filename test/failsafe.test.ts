@@ -180,3 +180,24 @@ describe("softTimeout (SPEC 3, 4.3)", () => {
     expect(warnings.length).toBe(1);
   });
 });
+
+describe("the loader's signal", () => {
+  test("a loader that looks at its signal only after the hard timeout finds it aborted", async () => {
+    const clock = new FakeClock(0);
+    const cache = new LayerCache({ clock, hardTimeout: "1s" });
+    const gate = deferred<void>();
+    let seen: AbortSignal | undefined;
+    const p = cache.getOrSet("k", async (ctx) => {
+      await gate.promise;
+      seen = ctx.signal;
+      return "late";
+    });
+    await flush();
+    clock.advance(1_000);
+    await expect(p).rejects.toBeInstanceOf(LoadTimeoutError);
+    gate.resolve();
+    await flush();
+    expect(seen?.aborted).toBe(true);
+    expect(seen?.reason).toBeInstanceOf(LoadTimeoutError);
+  });
+});

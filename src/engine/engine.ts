@@ -202,7 +202,7 @@ export class Engine {
     // What is still running is aborted; whoever still waits for it gets CacheClosedError.
     for (const f of [...this.#flights]) {
       const error = new CacheClosedError();
-      f.controller?.abort(error);
+      f.abort(error);
       f.fence();
       this.#done(f);
       f.fail(error);
@@ -446,7 +446,7 @@ export class Engine {
       const timeout = new Promise<never>((_, reject) => {
         hardTimer = this.clock.setTimeout(() => {
           const error = new LoadTimeoutError(key, p.hardTimeout);
-          f.controller?.abort(error);
+          f.abort(error);
           reject(error);
         }, p.hardTimeout);
       });

@@ -72,6 +72,7 @@ export class Flight extends Fenced {
   settled = false;
   controller: AbortController | undefined;
   readonly promise: Promise<unknown>;
+  #abortReason: unknown = undefined;
   #resolve!: (value: unknown) => void;
   #reject!: (error: unknown) => void;
 
@@ -100,7 +101,9 @@ export class Flight extends Fenced {
       const flight = this;
       const context: LoaderContext = {
         get signal() {
-          return (flight.controller ??= new AbortController()).signal;
+          const controller = (flight.controller ??= new AbortController());
+          if (flight.#abortReason !== undefined && !controller.signal.aborted) controller.abort(flight.#abortReason);
+          return controller.signal;
         },
         stale,
       };
@@ -108,6 +111,12 @@ export class Flight extends Fenced {
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** Aborts the loader's signal (now, or when the loader first looks at it). */
+  abort(reason: unknown): void {
+    this.#abortReason = reason;
+    this.controller?.abort(reason);
   }
 
   settle(value: unknown): void {
