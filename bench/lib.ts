@@ -12,7 +12,7 @@ export interface Options {
 }
 
 export const QUICK = process.argv.includes("--quick");
-export const OPTIONS: Options = QUICK ? { time: 250, rounds: 2 } : { time: 1000, rounds: 3 };
+export const OPTIONS: Options = QUICK ? { time: 250, rounds: 2 } : { time: 1000, rounds: 5 };
 
 /**
  * Runs each task (one call = `opsPerCall` operations) for `time` ms per round, `rounds` rounds in
