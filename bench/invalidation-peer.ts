@@ -63,6 +63,13 @@ async function rawSide(): Promise<Side> {
 const side = mode === "raw" ? await rawSide() : await layercacheSide();
 
 let background: ReturnType<typeof setInterval> | undefined;
+const { monitorEventLoopDelay, PerformanceObserver } = await import("node:perf_hooks");
+const eld = monitorEventLoopDelay({ resolution: 1 });
+const gcs: number[] = [];
+if (process.env.BENCH_DEBUG) {
+  eld.enable();
+  new PerformanceObserver((l) => l.getEntries().forEach((e) => gcs.push(e.duration))).observe({ entryTypes: ["gc"] });
+}
 
 process.on("message", async (m: { op: string; key?: string; perTick?: number }) => {
   if (m.op === "prime") {
@@ -79,6 +86,7 @@ process.on("message", async (m: { op: string; key?: string; perTick?: number }) 
     }, 2);
   } else if (m.op === "stop") {
     if (background) clearInterval(background);
+    if (process.env.BENCH_DEBUG) console.error(mode ?? "layercache", "B event-loop delay p99/max ms", (eld.percentile(99) / 1e6).toFixed(2), (eld.max / 1e6).toFixed(2), "gc", gcs.length, gcs.reduce((a, b) => a + b, 0).toFixed(1), "ms");
     await side.close();
     client.disconnect();
     send({ stopped: true });

@@ -198,6 +198,12 @@ async function invalidationRun(url: string, mode: "layercache" | "raw"): Promise
   const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus: new RedisBus({ client }) }) : undefined;
   await a?.ready();
   const local = new Map<string, unknown>();
+  // The raw floor does what layercache does here too: it hears B's invalidations and drops its copies.
+  const sub = mode === "raw" ? new Redis(url) : undefined;
+  if (sub) {
+    await sub.subscribe(`${prefix}:raw`);
+    sub.on("message", (_ch, key: string) => void local.delete(key));
+  }
   const ops = {
     set: async (k: string, v: unknown) => {
       if (a) return a.set(k, v);
@@ -211,7 +217,13 @@ async function invalidationRun(url: string, mode: "layercache" | "raw"): Promise
       void client.set(`${prefix}:${k}`, "-");
       await client.publish(`${prefix}:raw`, k);
     },
-    read: async (k: string) => (a ? a.getOrSet(k, async () => ({ n: 0 })) : local.get(k) ?? JSON.parse((await client.get(`${prefix}:${k}`)) ?? "{}")),
+    read: async (k: string) => {
+      if (a) return a.getOrSet(k, async () => ({ n: 0 }));
+      if (local.has(k)) return local.get(k);
+      const v = JSON.parse((await client.get(`${prefix}:${k}`)) ?? "{}");
+      local.set(k, v);
+      return v;
+    },
   };
   // 5 000 ops/s of background load, spread out as traffic is: 5 every 2 ms here and 5 in B.
   let n = 0;
@@ -226,24 +238,35 @@ async function invalidationRun(url: string, mode: "layercache" | "raw"): Promise
 
   const samples = QUICK ? 100 : 500;
   const latencies: number[] = [];
+  const parts: [number, number][] = [];
+  const { monitorEventLoopDelay } = await import("node:perf_hooks");
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  if (process.env.BENCH_DEBUG) eld.enable();
   for (let i = 0; i < samples; i++) {
+    // B loads the key itself (a set from A would race its own message with the priming).
     const key = `inv:${i}`;
-    await ops.set(key, { i });
     const primed = expect(`primed:${key}`);
     b.send({ op: "prime", key });
     await primed;
     const dropped = expect(`dropped:${key}`);
     const t0 = process.hrtime.bigint();
     await ops.remove(key);
+    const t1 = process.hrtime.bigint();
     const m = await dropped;
     latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
+    parts.push([Number(t1 - t0) / 1e6, Number(BigInt(m.t!) - t1) / 1e6]);
     await sleep(2);
   }
   clearInterval(bg);
   const stopped = expect("stopped");
   b.send({ op: "stop" });
   await stopped;
+  if (process.env.BENCH_DEBUG) {
+    eld.disable();
+    console.log(mode, "remove() p50/p99", percentile(parts.map((x) => x[0]), 50).toFixed(3), percentile(parts.map((x) => x[0]), 99).toFixed(3), "| then until B dropped p50/p99", percentile(parts.map((x) => x[1]), 50).toFixed(3), percentile(parts.map((x) => x[1]), 99).toFixed(3), "| A event-loop delay p99/max ms", (eld.percentile(99) / 1e6).toFixed(2), (eld.max / 1e6).toFixed(2));
+  }
   await a?.close();
+  sub?.disconnect();
   client.disconnect();
   return latencies;
 }
@@ -349,7 +372,8 @@ const SCENARIOS: Record<string, (url: string) => Promise<void>> = {
  */
 function runScenarioProcess(n: string, url: string): Promise<{ results: Record<string, unknown>; targets: typeof targets }> {
   return new Promise((resolvePromise, reject) => {
-    const child = fork(join(root, "bench/run.ts"), [`--scenario=${n}`, url, ...(QUICK ? ["--quick"] : [])], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    const execArgv = ["--import", "tsx", ...(process.env.BENCH_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROF}`] : [])];
+    const child = fork(join(root, "bench/run.ts"), [`--scenario=${n}`, url, ...(QUICK ? ["--quick"] : [])], { execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"] });
     let got: { results: Record<string, unknown>; targets: typeof targets } | undefined;
     child.on("message", (m: typeof got) => (got = m));
     child.on("exit", (code) => (code === 0 && got ? resolvePromise(got) : reject(new Error(`scenario ${n} exited with ${code}`))));
