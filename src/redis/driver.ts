@@ -188,20 +188,7 @@ class IoredisDriver implements RedisDriver {
   }
 
   onState(listener: (state: "up" | "down", error?: unknown) => void): void {
-    let down = false;
-    const lost = (error?: unknown): void => {
-      if (down) return;
-      down = true;
-      listener("down", error);
-    };
-    this.#c.on("error", (error: unknown) => lost(error));
-    this.#c.on("close", () => lost());
-    this.#c.on("end", () => lost());
-    this.#c.on("ready", () => {
-      if (!down) return;
-      down = false;
-      listener("up");
-    });
+    watchState(this.#c, ["close", "end"], listener);
   }
 
   async quit(): Promise<void> {
@@ -286,20 +273,7 @@ class NodeRedisDriver implements RedisDriver {
   }
 
   onState(listener: (state: "up" | "down", error?: unknown) => void): void {
-    let down = false;
-    const lost = (error?: unknown): void => {
-      if (down) return;
-      down = true;
-      listener("down", error);
-    };
-    this.#c.on("error", (error: unknown) => lost(error));
-    this.#c.on("reconnecting", () => lost());
-    this.#c.on("end", () => lost());
-    this.#c.on("ready", () => {
-      if (!down) return;
-      down = false;
-      listener("up");
-    });
+    watchState(this.#c, ["reconnecting", "end"], listener);
   }
 
   async quit(): Promise<void> {
@@ -309,6 +283,23 @@ class NodeRedisDriver implements RedisDriver {
       () => (this.#c.destroy ? this.#c.destroy() : this.#c.disconnect?.()),
     );
   }
+}
+
+/** Reports "down" on the first error or `downEvents` event, and "up" on the next "ready" after it. */
+function watchState(client: AnyClient, downEvents: string[], listener: (state: "up" | "down", error?: unknown) => void): void {
+  let down = false;
+  const lost = (error?: unknown): void => {
+    if (down) return;
+    down = true;
+    listener("down", error);
+  };
+  client.on("error", (error: unknown) => lost(error));
+  for (const event of downEvents) client.on(event, () => lost());
+  client.on("ready", () => {
+    if (!down) return;
+    down = false;
+    listener("up");
+  });
 }
 
 /** A polite close, or a hard one when the polite one fails or takes longer than QUIT_TIMEOUT_MS. */
