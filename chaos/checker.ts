@@ -1,0 +1,149 @@
+/**
+ * The history checker: given every operation several processes performed (with start and end
+ * times on the machine's monotonic clock) and the faults injected, it verifies what layercache
+ * promises (docs/guarantees.md). Pure: histories in, violations out — so it can be tested on
+ * hand-made histories that must fail.
+ */
+
+export type OpKind = "get" | "getOrSet" | "cached" | "set" | "remove" | "clear" | "removeLocal";
+
+export interface OpRecord {
+  worker: number;
+  op: OpKind;
+  /** Scope name ("" for the root). */
+  scope: string;
+  /** Key within the scope (empty for clear). */
+  key: string;
+  /** Monotonic milliseconds. */
+  start: number;
+  end: number;
+  ok: boolean;
+  error?: string;
+  /** set/remove: the source-of-truth version it wrote. Reads: the version returned (undefined: a miss). */
+  version?: number;
+  /** Reads: when the returned value was produced (loaded from the source, or set), monotonic ms. */
+  at?: number;
+  /** Reads: "fg" or "bg" (the refresh mode of the scope). */
+  policy?: "fg" | "bg";
+}
+
+export interface FaultWindow {
+  kind: string;
+  start: number;
+  end: number;
+}
+
+export interface WorkerReport {
+  worker: number;
+  /** Most loader runs at once for one key in that process (single flight: 1). */
+  maxLoadsPerKey: number;
+  /** Most background refreshes running at once in that process. */
+  maxRefreshing: number;
+  unhandledRejections: number;
+  peakRssBytes: number;
+  peakHeapBytes: number;
+}
+
+export interface Rules {
+  /** How long after an invalidation completes a read may still see the old version (bus propagation). */
+  bound: number;
+  /** How long after a fault ends its effects may last (reconnect, gap detection, retries). */
+  grace: number;
+  refreshConcurrency: number;
+  /** Fresh window by policy, and how far past it a background read may serve. */
+  ttl: { fg: number; bg: number };
+  maxStale: number;
+  /** Slack for the time between a value being produced and being cached (load duration). */
+  slack: number;
+  /** Error messages a read may legitimately fail with (loader failures, timeouts). */
+  allowedErrors: RegExp;
+}
+
+export interface Violation {
+  rule: "staleness" | "staleWindow" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
+  detail: string;
+}
+
+const READS: ReadonlySet<OpKind> = new Set(["get", "getOrSet", "cached"]);
+
+/** Invalidations of one key, in completion order, with the highest version known by each end time. */
+function floorsByKey(history: OpRecord[]): Map<string, { end: number; version: number }[]> {
+  const byKey = new Map<string, { end: number; version: number }[]>();
+  for (const r of history) {
+    if ((r.op !== "set" && r.op !== "remove") || !r.ok || r.version === undefined) continue;
+    const id = `${r.scope}/${r.key}`;
+    let list = byKey.get(id);
+    if (!list) byKey.set(id, (list = []));
+    list.push({ end: r.end, version: r.version });
+  }
+  for (const list of byKey.values()) {
+    list.sort((a, b) => a.end - b.end);
+    let max = -Infinity;
+    for (const e of list) e.version = max = Math.max(max, e.version);
+  }
+  return byKey;
+}
+
+/** The newest version any invalidation had established by `time` (−∞ when none). */
+function floorAt(list: { end: number; version: number }[] | undefined, time: number): number {
+  if (!list) return -Infinity;
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[mid]!.end <= time) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo === 0 ? -Infinity : list[lo - 1]!.version;
+}
+
+function inFault(faults: FaultWindow[], time: number, grace: number): boolean {
+  return faults.some((f) => time >= f.start && time <= f.end + grace);
+}
+
+export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): Violation[] {
+  const violations: Violation[] = [];
+  const floors = floorsByKey(history);
+
+  for (const r of history) {
+    if (!READS.has(r.op)) continue;
+    const id = `${r.scope}/${r.key}`;
+    if (!r.ok) {
+      if (!rules.allowedErrors.test(r.error ?? "")) violations.push({ rule: "unexpectedError", detail: `${r.op} ${id} by worker ${r.worker}: ${r.error}` });
+      continue;
+    }
+    // Faults suspend the staleness promise (docs/guarantees.md): checked only outside them.
+    if (inFault(faults, r.start, rules.grace)) continue;
+    if (r.version !== undefined) {
+      const floor = floorAt(floors.get(id), r.start - rules.bound);
+      if (r.version < floor) {
+        violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - rules.bound).toFixed(1)}` });
+      }
+      // Age of the value served: fresh window, or the stale window in background mode.
+      if (r.at !== undefined && r.policy !== undefined) {
+        const limit = rules.ttl[r.policy] + (r.policy === "bg" ? rules.maxStale : 0) + rules.slack;
+        const age = r.start - r.at;
+        if (age > limit) {
+          violations.push({ rule: "staleWindow", detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} served a value ${age.toFixed(0)} ms old (limit ${limit} ms)` });
+        }
+      }
+    }
+  }
+
+  for (const w of reports) {
+    if (w.maxLoadsPerKey > 1) violations.push({ rule: "singleFlight", detail: `worker ${w.worker} ran ${w.maxLoadsPerKey} loads of one key at once` });
+    if (w.maxRefreshing > rules.refreshConcurrency) violations.push({ rule: "refreshPool", detail: `worker ${w.worker} ran ${w.maxRefreshing} refreshes at once (bound ${rules.refreshConcurrency})` });
+    if (w.unhandledRejections > 0) violations.push({ rule: "unhandledRejection", detail: `worker ${w.worker}: ${w.unhandledRejections}` });
+  }
+
+  // After the run (faults over, settled): nobody may still hold a version older than the last invalidation.
+  for (const r of finalReads) {
+    const id = `${r.scope}/${r.key}`;
+    const list = floors.get(id);
+    const last = list?.length ? list[list.length - 1]!.version : -Infinity;
+    if (r.ok && r.version !== undefined && r.version < last) {
+      violations.push({ rule: "finalState", detail: `final ${r.op} ${id} by ${r.worker === -1 ? "L2" : `worker ${r.worker}`} found v${r.version}, last invalidation was v${last}` });
+    }
+  }
+  return violations;
+}

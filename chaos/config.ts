@@ -1,0 +1,38 @@
+import type { Rules } from "./checker.js";
+
+/** What the coordinator hands each worker process. */
+export interface WorkerConfig {
+  id: number;
+  url: string;
+  prefix: string;
+  seed: number;
+  /** Concurrent actors in the process. */
+  concurrency: number;
+  /** Directory the worker writes its history to. */
+  dir: string;
+  /** A deliberately broken setup, to show the checker catches it. */
+  sabotage?: "no-bus";
+}
+
+export type LoaderMode = "normal" | "slow" | "fail";
+
+/** The cache options every worker uses; the checker's rules are derived from them. */
+export const CHAOS_POLICY = {
+  ttl: { fg: 1500, bg: 800 },
+  maxStale: 1500,
+  refreshConcurrency: 4,
+} as const;
+
+/** A small key space, so operations collide: 6 keys in scope "fg", 10 in scope "bg". */
+export const KEYS_PER_SCOPE = { fg: 6, bg: 10 } as const;
+
+export const RULES: Rules = {
+  bound: 1000,
+  grace: 3000,
+  refreshConcurrency: CHAOS_POLICY.refreshConcurrency,
+  ttl: CHAOS_POLICY.ttl,
+  maxStale: CHAOS_POLICY.maxStale,
+  slack: 700,
+  // Reads may fail only the ways a loader can: it threw, or it timed out.
+  allowedErrors: /chaos: the source is down|LoadTimeoutError|exceeded hardTimeout/,
+};

@@ -1,0 +1,219 @@
+/**
+ * `npm run chaos`: several processes, each with its own LayerCache on one real redis-server (L2 +
+ * bus), doing random operations while Redis is killed, paused and has its connections cut, and
+ * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
+ *
+ *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--sabotage no-bus]
+ *
+ * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
+ * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
+ * can be replayed with the same fault schedule and operation mix.
+ */
+import { fork, type ChildProcess } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Redis } from "ioredis";
+import ms from "ms";
+import { decodeRecord } from "../src/store/envelope.js";
+import { RedisServer } from "../test/support/servers.js";
+import { check, type FaultWindow, type OpRecord, type Violation, type WorkerReport } from "./checker.js";
+import { KEYS_PER_SCOPE, RULES, type LoaderMode, type WorkerConfig } from "./config.js";
+
+export interface ChaosOptions {
+  durationMs: number;
+  seed: number;
+  workers: number;
+  concurrency: number;
+  sabotage?: WorkerConfig["sabotage"];
+  log?: (line: string) => void;
+}
+
+export interface ChaosResult {
+  seed: number;
+  ops: number;
+  opsByKind: Record<string, number>;
+  faults: FaultWindow[];
+  violations: Violation[];
+  unhandledRejections: number;
+  reports: WorkerReport[];
+}
+
+const root = resolve(import.meta.dirname, "..");
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+const sleep = (t: number) => new Promise<void>((r) => setTimeout(r, t));
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** The source of truth: versions per key that only grow, and a write lock per key. */
+class Source {
+  readonly versions = new Map<string, number>();
+  readonly #locks = new Map<string, (() => void)[]>();
+
+  read(id: string): number {
+    return this.versions.get(id) ?? 0;
+  }
+  bump(id: string): number {
+    const v = this.read(id) + 1;
+    this.versions.set(id, v);
+    return v;
+  }
+  lock(id: string, grant: () => void): void {
+    const queue = this.#locks.get(id);
+    if (queue) queue.push(grant);
+    else {
+      this.#locks.set(id, []);
+      grant();
+    }
+  }
+  unlock(id: string): void {
+    const queue = this.#locks.get(id);
+    const next = queue?.shift();
+    if (next) next();
+    else this.#locks.delete(id);
+  }
+}
+
+export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
+  const log = o.log ?? (() => {});
+  const dir = mkdtempSync(join(tmpdir(), "layercache-chaos-"));
+  const server = await RedisServer.start();
+  const admin = new Redis(server.url, { maxRetriesPerRequest: 1 });
+  admin.on("error", () => {});
+  const prefix = `chaos-${o.seed}`;
+  const source = new Source();
+  const random = rng(o.seed);
+  const faults: FaultWindow[] = [];
+  const workers: ChildProcess[] = [];
+  const waiters = new Map<string, (m: Record<string, unknown>) => void>();
+  const expect = (w: number, type: string) => new Promise<Record<string, unknown>>((r) => waiters.set(`${w}:${type}`, r));
+
+  try {
+    for (let id = 0; id < o.workers; id++) {
+      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage };
+      const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+      child.on("message", (m: { type: string; req?: number; id?: string }) => {
+        if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
+        else if (m.type === "bump") child.send({ req: m.req, version: source.bump(m.id!) });
+        else if (m.type === "lock") source.lock(m.id!, () => child.send({ req: m.req }));
+        else if (m.type === "unlock") source.unlock(m.id!);
+        else waiters.get(`${id}:${m.type}`)?.(m as Record<string, unknown>);
+      });
+      workers.push(child);
+    }
+    await Promise.all(workers.map((_, i) => expect(i, "ready")));
+    log(`chaos: seed ${o.seed}, ${o.workers} processes × ${o.concurrency} actors, ${Math.round(o.durationMs / 1000)} s, redis ${server.url}${o.sabotage ? `, SABOTAGE ${o.sabotage}` : ""}`);
+    const started = now();
+    for (const w of workers) w.send({ type: "start" });
+
+    // Faults, until a quiet tail before the end.
+    const broadcast = (mode: LoaderMode) => workers.forEach((w) => w.send({ type: "loaderMode", mode }));
+    while (now() - started < o.durationMs - 3000) {
+      await sleep(1000 + random() * 2500);
+      if (now() - started >= o.durationMs - 3000) break;
+      const kinds = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
+      const kind = kinds[Math.floor(random() * kinds.length)]!;
+      const start = now();
+      if (kind === "redis-kill") {
+        await server.kill("SIGKILL");
+        await sleep(300 + random() * 1000);
+        await server.restart();
+      } else if (kind === "redis-pause") {
+        server.pause();
+        await sleep(300 + random() * 900);
+        server.resume();
+      } else if (kind === "pubsub-kill" || kind === "normal-kill") {
+        await admin.call("CLIENT", "KILL", "TYPE", kind === "pubsub-kill" ? "pubsub" : "normal", "SKIPME", "yes").catch(() => {});
+      } else {
+        broadcast(kind === "loader-slow" ? "slow" : "fail");
+        await sleep(800 + random() * 1200);
+        broadcast("normal");
+      }
+      faults.push({ kind, start, end: now() });
+      log(`  fault ${faults.length}: ${kind} at +${((start - started) / 1000).toFixed(1)} s for ${(now() - start).toFixed(0)} ms`);
+    }
+    const remaining = o.durationMs - (now() - started);
+    if (remaining > 0) await sleep(remaining);
+
+    // Stop, let retries and the bus settle, then see what every process (and L2) holds.
+    await Promise.all(workers.map((w, i) => (w.send({ type: "stop" }), expect(i, "stopped"))));
+    await sleep(RULES.grace);
+    const done = await Promise.all(workers.map((w, i) => (w.send({ type: "final" }), expect(i, "done"))));
+    const history: OpRecord[] = [];
+    const finals: OpRecord[] = [];
+    const reports: WorkerReport[] = [];
+    for (const d of done) {
+      const data = JSON.parse(readFileSync(d.file as string, "utf8")) as { history: OpRecord[]; finals: OpRecord[]; report: WorkerReport };
+      history.push(...data.history);
+      finals.push(...data.finals);
+      reports.push(data.report);
+    }
+    for (const scope of ["fg", "bg"] as const) {
+      for (let i = 0; i < KEYS_PER_SCOPE[scope]; i++) {
+        const text = await admin.get(`${prefix}:${scope}:k${i}`);
+        if (text === null) continue;
+        const rec = decodeRecord(text);
+        if (rec.payload === undefined) continue;
+        const value = JSON.parse(rec.payload) as { v: number };
+        finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
+      }
+    }
+    const violations = check(history, faults, reports, RULES, finals);
+    const opsByKind: Record<string, number> = {};
+    for (const r of history) opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
+    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
+  } finally {
+    for (const w of workers) if (w.exitCode === null) w.kill("SIGKILL");
+    admin.disconnect();
+    server.resume();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function summarize(r: ChaosResult): string {
+  const lines = [
+    `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
+    `faults injected: ${r.faults.length} (${Object.entries(r.faults.reduce<Record<string, number>>((a, f) => ((a[f.kind] = (a[f.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${k} ${n}`).join(", ")})`,
+    `violations: ${r.violations.length}`,
+    ...r.violations.slice(0, 20).map((v) => `  - [${v.rule}] ${v.detail}`),
+    `unhandled rejections: ${r.unhandledRejections}`,
+    `peak memory per process: ${r.reports.map((w) => `#${w.worker} rss ${(w.peakRssBytes / 2 ** 20).toFixed(0)} MiB, heap ${(w.peakHeapBytes / 2 ** 20).toFixed(0)} MiB`).join("; ")}`,
+    `loads of one key at once (max): ${Math.max(...r.reports.map((w) => w.maxLoadsPerKey))}; refreshes at once (max): ${Math.max(...r.reports.map((w) => w.maxRefreshing))}`,
+    `seed: ${r.seed} (replay: npm run chaos -- --seed ${r.seed})`,
+  ];
+  return lines.join("\n");
+}
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  if (i >= 0) return process.argv[i + 1];
+  return process.argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const d = arg("duration") ?? "2m";
+  const durationMs = /^\d+$/.test(d) ? Number(d) * 1000 : (ms as unknown as (s: string) => number | undefined)(d);
+  if (!durationMs || durationMs < 5000) throw new Error(`--duration must be at least 5s (got ${d})`);
+  const seed = arg("seed") !== undefined ? Number(arg("seed")) : Math.floor(Math.random() * 1e9);
+  const result = await runChaos({
+    durationMs,
+    seed,
+    workers: Number(arg("workers") ?? 3),
+    concurrency: Number(arg("concurrency") ?? 6),
+    sabotage: arg("sabotage") as WorkerConfig["sabotage"],
+    log: (l) => console.log(l),
+  });
+  console.log(summarize(result));
+  process.exitCode = result.violations.length === 0 && result.unhandledRejections === 0 ? 0 : 1;
+}

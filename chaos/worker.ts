@@ -1,0 +1,229 @@
+/**
+ * One process of the chaos run: a LayerCache on the shared Redis (L2 + bus) doing random
+ * operations over a small key space, recording each one with start and end times. The source of
+ * truth is the coordinator (over IPC): versions only grow. Argv: one JSON object (WorkerConfig).
+ */
+import { writeFileSync } from "node:fs";
+import { Redis } from "ioredis";
+import { LayerCache, type CacheScope } from "../src/index.js";
+import { RedisBus, RedisStore } from "../src/redis.js";
+import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
+import { CHAOS_POLICY, KEYS_PER_SCOPE, type LoaderMode, type WorkerConfig } from "./config.js";
+
+const config = JSON.parse(process.argv[2]!) as WorkerConfig;
+const now = (): number => Number(process.hrtime.bigint()) / 1e6;
+const send = (m: unknown): void => void process.send!(m);
+
+// ---------------------------------------------------------------- source of truth (the coordinator)
+let nextReq = 0;
+const replies = new Map<number, (v: number) => void>();
+function ask(type: string, id: string, signal?: AbortSignal): Promise<number> {
+  const req = ++nextReq;
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    replies.set(req, resolve);
+    // A loader aborted by its hard timeout stops waiting (the reply, when it comes, is dropped).
+    signal?.addEventListener("abort", () => {
+      replies.delete(req);
+      reject(signal.reason);
+    });
+    send({ type, req, id });
+  });
+}
+
+// ---------------------------------------------------------------- the cache under test
+const client = new Redis(config.url, { maxRetriesPerRequest: 1 });
+client.on("error", () => {});
+const cache = new LayerCache({
+  prefix: config.prefix,
+  l2: new RedisStore({ client, timeout: "300ms", circuitBreaker: { threshold: 3, cooldown: "500ms" } }),
+  ...(config.sabotage === "no-bus" ? {} : { bus: new RedisBus({ client, heartbeat: "250ms" }) }),
+  refreshConcurrency: CHAOS_POLICY.refreshConcurrency,
+  refreshCooldown: "500ms",
+  hardTimeout: "1s",
+  failSafe: "3s",
+});
+const scopes: Record<"fg" | "bg", CacheScope> = {
+  fg: cache.scope("fg", { ttl: CHAOS_POLICY.ttl.fg }),
+  bg: cache.scope("bg", { ttl: CHAOS_POLICY.ttl.bg, refresh: "background", maxStale: CHAOS_POLICY.maxStale }),
+};
+
+// ---------------------------------------------------------------- loader, with its own bookkeeping
+let loaderMode: LoaderMode = "normal";
+const inflight = new Map<string, number>();
+/**
+ * Invalidations of each key seen by this process. Single flight holds between two of them: a load
+ * that started before an invalidation is detached (its callers still get it, later callers start a
+ * new one), so two loads of one key may overlap only across an invalidation.
+ */
+const epochs = new Map<string, number>();
+const bump = (id: string): void => void epochs.set(id, (epochs.get(id) ?? 0) + 1);
+const bumpScope = (scope: string): void => {
+  for (let i = 0; i < KEYS_PER_SCOPE[scope as "fg" | "bg"]; i++) bump(`${scope}/k${i}`);
+};
+cache.on("peerInvalidation", (e) => {
+  if (e.op === "clear") bumpScope(e.scope);
+  else for (const key of e.keys) bump(`${e.scope}/${key}`);
+});
+cache.on("busReconnect", () => {
+  bumpScope("fg");
+  bumpScope("bg");
+});
+const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0 };
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    });
+  });
+}
+
+interface Value {
+  v: number;
+  at: number;
+}
+
+/**
+ * `epoch`: the key's invalidation count when the operation that started this load was called —
+ * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
+ * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
+ */
+async function load(scope: string, key: string, epoch: number, signal?: AbortSignal): Promise<Value> {
+  const id = `${scope}/${key}#${epoch}`;
+  const n = (inflight.get(id) ?? 0) + 1;
+  inflight.set(id, n);
+  report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
+  report.maxRefreshing = Math.max(report.maxRefreshing, cache.stats().refreshing);
+  try {
+    if (loaderMode === "fail") throw new Error("chaos: the source is down");
+    const at = now();
+    const v = await ask("read", `${scope}/${key}`, signal);
+    // Read first, then take time: an invalidation in between is the race the cache must survive.
+    // Slow phases slow only loaders that can be aborted (a cached function's cannot: it has no
+    // signal, and one that outlived its hard timeout would run beside the next load of its key).
+    await sleep(loaderMode === "slow" && signal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
+    return { v, at };
+  } finally {
+    inflight.set(id, (inflight.get(id) ?? 1) - 1);
+  }
+}
+
+// The key is the key alone; `epoch` only rides along for the bookkeeping above.
+const cachedFns = {
+  fg: scopes.fg.cached((key: string, epoch: number) => load("fg", key, epoch), { key: (key) => key }),
+  bg: scopes.bg.cached((key: string, epoch: number) => load("bg", key, epoch), { key: (key) => key }),
+};
+
+// ---------------------------------------------------------------- operations
+const history: OpRecord[] = [];
+
+async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpRecord> {
+  const scope = scopes[scopeName];
+  const id = `${scopeName}/${key}`;
+  const rec: OpRecord = { worker: config.id, op, scope: scopeName, key, start: now(), end: 0, ok: true };
+  try {
+    if (op === "set" || op === "remove") {
+      // Writes to one key are serialized by the source of truth (as a row lock would).
+      await ask("lock", id);
+      try {
+        rec.version = await ask("bump", id);
+        rec.start = now();
+        // The cache fences the key synchronously when the call starts; count it right after.
+        const done = op === "set" ? scope.set(key, { v: rec.version, at: now() } satisfies Value) : scope.remove(key);
+        bump(id);
+        await done;
+      } finally {
+        send({ type: "unlock", id });
+      }
+    } else if (op === "clear") {
+      const done = scope.clear();
+      bumpScope(scopeName);
+      await done;
+    } else if (op === "removeLocal") {
+      scope.removeLocal(key);
+      bump(id);
+    } else {
+      const epoch = epochs.get(id) ?? 0;
+      const value =
+        op === "get"
+          ? ((await scope.get(key)) as Value | undefined)
+          : op === "cached"
+            ? ((await cachedFns[scopeName](key, epoch)) as Value)
+            : ((await scope.getOrSet(key, ({ signal }) => load(scopeName, key, epoch, signal))) as Value);
+      rec.version = value?.v;
+      rec.at = value?.at;
+      rec.policy = scopeName;
+    }
+  } catch (error) {
+    rec.ok = false;
+    rec.error = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+  }
+  rec.end = now();
+  return rec;
+}
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+let stopping = false;
+
+async function actor(seed: number): Promise<void> {
+  const random = rng(seed);
+  while (!stopping) {
+    const scopeName = random() < 0.5 ? "fg" : "bg";
+    const key = `k${Math.floor(random() * KEYS_PER_SCOPE[scopeName])}`;
+    const x = random();
+    const op: OpKind = x < 0.45 ? "getOrSet" : x < 0.55 ? "get" : x < 0.65 ? "cached" : x < 0.8 ? "set" : x < 0.95 ? "remove" : x < 0.97 ? "clear" : "removeLocal";
+    history.push(await run(op, scopeName, key));
+    await sleep(random() * 4);
+  }
+}
+
+// ---------------------------------------------------------------- control
+const memory = setInterval(() => {
+  const m = process.memoryUsage();
+  report.peakRssBytes = Math.max(report.peakRssBytes, m.rss);
+  report.peakHeapBytes = Math.max(report.peakHeapBytes, m.heapUsed);
+}, 250);
+process.on("unhandledRejection", () => void report.unhandledRejections++);
+
+let actors: Promise<void>[] = [];
+process.on("message", async (m: { type: string; req?: number; version?: number; mode?: LoaderMode }) => {
+  if (m.req !== undefined) {
+    replies.get(m.req)?.(m.version ?? 0);
+    replies.delete(m.req);
+  } else if (m.type === "start") {
+    actors = Array.from({ length: config.concurrency }, (_, i) => actor(config.seed * 1000 + config.id * 100 + i));
+  } else if (m.type === "loaderMode") {
+    loaderMode = m.mode!;
+  } else if (m.type === "stop") {
+    stopping = true;
+    await Promise.all(actors);
+    send({ type: "stopped" });
+  } else if (m.type === "final") {
+    // After the run has settled: what does this process read now?
+    const finals: OpRecord[] = [];
+    for (const scopeName of ["fg", "bg"] as const) {
+      for (let i = 0; i < KEYS_PER_SCOPE[scopeName]; i++) finals.push(await run("get", scopeName, `k${i}`));
+    }
+    clearInterval(memory);
+    const file = `${config.dir}/worker-${config.id}.json`;
+    writeFileSync(file, JSON.stringify({ history, finals, report }));
+    await cache.close();
+    client.disconnect();
+    send({ type: "done", file });
+  }
+});
+send({ type: "ready" });
