@@ -101,12 +101,22 @@ function inFault(faults: FaultWindow[], time: number, grace: number): boolean {
   return faults.some((f) => time >= f.start && time <= f.end + grace);
 }
 
-export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): Violation[] {
+export interface CheckResult {
+  violations: Violation[];
+  reads: number;
+  /** Reads the staleness promise was checked on (outside faults). */
+  checkedReads: number;
+}
+
+export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): CheckResult {
   const violations: Violation[] = [];
   const floors = floorsByKey(history);
+  let reads = 0;
+  let checkedReads = 0;
 
   for (const r of history) {
     if (!READS.has(r.op)) continue;
+    reads++;
     const id = `${r.scope}/${r.key}`;
     if (!r.ok) {
       if (!rules.allowedErrors.test(r.error ?? "")) violations.push({ rule: "unexpectedError", detail: `${r.op} ${id} by worker ${r.worker}: ${r.error}` });
@@ -114,6 +124,7 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
     }
     // Faults suspend the staleness promise (docs/guarantees.md): checked only outside them.
     if (inFault(faults, r.start, rules.grace)) continue;
+    checkedReads++;
     if (r.version !== undefined) {
       const floor = floorAt(floors.get(id), r.start - rules.bound);
       if (r.version < floor) {
@@ -145,5 +156,5 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
       violations.push({ rule: "finalState", detail: `final ${r.op} ${id} by ${r.worker === -1 ? "L2" : `worker ${r.worker}`} found v${r.version}, last invalidation was v${last}` });
     }
   }
-  return violations;
+  return { violations, reads, checkedReads };
 }

@@ -23,12 +23,15 @@ export const CHAOS_POLICY = {
   refreshConcurrency: 4,
 } as const;
 
-/** A small key space, so operations collide: 6 keys in scope "fg", 10 in scope "bg". */
-export const KEYS_PER_SCOPE = { fg: 6, bg: 10 } as const;
+/**
+ * A key space small enough for operations to collide (loads racing invalidations), large enough
+ * that a copy can outlive the propagation bound when an invalidation does not arrive.
+ */
+export const KEYS_PER_SCOPE = { fg: 20, bg: 20 } as const;
 
 export const RULES: Rules = {
-  bound: 1000,
-  grace: 3000,
+  bound: 500,
+  grace: 2000,
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency,
   ttl: CHAOS_POLICY.ttl,
   maxStale: CHAOS_POLICY.maxStale,

@@ -3,14 +3,15 @@
  * bus), doing random operations while Redis is killed, paused and has its connections cut, and
  * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
  *
- *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--sabotage no-bus]
+ *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
+ *                    [--sabotage no-bus] [--dump history.json]
  *
  * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
  * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
  * can be replayed with the same fault schedule and operation mix.
  */
 import { fork, type ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,6 +28,10 @@ export interface ChaosOptions {
   workers: number;
   concurrency: number;
   sabotage?: WorkerConfig["sabotage"];
+  /** Inject faults (default true). */
+  faults?: boolean;
+  /** Write the whole history, faults and violations to this file (to study a failure). */
+  dump?: string;
   log?: (line: string) => void;
 }
 
@@ -36,6 +41,9 @@ export interface ChaosResult {
   opsByKind: Record<string, number>;
   faults: FaultWindow[];
   violations: Violation[];
+  /** Reads outside fault windows (and their grace), where the staleness promise was checked. */
+  checkedReads: number;
+  reads: number;
   unhandledRejections: number;
   reports: WorkerReport[];
 }
@@ -118,8 +126,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     // Faults, until a quiet tail before the end.
     const broadcast = (mode: LoaderMode) => workers.forEach((w) => w.send({ type: "loaderMode", mode }));
-    while (now() - started < o.durationMs - 3000) {
-      await sleep(1000 + random() * 2500);
+    while (o.faults !== false && now() - started < o.durationMs - 3000) {
+      await sleep(4000 + random() * 4000);
       if (now() - started >= o.durationMs - 3000) break;
       const kinds = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
       const kind = kinds[Math.floor(random() * kinds.length)]!;
@@ -154,8 +162,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const reports: WorkerReport[] = [];
     for (const d of done) {
       const data = JSON.parse(readFileSync(d.file as string, "utf8")) as { history: OpRecord[]; finals: OpRecord[]; report: WorkerReport };
-      history.push(...data.history);
-      finals.push(...data.finals);
+      for (const r of data.history) history.push(r);
+      for (const r of data.finals) finals.push(r);
       reports.push(data.report);
     }
     for (const scope of ["fg", "bg"] as const) {
@@ -168,10 +176,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
       }
     }
-    const violations = check(history, faults, reports, RULES, finals);
+    const { violations, checkedReads, reads } = check(history, faults, reports, RULES, finals);
+    if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, started, faults, violations, finals, history }));
     const opsByKind: Record<string, number> = {};
     for (const r of history) opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
-    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
+    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
   } finally {
     for (const w of workers) if (w.exitCode === null) w.kill("SIGKILL");
     admin.disconnect();
@@ -185,6 +194,7 @@ export function summarize(r: ChaosResult): string {
   const lines = [
     `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
     `faults injected: ${r.faults.length} (${Object.entries(r.faults.reduce<Record<string, number>>((a, f) => ((a[f.kind] = (a[f.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${k} ${n}`).join(", ")})`,
+    `reads checked for staleness (outside faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}`,
     `violations: ${r.violations.length}`,
     ...r.violations.slice(0, 20).map((v) => `  - [${v.rule}] ${v.detail}`),
     `unhandled rejections: ${r.unhandledRejections}`,
@@ -212,6 +222,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     workers: Number(arg("workers") ?? 3),
     concurrency: Number(arg("concurrency") ?? 6),
     sabotage: arg("sabotage") as WorkerConfig["sabotage"],
+    faults: arg("faults") !== "off",
+    dump: arg("dump"),
     log: (l) => console.log(l),
   });
   console.log(summarize(result));

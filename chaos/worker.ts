@@ -185,9 +185,10 @@ async function actor(seed: number): Promise<void> {
     const scopeName = random() < 0.5 ? "fg" : "bg";
     const key = `k${Math.floor(random() * KEYS_PER_SCOPE[scopeName])}`;
     const x = random();
-    const op: OpKind = x < 0.45 ? "getOrSet" : x < 0.55 ? "get" : x < 0.65 ? "cached" : x < 0.8 ? "set" : x < 0.95 ? "remove" : x < 0.97 ? "clear" : "removeLocal";
+    // Mostly reads; writes often enough to race loads; scope clears rare (each one empties a scope here).
+    const op: OpKind = x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.99 ? "remove" : x < 0.999 ? "removeLocal" : "clear";
     history.push(await run(op, scopeName, key));
-    await sleep(random() * 4);
+    await sleep(random() * 10);
   }
 }
 
@@ -198,6 +199,8 @@ const memory = setInterval(() => {
   report.peakHeapBytes = Math.max(report.peakHeapBytes, m.heapUsed);
 }, 250);
 process.on("unhandledRejection", () => void report.unhandledRejections++);
+// If the coordinator dies (killed, timed out), do not linger as an orphan.
+process.on("disconnect", () => process.exit(2));
 
 let actors: Promise<void>[] = [];
 process.on("message", async (m: { type: string; req?: number; version?: number; mode?: LoaderMode }) => {

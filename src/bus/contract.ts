@@ -21,6 +21,19 @@ export interface BusConnection {
 export interface Bus {
   /** The client object this bus publishes on, when it was given one (see `L2Store.connection`). */
   readonly connection?: object;
+  /** How the cache guards publishing (defaults below apply to any field left out). */
+  readonly resilience?: BusResilience;
   /** Subscribes to `channel`; resolves once messages published afterwards will be delivered. */
   connect(channel: string, handlers: BusHandlers): Promise<BusConnection>;
 }
+
+export interface BusResilience {
+  /** A publish taking longer counts as failed (and is retried). Default 1000 ms. */
+  timeoutMs?: number;
+  /** Consecutive publish failures that open the breaker (invalidations are then queued, not waited on). Default 3. */
+  breakerThreshold?: number;
+  /** How long the breaker stays open before one probe publish. Default 1000 ms. */
+  breakerCooldownMs?: number;
+}
+
+export const BUS_RESILIENCE_DEFAULTS: Required<BusResilience> = { timeoutMs: 1000, breakerThreshold: 3, breakerCooldownMs: 1000 };

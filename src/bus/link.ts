@@ -4,7 +4,7 @@ import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
 import { Breaker, RetryQueue, withTimeout } from "../resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
-import type { Bus, BusConnection } from "./contract.js";
+import { BUS_RESILIENCE_DEFAULTS, type Bus, type BusConnection } from "./contract.js";
 
 export interface PeerHandlers {
   onRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void;
@@ -27,14 +27,10 @@ interface PendingPublish {
 const MAX_PENDING_KEYS = 10_000;
 /** Keys per message when republishing. */
 const KEYS_PER_MESSAGE = 500;
-/** A publish or connect taking longer counts as failed (a publish is then retried). */
-const PUBLISH_TIMEOUT_MS = 1_000;
+/** A connect taking longer counts as failed (and is tried again). */
 const CONNECT_TIMEOUT_MS = 5_000;
 const CONNECT_FIRST_DELAY_MS = 500;
 const CONNECT_MAX_DELAY_MS = 30_000;
-/** Publishing failures that open the bus's breaker, and how long it stays open. */
-const BREAKER_THRESHOLD = 3;
-const BREAKER_COOLDOWN_MS = 5_000;
 
 /**
  * The facade every bus access goes through: codec, signing, dropping our own and bad messages,
@@ -53,6 +49,7 @@ export class BusLink {
   readonly #clock: TimerClock;
   readonly #pending: RetryQueue<PendingPublish>;
   readonly #breaker: Breaker;
+  readonly #publishTimeoutMs: number;
   #conn: BusConnection | undefined;
   #connectTimer: unknown;
   #connectDelay = CONNECT_FIRST_DELAY_MS;
@@ -73,7 +70,9 @@ export class BusLink {
     this.#counters = o.counters;
     this.#logger = o.logger;
     this.#clock = o.clock;
-    this.#breaker = new Breaker(BREAKER_THRESHOLD, BREAKER_COOLDOWN_MS, o.clock, (state) => {
+    const r = { ...BUS_RESILIENCE_DEFAULTS, ...bus.resilience };
+    this.#publishTimeoutMs = r.timeoutMs;
+    this.#breaker = new Breaker(r.breakerThreshold > 0 ? r.breakerThreshold : Infinity, r.breakerCooldownMs, o.clock, (state) => {
       if (state === "closed") this.#pending.kick();
     });
     this.#pending = new RetryQueue<PendingPublish>(o.clock, {
@@ -188,7 +187,7 @@ export class BusLink {
   }
 
   #send(conn: BusConnection, text: string): Promise<void> {
-    return withTimeout(this.#clock, conn.publish(text), PUBLISH_TIMEOUT_MS, () => busTimeout("publish", PUBLISH_TIMEOUT_MS));
+    return withTimeout(this.#clock, conn.publish(text), this.#publishTimeoutMs, () => busTimeout("publish", this.#publishTimeoutMs));
   }
 
   #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {

@@ -4,7 +4,8 @@ import { optionError } from "../errors.js";
 import { withTimeout } from "../resilience.js";
 import { parseDuration, type Duration } from "../options.js";
 import { checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "../redis/driver.js";
-import type { Bus, BusConnection, BusHandlers } from "./contract.js";
+import { parseResilience } from "../store/redis.js";
+import type { Bus, BusConnection, BusHandlers, BusResilience } from "./contract.js";
 
 export interface RedisBusOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster, used to publish. The bus opens its own subscriber connection from it. */
@@ -18,9 +19,13 @@ export interface RedisBusOptions {
    * also how a regained subscription is confirmed. Default `"2s"`; must be positive.
    */
   heartbeat?: Duration;
+  /** A publish taking longer counts as failed and is retried. Default `"1s"`. */
+  timeout?: Duration;
+  /** Circuit breaker on publishing: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"1s"`). While open, invalidations are queued for republishing instead of waited on. */
+  circuitBreaker?: { threshold?: number; cooldown?: Duration };
 }
 
-const KNOWN = new Set(["client", "url", "heartbeat"]);
+const KNOWN = new Set(["client", "url", "heartbeat", "timeout", "circuitBreaker"]);
 
 /**
  * Invalidation bus on Redis pub/sub (standalone or Cluster). Publishing uses the given client;
@@ -31,6 +36,7 @@ const KNOWN = new Set(["client", "url", "heartbeat"]);
 export class RedisBus implements Bus {
   /** The client passed in (see `L2Store.connection`). */
   readonly connection: object | undefined;
+  readonly resilience: BusResilience;
   readonly #client: unknown;
   readonly #url: string | undefined;
   readonly #heartbeatMs: number;
@@ -46,6 +52,7 @@ export class RedisBus implements Bus {
     this.#url = options.url;
     this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
     if (this.#heartbeatMs <= 0) throw optionError("heartbeat", "must be a positive duration");
+    this.resilience = parseResilience(options.timeout, options.circuitBreaker, 1000);
   }
 
   async connect(channel: string, handlers: BusHandlers): Promise<BusConnection> {

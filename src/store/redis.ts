@@ -37,6 +37,18 @@ if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET',
 return 1
 `);
 
+/** The `timeout` and `circuitBreaker` options shared by RedisStore and RedisBus. */
+export function parseResilience(timeout: Duration | undefined, cb: { threshold?: number; cooldown?: Duration } | undefined, defaultCooldownMs: number): L2Resilience {
+  if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");
+  const threshold = cb?.threshold ?? 3;
+  if (!Number.isInteger(threshold) || threshold < 0) throw optionError("circuitBreaker.threshold", "must be a non-negative integer");
+  return {
+    timeoutMs: timeout === undefined ? 1000 : parseDuration("timeout", timeout, false),
+    breakerThreshold: threshold,
+    breakerCooldownMs: cb?.cooldown === undefined ? defaultCooldownMs : parseDuration("circuitBreaker.cooldown", cb.cooldown, false),
+  };
+}
+
 /** Milliseconds for PX: a positive integer, or undefined for "no expiry". */
 function px(ttlMs: number): number | undefined {
   return ttlMs === Infinity ? undefined : Math.max(1, Math.ceil(ttlMs));
@@ -65,15 +77,7 @@ export class RedisStore implements L2Store {
     else checkRedisUrl(options.url);
     this.connection = options.client as object | undefined;
     this.#url = options.url;
-    const cb = options.circuitBreaker;
-    if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");
-    const threshold = cb?.threshold ?? 3;
-    if (!Number.isInteger(threshold) || threshold < 0) throw optionError("circuitBreaker.threshold", "must be a non-negative integer");
-    this.resilience = {
-      timeoutMs: options.timeout === undefined ? 1000 : parseDuration("timeout", options.timeout, false),
-      breakerThreshold: threshold,
-      breakerCooldownMs: cb?.cooldown === undefined ? 5000 : parseDuration("circuitBreaker.cooldown", cb.cooldown, false),
-    };
+    this.resilience = parseResilience(options.timeout, options.circuitBreaker, 5000);
   }
 
   async connect(): Promise<void> {

@@ -1,0 +1,51 @@
+import { describe, expect, test } from "vitest";
+import { check, type OpRecord, type WorkerReport } from "../chaos/checker.js";
+import { RULES } from "../chaos/config.js";
+
+/** The checker on hand-made histories: it must flag each broken promise, and only those. */
+const report = (o: Partial<WorkerReport> = {}): WorkerReport => ({ worker: 0, maxLoadsPerKey: 1, maxRefreshing: 1, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, ...o });
+const op = (o: Partial<OpRecord> & Pick<OpRecord, "op" | "start">): OpRecord => ({ worker: 0, scope: "fg", key: "k", end: o.start + 1, ok: true, ...o });
+
+describe("history checker", () => {
+  const write = op({ op: "remove", start: 1000, end: 1010, version: 5, worker: 1 });
+
+  test("a clean history passes", () => {
+    const h = [write, op({ op: "getOrSet", start: 2000, version: 5, at: 1990, policy: "fg" }), op({ op: "get", start: 2100 })];
+    expect(check(h, [], [report()], RULES).violations).toEqual([]);
+  });
+
+  test("a read after the bound that returns an older version is a staleness violation", () => {
+    const h = [write, op({ op: "get", start: 1010 + RULES.bound + 1, version: 4, at: 1500, policy: "fg" })];
+    expect(check(h, [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+  });
+
+  test("within the propagation bound, or inside a fault window, an older version is allowed", () => {
+    const early = [write, op({ op: "get", start: 1010 + RULES.bound - 1, version: 4, at: 1500, policy: "fg" })];
+    expect(check(early, [], [report()], RULES).violations).toEqual([]);
+    const late = [write, op({ op: "get", start: 5000, version: 4, at: 4000, policy: "fg" })];
+    expect(check(late, [{ kind: "redis-kill", start: 3000, end: 4000 }], [report()], RULES).violations).toEqual([]);
+    expect(check(late, [{ kind: "redis-kill", start: 1000, end: 2000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+  });
+
+  test("a value older than its window is a stale-window violation (background mode allows maxStale more)", () => {
+    const fg = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.slack - 1, policy: "fg" });
+    const bg = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.bg - RULES.maxStale + 10, policy: "bg" });
+    expect(check([fg, bg], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+  });
+
+  test("loader bounds, unexpected errors, unhandled rejections and the final state are checked", () => {
+    const h = [write, op({ op: "getOrSet", start: 3000, ok: false, error: "TypeError: boom" }), op({ op: "getOrSet", start: 3100, ok: false, error: "Error: chaos: the source is down" })];
+    const finals = [op({ op: "get", start: 9000, version: 4, worker: 2 }), op({ op: "get", start: 9000, version: 5, worker: 0 })];
+    const rules = check(h, [], [report({ maxLoadsPerKey: 2, maxRefreshing: RULES.refreshConcurrency + 1, unhandledRejections: 1 })], RULES, finals).violations.map((v) => v.rule);
+    expect(rules.sort()).toEqual(["finalState", "refreshPool", "singleFlight", "unexpectedError", "unhandledRejection"]);
+  });
+
+  test("floors only grow: a later invalidation with a smaller version does not lower them", () => {
+    const h = [
+      op({ op: "set", start: 1000, end: 1001, version: 7 }),
+      op({ op: "remove", start: 1002, end: 1003, version: 6 }),
+      op({ op: "get", start: 3000, version: 6 }),
+    ];
+    expect(check(h, [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+  });
+});
