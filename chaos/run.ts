@@ -30,6 +30,8 @@ export interface ChaosOptions {
   sabotage?: WorkerConfig["sabotage"];
   /** Inject faults (default true). */
   faults?: boolean;
+  /** Quiet time between faults, drawn uniformly from [min, max] ms (default [4000, 8000]). */
+  faultGapMs?: [number, number];
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
   log?: (line: string) => void;
@@ -61,6 +63,14 @@ function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+function shuffle<T>(items: T[], random: () => number): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return items;
 }
 
 /** The source of truth: versions per key that only grow, and a write lock per key. */
@@ -126,11 +136,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     // Faults, until a quiet tail before the end.
     const broadcast = (mode: LoaderMode) => workers.forEach((w) => w.send({ type: "loaderMode", mode }));
+    // Kinds are dealt from a shuffled deck, so every six faults cover every kind once.
+    const [gapMin, gapMax] = o.faultGapMs ?? [4000, 8000];
+    let deck: FaultWindow["kind"][] = [];
     while (o.faults !== false && now() - started < o.durationMs - 3000) {
-      await sleep(4000 + random() * 4000);
+      await sleep(gapMin + random() * (gapMax - gapMin));
       if (now() - started >= o.durationMs - 3000) break;
-      const kinds = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
-      const kind = kinds[Math.floor(random() * kinds.length)]!;
+      if (deck.length === 0) deck = shuffle(["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"], random);
+      const kind = deck.pop()!;
       const start = now();
       if (kind === "redis-kill") {
         await server.kill("SIGKILL");
