@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { configure } from "safe-stable-stringify";
-import { optionError } from "./errors.js";
+import { optionError, preview } from "./errors.js";
 import { checkOptionNames, derivePolicy, type CachedOptions, type Policy } from "./options.js";
 import type { Engine } from "./engine/engine.js";
 import type { Namespace } from "./engine/namespace.js";
@@ -75,7 +75,7 @@ export function deriveKey(name: string, args: unknown[], maxKeyLength: number): 
     try {
       encoded = stringify(args, argReplacer) as string;
     } catch (error) {
-      const why = error instanceof Error ? error.message : String(error);
+      const why = error instanceof Error ? error.message : preview(error);
       throw new TypeError(`layercache: cannot derive a cache key for ${name}(): ${why}`);
     }
   }

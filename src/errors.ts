@@ -30,7 +30,7 @@ export class SerializationError extends LayerCacheError {
   constructor(key: string, cause: unknown) {
     super(
       "ELAYERCACHE_SERIALIZE",
-      `layercache: value of key ${preview(key)} cannot be serialized for L2: ${cause instanceof Error ? cause.message : String(cause)}`,
+      `layercache: value of key ${preview(key)} cannot be serialized for L2: ${cause instanceof Error ? cause.message : preview(cause)}`,
       { cause },
     );
     this.key = key;
@@ -57,8 +57,15 @@ export function keyError(key: unknown, problem: string): TypeError {
   return err;
 }
 
-/** A short printable form of a key for messages (long keys are cut). */
+/** A short printable form of a key or option value for messages (long strings are cut; nothing else is called into). */
 export function preview(key: unknown): string {
-  if (typeof key !== "string") return typeof key === "symbol" ? key.toString() : `${String(key)} (${key === null ? "null" : typeof key})`;
+  if (typeof key !== "string") {
+    // Never call into a non-string (its toString may throw or lie): describe it by type.
+    if (key === null || key === undefined) return String(key);
+    if (typeof key === "number" || typeof key === "boolean") return `${String(key)} (${typeof key})`;
+    if (typeof key === "bigint") return `${String(key)}n (bigint)`;
+    if (typeof key === "symbol") return `a symbol`;
+    return Array.isArray(key) ? "an array" : typeof key === "object" ? "an object" : `a ${typeof key}`;
+  }
   return key.length > 64 ? JSON.stringify(key.slice(0, 60)) + `… (${key.length} chars)` : JSON.stringify(key);
 }

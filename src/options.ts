@@ -7,7 +7,7 @@ import type { Bus } from "./bus/contract.js";
 import type { L2Store } from "./store/contract.js";
 import type { Serializer } from "./store/serializer.js";
 import type { Logger } from "./logger.js";
-import { optionError } from "./errors.js";
+import { optionError, preview } from "./errors.js";
 
 /** Milliseconds as a number, or a string such as `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`. */
 export type Duration = number | string;
@@ -175,14 +175,14 @@ export function parseDuration(option: string, value: unknown, infinite: boolean)
     throw optionError(option, `must be a duration (milliseconds or a string like "30s"), got ${value === null ? "null" : typeof value}`);
   }
   if (n === undefined || Number.isNaN(n)) throw optionError(option, `is not a valid duration: ${JSON.stringify(value)}`);
-  if (n < 0) throw optionError(option, `must not be negative (got ${JSON.stringify(value)})`);
+  if (n < 0) throw optionError(option, `must not be negative (got ${preview(value)})`);
   if (n === Infinity && !infinite) throw optionError(option, "must be finite");
   return n;
 }
 
 function parsePositiveInt(option: string, value: unknown): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
-    throw optionError(option, `must be a positive integer (got ${JSON.stringify(value) ?? String(value)})`);
+    throw optionError(option, `must be a positive integer (got ${preview(value)})`);
   }
   return value;
 }
@@ -193,7 +193,7 @@ export function parseEntryLayer(o: Record<string, unknown>): EntryLayer {
   if (o.ttl !== undefined) layer.ttl = parseDuration("ttl", o.ttl, true);
   if (o.refresh !== undefined) {
     if (o.refresh !== "foreground" && o.refresh !== "background") {
-      throw optionError("refresh", `must be "foreground" or "background" (got ${JSON.stringify(o.refresh)})`);
+      throw optionError("refresh", `must be "foreground" or "background" (got ${preview(o.refresh)})`);
     }
     layer.background = o.refresh === "background";
   }
@@ -203,7 +203,7 @@ export function parseEntryLayer(o: Record<string, unknown>): EntryLayer {
   if (o.softTimeout !== undefined) layer.softTimeout = parseDuration("softTimeout", o.softTimeout, true);
   if (o.refreshAhead !== undefined) {
     const r = o.refreshAhead;
-    if (typeof r !== "number" || !(r >= 0 && r <= 1)) throw optionError("refreshAhead", `must be a number from 0 to 1 (got ${JSON.stringify(r) ?? String(r)})`);
+    if (typeof r !== "number" || !(r >= 0 && r <= 1)) throw optionError("refreshAhead", `must be a number from 0 to 1 (got ${preview(r)})`);
     layer.refreshAhead = r;
   }
   if (o.jitter !== undefined) layer.jitter = parseDuration("jitter", o.jitter, false);
@@ -270,7 +270,7 @@ export interface CacheSettings {
 
 export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
   const prefix = o.prefix ?? DEFAULTS.prefix;
-  if (typeof prefix !== "string" || prefix.length === 0) throw optionError("prefix", "must be a non-empty string");
+  if (typeof prefix !== "string" || prefix.length === 0 || !prefix.isWellFormed()) throw optionError("prefix", "must be a non-empty, well-formed string");
   const s: CacheSettings = {
     prefix,
     refreshConcurrency: o.refreshConcurrency === undefined ? DEFAULTS.refreshConcurrency : parsePositiveInt("refreshConcurrency", o.refreshConcurrency),

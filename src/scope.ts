@@ -41,14 +41,14 @@ export class CacheScope {
   /** A fresh value from L1 or L2, or undefined. Never runs a loader and never returns a stale value. */
   get<V = unknown>(key: string): Promise<V | undefined> {
     const e = this.#engine;
-    if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength) return rejectKey(e, key);
+    if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength || !key.isWellFormed()) return rejectKey(e, key);
     return e.get(this.#ns, key) as Promise<V | undefined>;
   }
 
   /** The cached value, or the loader's result (loaded once per key however many callers miss at once). */
   getOrSet<V>(key: string, loader: Loader<V>, options?: EntryOptions): Promise<V> {
     const e = this.#engine;
-    if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength) return rejectKey(e, key);
+    if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength || !key.isWellFormed()) return rejectKey(e, key);
     if (typeof loader !== "function") return Promise.reject(new TypeError(`layercache: getOrSet(${JSON.stringify(key)}) needs a loader function`));
     let p = this.#policy;
     if (options !== undefined) {
@@ -98,8 +98,8 @@ export class CacheScope {
 
   /** A nested scope; its options override this scope's, field by field. */
   scope(name: string, options?: ScopeOptions): CacheScope {
-    if (typeof name !== "string" || name.length === 0 || name.length > this.#engine.settings.maxKeyLength) {
-      throw new TypeError(`layercache: scope name must be a non-empty string of at most ${this.#engine.settings.maxKeyLength} characters (got ${typeof name === "string" ? JSON.stringify(name) : typeof name})`);
+    if (typeof name !== "string" || name.length === 0 || name.length > this.#engine.settings.maxKeyLength || !name.isWellFormed()) {
+      throw new TypeError(`layercache: scope name must be a non-empty, well-formed string of at most ${this.#engine.settings.maxKeyLength} characters (got ${typeof name === "string" ? JSON.stringify(name) : typeof name})`);
     }
     const o = checkOptionNames(options, "scope");
     const bounds = parseBounds(o);

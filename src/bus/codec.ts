@@ -14,7 +14,7 @@ import { createHmac, timingSafeEqual } from "node:crypto";
  *   still use it (it is the newest value); nothing older.
  * - "update" says a load just wrote the record of that generation to L2: peers drop their other
  *   L1 copies so their next read takes it from L2, and leave loads in flight alone.
- * - sentAtMs is the sender's clock; with a secret, a signed message more than 5 minutes away from
+ * - sentAtMs is the sender's cache clock (the wall clock unless one was injected); with a secret, a signed message more than 5 minutes away from
  *   the receiver's clock is refused, so a captured message cannot be replayed later.
  */
 export const BUS_VERSION = 1;

@@ -192,7 +192,7 @@ export class BusLink {
 
   #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {
     // Wall-clock send time (not the cache's clock): receivers compare it with theirs against replays.
-    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: Date.now() }, this.#secret);
+    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: this.#clock.now() }, this.#secret);
   }
 
   #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
@@ -236,7 +236,7 @@ export class BusLink {
   }
 
   #receive(text: string): void {
-    const d = decodeMessage(text, this.#secret);
+    const d = decodeMessage(text, this.#secret, this.#clock.now());
     if (!d.ok) {
       this.#counters.busMessagesDropped++;
       writeLog(this.#logger, "warn", { reason: d.reason }, "layercache: bus message dropped");

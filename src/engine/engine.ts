@@ -224,6 +224,8 @@ export class Engine {
     if (typeof key !== "string") throw keyError(key, "must be a non-empty string");
     if (key.length === 0) throw keyError(key, "must not be empty");
     if (key.length > this.settings.maxKeyLength) throw keyError(key, `is longer than maxKeyLength (${this.settings.maxKeyLength})`);
+    // A lone surrogate becomes U+FFFD on its way to L2 (UTF-8), so two different keys would share one record.
+    if (!key.isWellFormed()) throw keyError(key, "is not well-formed Unicode (it contains a lone surrogate)");
     return key;
   }
 
