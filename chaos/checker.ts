@@ -60,18 +60,21 @@ export interface Rules {
 }
 
 export interface Violation {
-  rule: "staleness" | "staleWindow" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
+  rule: "staleness" | "ownInvalidation" | "staleWindow" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
   detail: string;
 }
 
 const READS: ReadonlySet<OpKind> = new Set(["get", "getOrSet", "cached"]);
 
-/** Invalidations of one key, in completion order, with the highest version known by each end time. */
-function floorsByKey(history: OpRecord[]): Map<string, { end: number; version: number }[]> {
+/**
+ * Invalidations of one key, in completion order, with the highest version known by each end time;
+ * `perWorker` keeps each process's own invalidations apart.
+ */
+function floorsByKey(history: OpRecord[], perWorker = false): Map<string, { end: number; version: number }[]> {
   const byKey = new Map<string, { end: number; version: number }[]>();
   for (const r of history) {
     if ((r.op !== "set" && r.op !== "remove") || !r.ok || r.version === undefined) continue;
-    const id = `${r.scope}/${r.key}`;
+    const id = perWorker ? `${r.worker}|${r.scope}/${r.key}` : `${r.scope}/${r.key}`;
     let list = byKey.get(id);
     if (!list) byKey.set(id, (list = []));
     list.push({ end: r.end, version: r.version });
@@ -111,6 +114,7 @@ export interface CheckResult {
 export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): CheckResult {
   const violations: Violation[] = [];
   const floors = floorsByKey(history);
+  const ownFloors = floorsByKey(history, true);
   let reads = 0;
   let checkedReads = 0;
 
@@ -122,7 +126,14 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
       if (!rules.allowedErrors.test(r.error ?? "")) violations.push({ rule: "unexpectedError", detail: `${r.op} ${id} by worker ${r.worker}: ${r.error}` });
       continue;
     }
-    // Faults suspend the staleness promise (docs/guarantees.md): checked only outside them.
+    // A process's own invalidations hold for its later reads always, faults or not.
+    if (r.version !== undefined) {
+      const own = floorAt(ownFloors.get(`${r.worker}|${id}`), r.start);
+      if (r.version < own) {
+        violations.push({ rule: "ownInvalidation", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version} after its own invalidation to v${own} had completed` });
+      }
+    }
+    // Faults suspend the cross-process staleness promise (docs/guarantees.md): checked only outside them.
     if (inFault(faults, r.start, rules.grace)) continue;
     checkedReads++;
     if (r.version !== undefined) {

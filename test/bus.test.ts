@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { LayerCache, MemoryBus, type Bus, type BusHandlers } from "../src/index.js";
+import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "../src/index.js";
 import { BUS_VERSION, decodeMessage, encodeMessage } from "../src/bus/codec.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
@@ -254,5 +254,81 @@ describe("bad and forged bus messages (SPEC 6)", () => {
     expect(await cache.get("k")).toBe("revalidated");
     // The old value is still a fail-safe fallback if revalidation fails.
     expect(await cache.scope("s").getOrSet("k", () => Promise.reject(new Error("down")))).toBe("before-gap");
+  });
+});
+
+/** A MemoryBus whose publishing can be made to fail or hang, with the resilience settings it declares. */
+class FlakyBus implements Bus {
+  readonly inner = new MemoryBus();
+  mode: "ok" | "fail" | "hang" = "ok";
+  publishes = 0;
+  constructor(readonly resilience: Bus["resilience"]) {}
+  async connect(channel: string, handlers: BusHandlers) {
+    const conn = await this.inner.connect(channel, handlers);
+    return {
+      publish: (m: string): Promise<void> => {
+        this.publishes++;
+        if (this.mode === "fail") return Promise.reject(new Error("publish failed"));
+        if (this.mode === "hang") return new Promise<void>(() => {});
+        return conn.publish(m);
+      },
+      close: () => conn.close(),
+    };
+  }
+}
+
+describe("publishing when the bus fails (SPEC 5)", () => {
+  async function setup() {
+    const clock = new FakeClock(0);
+    const bus = new FlakyBus({ timeoutMs: 100, breakerThreshold: 2, breakerCooldownMs: 500 });
+    const a = new LayerCache({ bus, clock });
+    const b = new LayerCache({ bus, clock });
+    await Promise.all([a.ready(), b.ready()]);
+    return { clock, bus, a, b };
+  }
+
+  test("a failed invalidation is reported, queued, and republished once the bus works: the peer drops its copy then", async () => {
+    const { clock, bus, a, b } = await setup();
+    const errors: string[] = [];
+    a.on("busError", (e) => errors.push(e.operation));
+    await b.set("k", "old");
+    bus.mode = "fail";
+    await a.remove("k");
+    expect(errors).toEqual(["publish"]);
+    expect(a.stats().busPending).toBe(1);
+    expect(await b.get("k")).toBe("old"); // not told yet
+    bus.mode = "ok";
+    await clock.advanceAsync(1_000);
+    await flush();
+    expect(a.stats().busPending).toBe(0);
+    expect(await b.get("k")).toBeUndefined();
+  });
+
+  test("a hanging publish costs at most the bus timeout; after `threshold` failures the breaker stops waiting, and the queue goes out after its cooldown", async () => {
+    const { clock, bus, a } = await setup();
+    bus.mode = "hang";
+    const settled = (p: Promise<unknown>) => {
+      const s = { done: false };
+      void p.then(() => (s.done = true));
+      return s;
+    };
+    for (let i = 0; i < 2; i++) {
+      const s = settled(a.remove(`k${i}`));
+      await flush();
+      expect(s.done).toBe(false);
+      clock.advance(100); // the bus timeout
+      await flush();
+      expect(s.done).toBe(true);
+    }
+    const before = bus.publishes;
+    const open = settled(a.remove("k2"));
+    await flush();
+    expect(open.done).toBe(true); // breaker open: queued, not waited on
+    expect(bus.publishes).toBe(before);
+    bus.mode = "ok";
+    // After the cooldown the next retry (backoff at most 5 s) is the probe; it closes the breaker.
+    for (let t = 0; t < 5_500; t += 250) await clock.advanceAsync(250);
+    expect(a.stats().busPending).toBe(0);
+    expect(bus.publishes).toBeGreaterThan(before);
   });
 });

@@ -27,6 +27,14 @@ describe("history checker", () => {
     expect(check(late, [{ kind: "redis-kill", start: 1000, end: 2000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
   });
 
+  test("a process's own invalidation binds its later reads at once, even inside a fault window", () => {
+    const own = op({ op: "set", start: 3000, end: 3005, version: 8, worker: 2 });
+    const fault = [{ kind: "redis-pause", start: 2000, end: 6000 }];
+    const h = [own, op({ op: "get", start: 3006, version: 7, worker: 2 }), op({ op: "get", start: 3006, version: 7, worker: 1 })];
+    expect(check(h, fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["ownInvalidation"]);
+    expect(check([own, op({ op: "get", start: 3004, version: 7, worker: 2 })], fault, [report()], RULES).violations).toEqual([]);
+  });
+
   test("a value older than its window is a stale-window violation (background mode allows maxStale more)", () => {
     const fg = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.slack - 1, policy: "fg" });
     const bg = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.bg - RULES.maxStale + 10, policy: "bg" });
@@ -44,7 +52,7 @@ describe("history checker", () => {
     const h = [
       op({ op: "set", start: 1000, end: 1001, version: 7 }),
       op({ op: "remove", start: 1002, end: 1003, version: 6 }),
-      op({ op: "get", start: 3000, version: 6 }),
+      op({ op: "get", start: 3000, version: 6, worker: 3 }),
     ];
     expect(check(h, [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
   });

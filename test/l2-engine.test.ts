@@ -170,6 +170,21 @@ describe("L2 through the engine", () => {
     expect(errors.length).toBeGreaterThan(0);
   });
 
+  test("L2 back before a queued removal landed: the instance that removed the key does not read the old record back", async () => {
+    const { store, a } = two();
+    await a.set("k", "old");
+    await a.set("j", "old");
+    store.failing = true;
+    await a.remove("k"); // L2 unreachable: the removal is queued
+    await a.set("j", "new"); // likewise; L1 has the new value
+    expect(a.stats().l2Pending).toBe(2);
+    store.failing = false; // back, but the queue has not retried yet
+    expect(await a.get("k")).toBeUndefined();
+    a.removeLocal("j");
+    expect(await a.get("j")).toBeUndefined();
+    expect(await a.getOrSet("k", () => "loaded")).toBe("loaded");
+  });
+
   test("background mode: a stale value found in L2 is served at once while a refresh runs", async () => {
     const { clock, a, b } = two({ ttl: "10s", refresh: "background" });
     await a.getOrSet("k", async () => "v1");

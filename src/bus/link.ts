@@ -191,7 +191,7 @@ export class BusLink {
   }
 
   #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {
-    // Wall-clock send time (not the cache's clock): receivers compare it with theirs against replays.
+    // Send time on the cache clock (the wall clock unless injected): receivers check it against replays.
     return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: this.#clock.now() }, this.#secret);
   }
 

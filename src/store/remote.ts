@@ -165,15 +165,20 @@ export class RemoteLayer {
 
   /** The key's record; undefined when L2 could not be reached. Corrupt records become misses. */
   read(ns: RemoteScope, key: string): Promise<RemoteRead | undefined> {
-    return this.#fetch(this.keyOf(ns, key)).then((text) => this.#decode(ns, key, text));
+    const full = this.keyOf(ns, key);
+    // A removal of this key that has not reached L2 yet: the record there may be the value this
+    // instance invalidated, so a value read now counts as a miss (whose write-back, fenced on
+    // that record's generation, stores a newer value; the removal still lands after it).
+    const removedHere = this.#pending.size > 0 && this.#pending.get(full) !== undefined;
+    return this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
   }
 
-  #decode(ns: RemoteScope, key: string, text: string | null | undefined | typeof FAILED): RemoteRead | undefined | Promise<RemoteRead | undefined> {
+  #decode(ns: RemoteScope, key: string, text: string | null | undefined | typeof FAILED, removedHere: boolean): RemoteRead | undefined | Promise<RemoteRead | undefined> {
     if (text === FAILED) return undefined;
     if (text === null || text === undefined) return { gen: "" };
     try {
       const rec = decodeRecord(text);
-      if (rec.times === undefined) return { gen: rec.gen };
+      if (rec.times === undefined || removedHere) return { gen: rec.gen };
       const value = this.#serializer.deserialize(rec.payload!);
       return { gen: rec.gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
     } catch (error) {

@@ -149,4 +149,15 @@ describe("option checks", () => {
     expect(() => new RedisStore({} as never)).toThrow(TypeError);
     expect(() => new RedisStore({ client: {} })).toThrow(TypeError);
   });
+
+  test("timeout and circuitBreaker of the store and the bus: parsed, defaulted, and checked", () => {
+    const url = "redis://127.0.0.1:6379";
+    expect(new RedisStore({ url }).resilience).toEqual({ timeoutMs: 1000, breakerThreshold: 3, breakerCooldownMs: 5000 });
+    expect(new RedisBus({ url }).resilience).toEqual({ timeoutMs: 1000, breakerThreshold: 3, breakerCooldownMs: 1000 });
+    expect(new RedisBus({ url, timeout: "250ms", circuitBreaker: { threshold: 0, cooldown: "2s" } }).resilience).toEqual({ timeoutMs: 250, breakerThreshold: 0, breakerCooldownMs: 2000 });
+    expect(() => new RedisBus({ url, timeout: -1 })).toThrow(/"timeout"/);
+    expect(() => new RedisBus({ url, circuitBreaker: { threshold: 1.5 } })).toThrow(/"circuitBreaker.threshold"/);
+    expect(() => new RedisBus({ url, circuitBreaker: { cooldown: "later" } })).toThrow(/"circuitBreaker.cooldown"/);
+    expect(() => new RedisStore({ url, circuitBreaker: 3 as never })).toThrow(/"circuitBreaker"/);
+  });
 });
