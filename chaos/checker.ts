@@ -25,6 +25,8 @@ export interface OpRecord {
   at?: number;
   /** Reads: "fg" or "bg" (the refresh mode of the scope). */
   policy?: "fg" | "bg";
+  /** Reads: the value returned belonged to another key (this one's id). */
+  foreign?: string;
 }
 
 export interface FaultWindow {
@@ -37,7 +39,7 @@ export interface WorkerReport {
   worker: number;
   /** Most loader runs at once for one key in that process (single flight: 1). */
   maxLoadsPerKey: number;
-  /** Most background refreshes running at once in that process. */
+  /** Most background refreshes running at once in that process (counted by the worker, not the cache). */
   maxRefreshing: number;
   unhandledRejections: number;
   peakRssBytes: number;
@@ -53,14 +55,16 @@ export interface Rules {
   /** Fresh window by policy, and how far past it a background read may serve. */
   ttl: { fg: number; bg: number };
   maxStale: number;
-  /** Slack for the time between a value being produced and being cached (load duration). */
+  /** How far past `ttl` a value may be served when a load fails (fail-safe). */
+  failSafe: number;
+  /** Slack for the time between a value being produced and the cache stamping it. */
   slack: number;
   /** Error messages a read may legitimately fail with (loader failures, timeouts). */
   allowedErrors: RegExp;
 }
 
 export interface Violation {
-  rule: "staleness" | "ownInvalidation" | "staleWindow" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
+  rule: "staleness" | "ownInvalidation" | "staleWindow" | "wrongKey" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
   detail: string;
 }
 
@@ -100,8 +104,11 @@ function floorAt(list: { end: number; version: number }[] | undefined, time: num
   return lo === 0 ? -Infinity : list[lo - 1]!.version;
 }
 
-function inFault(faults: FaultWindow[], time: number, grace: number): boolean {
-  return faults.some((f) => time >= f.start && time <= f.end + grace);
+/** Faults that keep invalidations from travelling (Redis down, hung, or a connection cut). */
+const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(["redis-kill", "redis-pause", "pubsub-kill", "normal-kill"]);
+
+function inFault(faults: FaultWindow[], time: number, grace: number, kinds?: ReadonlySet<string>): boolean {
+  return faults.some((f) => (kinds === undefined || kinds.has(f.kind)) && time >= f.start && time <= f.end + grace);
 }
 
 export interface CheckResult {
@@ -109,6 +116,10 @@ export interface CheckResult {
   reads: number;
   /** Reads the staleness promise was checked on (outside faults). */
   checkedReads: number;
+  /** Checked reads that returned a value past its ttl (stale window, fail-safe): evidence the windows were exercised. */
+  staleReads: number;
+  /** Final reads (processes and L2) that found a value to check. */
+  finalValues: number;
 }
 
 export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): CheckResult {
@@ -117,11 +128,13 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
   const ownFloors = floorsByKey(history, true);
   let reads = 0;
   let checkedReads = 0;
+  let staleReads = 0;
 
   for (const r of history) {
     if (!READS.has(r.op)) continue;
     reads++;
     const id = `${r.scope}/${r.key}`;
+    if (r.foreign !== undefined) violations.push({ rule: "wrongKey", detail: `${r.op} ${id} by worker ${r.worker} returned the value of ${r.foreign}` });
     if (!r.ok) {
       if (!rules.allowedErrors.test(r.error ?? "")) violations.push({ rule: "unexpectedError", detail: `${r.op} ${id} by worker ${r.worker}: ${r.error}` });
       continue;
@@ -133,21 +146,31 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
         violations.push({ rule: "ownInvalidation", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version} after its own invalidation to v${own} had completed` });
       }
     }
-    // Faults suspend the cross-process staleness promise (docs/guarantees.md): checked only outside them.
-    if (inFault(faults, r.start, rules.grace)) continue;
+    // Faults that keep invalidations from travelling suspend the cross-process promise
+    // (docs/guarantees.md); loader faults do not.
+    const age = r.at === undefined ? undefined : r.start - r.at;
+    if (inFault(faults, r.start, rules.grace, TRANSPORT_FAULTS)) {
+      if (age !== undefined && r.policy !== undefined && age > rules.ttl[r.policy] + Math.max(rules.failSafe, r.policy === "bg" ? rules.maxStale : 0) + rules.slack) {
+        violations.push({ rule: "staleWindow", detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} served a value ${age.toFixed(0)} ms old during a fault (beyond ttl + failSafe)` });
+      }
+      continue;
+    }
     checkedReads++;
     if (r.version !== undefined) {
       const floor = floorAt(floors.get(id), r.start - rules.bound);
       if (r.version < floor) {
         violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - rules.bound).toFixed(1)}` });
       }
-      // Age of the value served: fresh window, or the stale window in background mode.
-      if (r.at !== undefined && r.policy !== undefined) {
-        const limit = rules.ttl[r.policy] + (r.policy === "bg" ? rules.maxStale : 0) + rules.slack;
-        const age = r.start - r.at;
+      // Age of the value served: `get` only fresh ones; loads may serve the stale window in
+      // background mode; while a loader fails (and shortly after), fail-safe values.
+      if (age !== undefined && r.policy !== undefined) {
+        const failing = inFault(faults, r.start, rules.grace);
+        const window = r.op === "get" ? 0 : failing ? Math.max(rules.failSafe, r.policy === "bg" ? rules.maxStale : 0) : r.policy === "bg" ? rules.maxStale : 0;
+        const limit = rules.ttl[r.policy] + window + rules.slack;
         if (age > limit) {
           violations.push({ rule: "staleWindow", detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} served a value ${age.toFixed(0)} ms old (limit ${limit} ms)` });
         }
+        if (age > rules.ttl[r.policy]) staleReads++;
       }
     }
   }
@@ -167,5 +190,5 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
       violations.push({ rule: "finalState", detail: `final ${r.op} ${id} by ${r.worker === -1 ? "L2" : `worker ${r.worker}`} found v${r.version}, last invalidation was v${last}` });
     }
   }
-  return { violations, reads, checkedReads };
+  return { violations, reads, checkedReads, staleReads, finalValues: finalReads.filter((r) => r.ok && r.version !== undefined).length };
 }

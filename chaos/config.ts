@@ -10,8 +10,12 @@ export interface WorkerConfig {
   concurrency: number;
   /** Directory the worker writes its history to. */
   dir: string;
-  /** A deliberately broken setup, to show the checker catches it. */
-  sabotage?: "no-bus";
+  /**
+   * A deliberately broken setup, to show the checker catches it: "no-bus" (no invalidation bus),
+   * "no-cas" (an L2 store that ignores the generation check of load write-backs), "big-pool" (the
+   * cache may run four times the refreshes the checker allows).
+   */
+  sabotage?: "no-bus" | "no-cas" | "big-pool";
 }
 
 export type LoaderMode = "normal" | "slow" | "fail";
@@ -20,6 +24,7 @@ export type LoaderMode = "normal" | "slow" | "fail";
 export const CHAOS_POLICY = {
   ttl: { fg: 1500, bg: 800 },
   maxStale: 1500,
+  failSafe: 3000,
   refreshConcurrency: 4,
 } as const;
 
@@ -29,13 +34,17 @@ export const CHAOS_POLICY = {
  */
 export const KEYS_PER_SCOPE = { fg: 20, bg: 20 } as const;
 
+/** Keys k0..k4 of each scope are rarely written, so their values reach their stale windows. */
+export const COLD_KEYS = 5;
+
 export const RULES: Rules = {
   bound: 500,
   grace: 2000,
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency,
   ttl: CHAOS_POLICY.ttl,
   maxStale: CHAOS_POLICY.maxStale,
-  slack: 700,
+  failSafe: CHAOS_POLICY.failSafe,
+  slack: 100,
   // Reads may fail only the ways a loader can: it threw, or it timed out.
   allowedErrors: /chaos: the source is down|LoadTimeoutError|exceeded hardTimeout/,
 };

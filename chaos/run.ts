@@ -4,7 +4,7 @@
  * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
- *                    [--sabotage no-bus] [--dump history.json]
+ *                    [--sabotage no-bus|no-cas|big-pool] [--dump history.json]
  *
  * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
  * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
@@ -32,6 +32,8 @@ export interface ChaosOptions {
   faults?: boolean;
   /** Quiet time between faults, drawn uniformly from [min, max] ms (default [4000, 8000]). */
   faultGapMs?: [number, number];
+  /** Only these kinds of fault (default: all six). */
+  faultKinds?: FaultKind[];
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
   log?: (line: string) => void;
@@ -45,6 +47,10 @@ export interface ChaosResult {
   violations: Violation[];
   /** Reads outside fault windows (and their grace), where the staleness promise was checked. */
   checkedReads: number;
+  /** Checked reads that returned a value past its ttl (stale window or fail-safe). */
+  staleReads: number;
+  /** Final reads (processes and L2) that found a value to check. */
+  finalValues: number;
   reads: number;
   unhandledRejections: number;
   reports: WorkerReport[];
@@ -64,6 +70,9 @@ function rng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+export const FAULT_KINDS = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
 
 function shuffle<T>(items: T[], random: () => number): T[] {
   for (let i = items.length - 1; i > 0; i--) {
@@ -113,8 +122,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const random = rng(o.seed);
   const faults: FaultWindow[] = [];
   const workers: ChildProcess[] = [];
-  const waiters = new Map<string, (m: Record<string, unknown>) => void>();
-  const expect = (w: number, type: string) => new Promise<Record<string, unknown>>((r) => waiters.set(`${w}:${type}`, r));
+  const waiters = new Map<string, { resolve: (m: Record<string, unknown>) => void; reject: (e: Error) => void }>();
+  const expect = (w: number, type: string) => new Promise<Record<string, unknown>>((resolve, reject) => waiters.set(`${w}:${type}`, { resolve, reject }));
+  // A worker that dies (or a run that overstays) fails the run instead of hanging it.
+  let finished = false;
+  const abort = (error: Error): void => {
+    for (const w of waiters.values()) w.reject(error);
+    waiters.clear();
+  };
+  const deadline = setTimeout(() => abort(new Error(`chaos: the run did not finish within ${o.durationMs / 1000 + 120} s`)), o.durationMs + 120_000);
 
   try {
     for (let id = 0; id < o.workers; id++) {
@@ -125,7 +141,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         else if (m.type === "bump") child.send({ req: m.req, version: source.bump(m.id!) });
         else if (m.type === "lock") source.lock(m.id!, () => child.send({ req: m.req }));
         else if (m.type === "unlock") source.unlock(m.id!);
-        else waiters.get(`${id}:${m.type}`)?.(m as Record<string, unknown>);
+        else {
+          const w = waiters.get(`${id}:${m.type}`);
+          waiters.delete(`${id}:${m.type}`);
+          w?.resolve(m as Record<string, unknown>);
+        }
+      });
+      child.on("exit", (code, signal) => {
+        if (!finished) abort(new Error(`chaos: worker ${id} exited (${signal ?? `code ${code}`}) before the run ended`));
       });
       workers.push(child);
     }
@@ -138,11 +161,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const broadcast = (mode: LoaderMode) => workers.forEach((w) => w.send({ type: "loaderMode", mode }));
     // Kinds are dealt from a shuffled deck, so every six faults cover every kind once.
     const [gapMin, gapMax] = o.faultGapMs ?? [4000, 8000];
-    let deck: FaultWindow["kind"][] = [];
+    let deck: FaultKind[] = [];
     while (o.faults !== false && now() - started < o.durationMs - 3000) {
       await sleep(gapMin + random() * (gapMax - gapMin));
       if (now() - started >= o.durationMs - 3000) break;
-      if (deck.length === 0) deck = shuffle(["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"], random);
+      if (deck.length === 0) deck = shuffle([...(o.faultKinds ?? FAULT_KINDS)], random);
       const kind = deck.pop()!;
       const start = now();
       if (kind === "redis-kill") {
@@ -166,16 +189,19 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     const remaining = o.durationMs - (now() - started);
     if (remaining > 0) await sleep(remaining);
 
-    // Stop, let retries and the bus settle, then see what every process (and L2) holds.
+    // Stop; once the last fault's effects are over (and at least the propagation bound has
+    // passed), see what every process holds — soon enough that its copies are still there — and L2.
     await Promise.all(workers.map((w, i) => (w.send({ type: "stop" }), expect(i, "stopped"))));
-    await sleep(RULES.grace);
+    const lastFaultEnd = faults.reduce((t, f) => Math.max(t, f.end), -Infinity);
+    await sleep(Math.max(RULES.bound, lastFaultEnd + RULES.grace - now()));
     const done = await Promise.all(workers.map((w, i) => (w.send({ type: "final" }), expect(i, "done"))));
+    finished = true;
     const history: OpRecord[] = [];
     const finals: OpRecord[] = [];
     const reports: WorkerReport[] = [];
     for (const d of done) {
-      const data = JSON.parse(readFileSync(d.file as string, "utf8")) as { history: OpRecord[]; finals: OpRecord[]; report: WorkerReport };
-      for (const r of data.history) history.push(r);
+      const data = JSON.parse(readFileSync(d.file as string, "utf8")) as { historyFile: string; finals: OpRecord[]; report: WorkerReport };
+      for (const line of readFileSync(data.historyFile, "utf8").split("\n")) if (line !== "") history.push(JSON.parse(line) as OpRecord);
       for (const r of data.finals) finals.push(r);
       reports.push(data.report);
     }
@@ -189,12 +215,14 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
       }
     }
-    const { violations, checkedReads, reads } = check(history, faults, reports, RULES, finals);
+    const { violations, checkedReads, reads, staleReads, finalValues } = check(history, faults, reports, RULES, finals);
     if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, started, faults, violations, finals, history }));
     const opsByKind: Record<string, number> = {};
     for (const r of history) opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
-    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
+    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, staleReads, finalValues, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
   } finally {
+    finished = true;
+    clearTimeout(deadline);
     for (const w of workers) if (w.exitCode === null) w.kill("SIGKILL");
     admin.disconnect();
     server.resume();
@@ -207,12 +235,12 @@ export function summarize(r: ChaosResult): string {
   const lines = [
     `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
     `faults injected: ${r.faults.length} (${Object.entries(r.faults.reduce<Record<string, number>>((a, f) => ((a[f.kind] = (a[f.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${k} ${n}`).join(", ")})`,
-    `reads checked for staleness (outside faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}`,
+    `reads checked for staleness (outside Redis faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}; ${r.staleReads} of them served past ttl; ${r.finalValues} values checked after the run`,
     `violations: ${r.violations.length}`,
     ...r.violations.slice(0, 20).map((v) => `  - [${v.rule}] ${v.detail}`),
     `unhandled rejections: ${r.unhandledRejections}`,
     `peak memory per process: ${r.reports.map((w) => `#${w.worker} rss ${(w.peakRssBytes / 2 ** 20).toFixed(0)} MiB, heap ${(w.peakHeapBytes / 2 ** 20).toFixed(0)} MiB`).join("; ")}`,
-    `loads of one key at once (max): ${Math.max(...r.reports.map((w) => w.maxLoadsPerKey))}; refreshes at once (max): ${Math.max(...r.reports.map((w) => w.maxRefreshing))}`,
+    `loads of one key at once (max): ${Math.max(...r.reports.map((w) => w.maxLoadsPerKey))}; background refreshes at once (max, counted by the workers): ${Math.max(...r.reports.map((w) => w.maxRefreshing))}`,
     `seed: ${r.seed} (replay: npm run chaos -- --seed ${r.seed})`,
   ];
   return lines.join("\n");
@@ -225,6 +253,8 @@ function arg(name: string): string | undefined {
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  // Ctrl-C: exit handlers stop redis-server (even a paused one) and remove its directory.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(130));
   const d = arg("duration") ?? "2m";
   const durationMs = /^\d+$/.test(d) ? Number(d) * 1000 : (ms as unknown as (s: string) => number | undefined)(d);
   if (!durationMs || durationMs < 5000) throw new Error(`--duration must be at least 5s (got ${d})`);

@@ -3,12 +3,12 @@
  * operations over a small key space, recording each one with start and end times. The source of
  * truth is the coordinator (over IPC): versions only grow. Argv: one JSON object (WorkerConfig).
  */
-import { writeFileSync } from "node:fs";
+import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/redis.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
-import { CHAOS_POLICY, KEYS_PER_SCOPE, type LoaderMode, type WorkerConfig } from "./config.js";
+import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, type LoaderMode, type WorkerConfig } from "./config.js";
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig;
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
@@ -34,14 +34,23 @@ function ask(type: string, id: string, signal?: AbortSignal): Promise<number> {
 // ---------------------------------------------------------------- the cache under test
 const client = new Redis(config.url, { maxRetriesPerRequest: 1 });
 client.on("error", () => {});
+
+/** Sabotage "no-cas": an L2 store that ignores the generation check of load write-backs. */
+class CarelessStore extends RedisStore {
+  override set(key: string, record: string, ttlMs: number): Promise<boolean> {
+    return super.set(key, record, ttlMs);
+  }
+}
+const storeOptions = { client, timeout: "300ms", circuitBreaker: { threshold: 3, cooldown: "500ms" } } as const;
 const cache = new LayerCache({
   prefix: config.prefix,
-  l2: new RedisStore({ client, timeout: "300ms", circuitBreaker: { threshold: 3, cooldown: "500ms" } }),
+  l2: config.sabotage === "no-cas" ? new CarelessStore(storeOptions) : new RedisStore(storeOptions),
   ...(config.sabotage === "no-bus" ? {} : { bus: new RedisBus({ client, heartbeat: "250ms" }) }),
-  refreshConcurrency: CHAOS_POLICY.refreshConcurrency,
+  // Sabotage "big-pool": the cache may run more refreshes than the checker's bound.
+  refreshConcurrency: CHAOS_POLICY.refreshConcurrency * (config.sabotage === "big-pool" ? 4 : 1),
   refreshCooldown: "500ms",
   hardTimeout: "1s",
-  failSafe: "3s",
+  failSafe: CHAOS_POLICY.failSafe,
 });
 const scopes: Record<"fg" | "bg", CacheScope> = {
   fg: cache.scope("fg", { ttl: CHAOS_POLICY.ttl.fg }),
@@ -61,9 +70,10 @@ const bump = (id: string): void => void epochs.set(id, (epochs.get(id) ?? 0) + 1
 const bumpScope = (scope: string): void => {
   for (let i = 0; i < KEYS_PER_SCOPE[scope as "fg" | "bg"]; i++) bump(`${scope}/k${i}`);
 };
+// Only invalidations fence loads in flight; a peer's "update" (it loaded a newer value) does not.
 cache.on("peerInvalidation", (e) => {
   if (e.op === "clear") bumpScope(e.scope);
-  else for (const key of e.keys) bump(`${e.scope}/${key}`);
+  else if (e.op === "remove") for (const key of e.keys) bump(`${e.scope}/${key}`);
 });
 cache.on("busReconnect", () => {
   bumpScope("fg");
@@ -82,10 +92,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** What is cached: the version, when the value was produced (≈ the entry's write time), and whose it is. */
 interface Value {
   v: number;
   at: number;
+  id: string;
 }
+
+/**
+ * Background refreshes, counted without asking the cache: loads of the background scope running
+ * now, minus the actors waiting on a read there (each foreground load has at least one waiting
+ * caller of its own), is a lower bound of the refreshes running.
+ */
+let bgLoads = 0;
+let bgWaiting = 0;
 
 /**
  * `epoch`: the key's invalidation count when the operation that started this load was called —
@@ -93,22 +113,28 @@ interface Value {
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
 async function load(scope: string, key: string, epoch: number, signal?: AbortSignal): Promise<Value> {
-  const id = `${scope}/${key}#${epoch}`;
-  const n = (inflight.get(id) ?? 0) + 1;
-  inflight.set(id, n);
+  const flight = `${scope}/${key}#${epoch}`;
+  const n = (inflight.get(flight) ?? 0) + 1;
+  inflight.set(flight, n);
   report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
-  report.maxRefreshing = Math.max(report.maxRefreshing, cache.stats().refreshing);
+  if (scope === "bg") {
+    bgLoads++;
+    report.maxRefreshing = Math.max(report.maxRefreshing, bgLoads - bgWaiting);
+  }
   try {
     if (loaderMode === "fail") throw new Error("chaos: the source is down");
-    const at = now();
     const v = await ask("read", `${scope}/${key}`, signal);
     // Read first, then take time: an invalidation in between is the race the cache must survive.
     // Slow phases slow only loaders that can be aborted (a cached function's cannot: it has no
     // signal, and one that outlived its hard timeout would run beside the next load of its key).
     await sleep(loaderMode === "slow" && signal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
-    return { v, at };
+    // Produced now: the cache stamps the entry right after the loader returns.
+    return { v, at: now(), id: `${scope}/${key}` };
   } finally {
-    inflight.set(id, (inflight.get(id) ?? 1) - 1);
+    if (scope === "bg") bgLoads--;
+    const left = inflight.get(flight)! - 1;
+    if (left === 0) inflight.delete(flight);
+    else inflight.set(flight, left);
   }
 }
 
@@ -119,7 +145,9 @@ const cachedFns = {
 };
 
 // ---------------------------------------------------------------- operations
-const history: OpRecord[] = [];
+/** The history goes to disk as it is made (one JSON line per operation), not into this heap. */
+const historyFile = `${config.dir}/worker-${config.id}.ndjson`;
+const history = createWriteStream(historyFile);
 
 async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpRecord> {
   const scope = scopes[scopeName];
@@ -133,7 +161,7 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
         rec.version = await ask("bump", id);
         rec.start = now();
         // The cache fences the key synchronously when the call starts; count it right after.
-        const done = op === "set" ? scope.set(key, { v: rec.version, at: now() } satisfies Value) : scope.remove(key);
+        const done = op === "set" ? scope.set(key, { v: rec.version, at: now(), id } satisfies Value) : scope.remove(key);
         bump(id);
         await done;
       } finally {
@@ -148,15 +176,22 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
       bump(id);
     } else {
       const epoch = epochs.get(id) ?? 0;
-      const value =
-        op === "get"
-          ? ((await scope.get(key)) as Value | undefined)
-          : op === "cached"
-            ? ((await cachedFns[scopeName](key, epoch)) as Value)
-            : ((await scope.getOrSet(key, ({ signal }) => load(scopeName, key, epoch, signal))) as Value);
-      rec.version = value?.v;
-      rec.at = value?.at;
-      rec.policy = scopeName;
+      const counted = scopeName === "bg" && op !== "get";
+      if (counted) bgWaiting++;
+      try {
+        const value =
+          op === "get"
+            ? ((await scope.get(key)) as Value | undefined)
+            : op === "cached"
+              ? ((await cachedFns[scopeName](key, epoch)) as Value)
+              : ((await scope.getOrSet(key, ({ signal }) => load(scopeName, key, epoch, signal))) as Value);
+        rec.version = value?.v;
+        rec.at = value?.at;
+        rec.policy = scopeName;
+        if (value !== undefined && value.id !== id) rec.foreign = String(value.id);
+      } finally {
+        if (counted) bgWaiting--;
+      }
     }
   } catch (error) {
     rec.ok = false;
@@ -183,11 +218,13 @@ async function actor(seed: number): Promise<void> {
   const random = rng(seed);
   while (!stopping) {
     const scopeName = random() < 0.5 ? "fg" : "bg";
-    const key = `k${Math.floor(random() * KEYS_PER_SCOPE[scopeName])}`;
+    const k = Math.floor(random() * KEYS_PER_SCOPE[scopeName]);
     const x = random();
     // Mostly reads; writes often enough to race loads; scope clears rare (each one empties a scope here).
-    const op: OpKind = x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.99 ? "remove" : x < 0.999 ? "removeLocal" : "clear";
-    history.push(await run(op, scopeName, key));
+    let op: OpKind = x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.99 ? "remove" : x < 0.9995 ? "removeLocal" : "clear";
+    // Cold keys are rarely invalidated, so their values live to their windows: stale reads, refreshes.
+    if (k < COLD_KEYS && (op === "set" || op === "remove" || op === "removeLocal") && random() < 0.97) op = "getOrSet";
+    history.write(JSON.stringify(await run(op, scopeName, `k${k}`)) + "\n");
     await sleep(random() * 10);
   }
 }
@@ -216,14 +253,16 @@ process.on("message", async (m: { type: string; req?: number; version?: number; 
     await Promise.all(actors);
     send({ type: "stopped" });
   } else if (m.type === "final") {
-    // After the run has settled: what does this process read now?
+    // After the run has settled: what does this process hold now? `get` for fresh values in the
+    // foreground scope; `getOrSet` in the background scope also returns a stale copy it holds.
     const finals: OpRecord[] = [];
     for (const scopeName of ["fg", "bg"] as const) {
-      for (let i = 0; i < KEYS_PER_SCOPE[scopeName]; i++) finals.push(await run("get", scopeName, `k${i}`));
+      for (let i = 0; i < KEYS_PER_SCOPE[scopeName]; i++) finals.push(await run(scopeName === "fg" ? "get" : "getOrSet", scopeName, `k${i}`));
     }
     clearInterval(memory);
+    await new Promise<void>((resolve) => history.end(resolve));
     const file = `${config.dir}/worker-${config.id}.json`;
-    writeFileSync(file, JSON.stringify({ history, finals, report }));
+    writeFileSync(file, JSON.stringify({ historyFile, finals, report }));
     await cache.close();
     client.disconnect();
     send({ type: "done", file });

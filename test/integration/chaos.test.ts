@@ -3,8 +3,8 @@ import { runChaos, summarize } from "../../chaos/run.js";
 
 /**
  * The short version of `npm run chaos`: three processes on their own redis-server, every fault
- * kind at least once, then the history checker. And the proof that the checker can fail: the same
- * run with the invalidation bus switched off must be caught.
+ * kind at least once, then the history checker. And the proof that the checker can fail: runs with
+ * the invalidation bus switched off, or with an oversized refresh pool, must be caught.
  *
  * Both runs draw their own seed; it is in the failure message, so a failing run can be replayed
  * with `npm run chaos -- --seed N --duration 30s`.
@@ -17,7 +17,11 @@ describe("chaos (multi-process history check)", () => {
     const summary = summarize(result);
     console.log(summary);
     expect(new Set(result.faults.map((f) => f.kind)).size, summary).toBe(6);
+    // The run must have exercised what it checks: many checked reads, values served past their
+    // ttl (stale window, fail-safe), copies left to inspect at the end, a saturated refresh pool.
     expect(result.checkedReads, summary).toBeGreaterThan(1000);
+    expect(result.staleReads, summary).toBeGreaterThan(0);
+    expect(result.finalValues, summary).toBeGreaterThan(0);
     expect(result.violations, summary).toEqual([]);
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
@@ -27,5 +31,11 @@ describe("chaos (multi-process history check)", () => {
     const summary = summarize(result);
     expect(result.violations.some((v) => v.rule === "staleness"), summary).toBe(true);
     expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
+  test("sabotaged (a refresh pool four times too big) under slow loaders: the checker counts too many refreshes", async () => {
+    const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, sabotage: "big-pool", faultKinds: ["loader-slow"], faultGapMs: [300, 600] });
+    const summary = summarize(result);
+    expect(result.violations.some((v) => v.rule === "refreshPool"), summary).toBe(true);
   }, 120_000);
 });

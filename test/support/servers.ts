@@ -99,7 +99,10 @@ export async function waitFor(what: string, check: () => Promise<boolean>, timeo
 
 const live = new Set<RedisServer>();
 process.once("exit", () => {
-  for (const s of live) s.proc?.kill("SIGKILL");
+  for (const s of live) {
+    s.proc?.kill("SIGKILL"); // a SIGSTOPped server dies of it too
+    rmSync(s.dir, { recursive: true, force: true });
+  }
 });
 
 export interface RedisServerOptions {
