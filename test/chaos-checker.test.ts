@@ -41,6 +41,28 @@ describe("history checker", () => {
     expect(check([fg, bg], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
   });
 
+  test("while a loader fails, fail-safe values up to ttl + failSafe are allowed, and no older", () => {
+    const fault = [{ kind: "loader-fail", start: 9000, end: 11_000 }];
+    const ok = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.failSafe + 10, policy: "fg" });
+    const old = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.failSafe - RULES.slack - 1, policy: "fg" });
+    const result = check([ok], fault, [report()], RULES);
+    expect(result.violations).toEqual([]);
+    expect(result.staleReads).toBe(1);
+    expect(check([old], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    // A loader fault does not excuse a plain `get` returning an expired value, nor an old version.
+    const expiredGet = op({ op: "get", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.slack - 1, policy: "fg" });
+    expect(check([expiredGet], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    expect(check([write, op({ op: "get", start: 10_000, version: 4 })], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+    // Transport faults suspend staleness, but not the age limit.
+    const ancient = op({ op: "getOrSet", start: 10_000, version: 1, at: 1000, policy: "bg" });
+    expect(check([ancient], [{ kind: "redis-pause", start: 9000, end: 11_000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+  });
+
+  test("a read that returns another key's value is flagged", () => {
+    const h = [op({ op: "get", start: 2000, version: 3, key: "a", foreign: "fg/b" })];
+    expect(check(h, [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["wrongKey"]);
+  });
+
   test("loader bounds, unexpected errors, unhandled rejections and the final state are checked", () => {
     const h = [write, op({ op: "getOrSet", start: 3000, ok: false, error: "TypeError: boom" }), op({ op: "getOrSet", start: 3100, ok: false, error: "Error: chaos: the source is down" })];
     const finals = [op({ op: "get", start: 9000, version: 4, worker: 2 }), op({ op: "get", start: 9000, version: 5, worker: 0 })];
