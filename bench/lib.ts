@@ -47,17 +47,7 @@ export function percentile(xs: number[] | Float64Array, p: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
-/** mulberry32: a small seeded PRNG, so every run draws the same keys. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from "./rng.js";
 
 /** Zipf(s) over ranks 0..n-1: returns a sampler drawing ranks (0 most popular). */
 export function zipf(n: number, s: number, random: () => number): () => number {

@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import ms from "ms";
 import { decodeRecord } from "../src/store/envelope.js";
+import { rng } from "../bench/rng.js";
 import { RedisServer } from "../test/support/servers.js";
 import { check, type FaultWindow, type OpRecord, type Violation, type WorkerReport } from "./checker.js";
 import { KEYS_PER_SCOPE, RULES, type LoaderMode, type WorkerConfig } from "./config.js";
@@ -59,17 +60,6 @@ export interface ChaosResult {
 const root = resolve(import.meta.dirname, "..");
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const sleep = (t: number) => new Promise<void>((r) => setTimeout(r, t));
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export const FAULT_KINDS = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];

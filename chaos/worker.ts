@@ -7,6 +7,7 @@ import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/redis.js";
+import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
 import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, type LoaderMode, type WorkerConfig } from "./config.js";
 
@@ -199,17 +200,6 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
   }
   rec.end = now();
   return rec;
-}
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 let stopping = false;

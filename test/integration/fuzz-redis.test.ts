@@ -4,7 +4,7 @@ import type { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
 import { encodeRecord } from "../../src/store/envelope.js";
-import { eventually, rawClient, uniquePrefix, wire, type ClientKind, type Wiring } from "../support/redis-clients.js";
+import { closedAfterAll, eventually, rawClient, uniquePrefix, wire, type ClientKind } from "../support/redis-clients.js";
 
 /**
  * The L2 and bus fuzzers of test/fuzz.test.ts again, through a real redis-server and both client
@@ -13,16 +13,13 @@ import { eventually, rawClient, uniquePrefix, wire, type ClientKind, type Wiring
 const url = inject("redisUrl");
 const RUNS = Math.max(25, Math.floor(Number(process.env.FUZZ_RUNS ?? 300) / 4));
 let raw: Redis;
-const wirings: Wiring[] = [];
-const caches: LayerCache[] = [];
 beforeAll(() => {
   raw = rawClient(url);
 });
 afterAll(async () => {
-  await Promise.all(caches.map((c) => c.close()));
-  await Promise.all(wirings.map((w) => w.close()));
   await raw.quit();
 });
+const { caches, wirings } = closedAfterAll();
 
 async function instance(kind: ClientKind, prefix: string, extra: Record<string, unknown> = {}): Promise<LayerCache> {
   const w = await wire(kind, url, { heartbeat: "200ms" });

@@ -2,20 +2,17 @@ import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import type { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
-import { CLIENT_KINDS, eventually, rawClient, uniquePrefix, wire, type Wiring } from "../support/redis-clients.js";
+import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, uniquePrefix, wire } from "../support/redis-clients.js";
 
 const url = inject("redisUrl");
 let raw: Redis;
-const caches: LayerCache[] = [];
-const wirings: Wiring[] = [];
 beforeAll(() => {
   raw = rawClient(url);
 });
 afterAll(async () => {
-  await Promise.all(caches.map((c) => c.close()));
-  await Promise.all(wirings.map((w) => w.close()));
   await raw.quit();
 });
+const { caches, wirings } = closedAfterAll();
 
 async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true) {
   const prefix = uniquePrefix();

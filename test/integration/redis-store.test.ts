@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import type { Redis } from "ioredis";
 import { FakeClock, LayerCache, SerializationError } from "../../src/index.js";
-import { CLIENT_KINDS, eventually, rawClient, uniquePrefix, wire, type Wiring } from "../support/redis-clients.js";
+import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, uniquePrefix, wire } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 const url = inject("redisUrl");
@@ -14,11 +14,7 @@ afterAll(async () => {
 });
 
 describe.each(CLIENT_KINDS)("RedisStore with %s", (kind) => {
-  const open: { caches: LayerCache[]; wirings: Wiring[] } = { caches: [], wirings: [] };
-  afterAll(async () => {
-    await Promise.all(open.caches.map((c) => c.close()));
-    await Promise.all(open.wirings.map((w) => w.close()));
-  });
+  const open = closedAfterAll();
 
   async function pair(extra: Record<string, unknown> = {}) {
     const prefix = uniquePrefix();

@@ -3,6 +3,8 @@ import { Redis } from "ioredis";
 import { Redis as Redis6 } from "ioredis-v6";
 import { createClient } from "redis";
 import { createClient as createClient4 } from "redis-v4";
+import { afterAll } from "vitest";
+import type { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
 
 /** The client libraries (and majors) the peer dependency ranges promise, plus `{ url }`. */
@@ -41,6 +43,19 @@ export async function wire(kind: ClientKind, url: string, busOptions: { heartbea
     bus: new RedisBus({ client, ...busOptions }),
     close: async () => void (await client.quit()),
   };
+}
+
+/**
+ * What the tests of a file (or of a `describe`) open on the shared server: push caches and wirings
+ * here and they are closed after those tests — caches first, then their connections.
+ */
+export function closedAfterAll(): { caches: LayerCache[]; wirings: Wiring[] } {
+  const open: { caches: LayerCache[]; wirings: Wiring[] } = { caches: [], wirings: [] };
+  afterAll(async () => {
+    await Promise.all(open.caches.map((c) => c.close()));
+    await Promise.all(open.wirings.map((w) => w.close()));
+  });
+  return open;
 }
 
 /** A plain client to look at (or tamper with) what is stored. */
