@@ -16,6 +16,8 @@ export interface WorkerConfig {
    * cache may run four times the refreshes the checker allows).
    */
   sabotage?: "no-bus" | "no-cas" | "big-pool";
+  /** Keys k0.. of each scope that are rarely written (default COLD_KEYS). */
+  coldKeys?: number;
 }
 
 export type LoaderMode = "normal" | "slow" | "fail";
@@ -34,7 +36,11 @@ export const CHAOS_POLICY = {
  */
 export const KEYS_PER_SCOPE = { fg: 20, bg: 20 } as const;
 
-/** Keys k0..k4 of each scope are rarely written, so their values reach their stale windows. */
+/**
+ * Keys k0..k4 of each scope are rarely written, so their values reach their stale windows. A run
+ * may make more keys cold (`coldKeys`): every cold key past its ttl is a refresh waiting to start,
+ * which is what a run that must fill the refresh pool needs.
+ */
 export const COLD_KEYS = 5;
 
 export const RULES: Rules = {

@@ -4,7 +4,7 @@
  * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
- *                    [--sabotage no-bus|no-cas|big-pool] [--dump history.json]
+ *                    [--sabotage no-bus|no-cas|big-pool] [--cold-keys 5] [--dump history.json]
  *
  * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
  * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
@@ -33,6 +33,8 @@ export interface ChaosOptions {
   faults?: boolean;
   /** Quiet time between faults, drawn uniformly from [min, max] ms (default [4000, 8000]). */
   faultGapMs?: [number, number];
+  /** Keys of each scope that are rarely written (default 5 of 20). */
+  coldKeys?: number;
   /** Only these kinds of fault (default: all six). */
   faultKinds?: FaultKind[];
   /** Write the whole history, faults and violations to this file (to study a failure). */
@@ -124,7 +126,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   try {
     for (let id = 0; id < o.workers; id++) {
-      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage };
+      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys };
       const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
       child.on("message", (m: { type: string; req?: number; id?: string }) => {
         if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
@@ -256,6 +258,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     concurrency: Number(arg("concurrency") ?? 6),
     sabotage: arg("sabotage") as WorkerConfig["sabotage"],
     faults: arg("faults") !== "off",
+    ...(arg("cold-keys") !== undefined ? { coldKeys: Number(arg("cold-keys")) } : {}),
     dump: arg("dump"),
     log: (l) => console.log(l),
   });

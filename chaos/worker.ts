@@ -213,7 +213,7 @@ async function actor(seed: number): Promise<void> {
     // Mostly reads; writes often enough to race loads; scope clears rare (each one empties a scope here).
     let op: OpKind = x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.99 ? "remove" : x < 0.9995 ? "removeLocal" : "clear";
     // Cold keys are rarely invalidated, so their values live to their windows: stale reads, refreshes.
-    if (k < COLD_KEYS && (op === "set" || op === "remove" || op === "removeLocal") && random() < 0.97) op = "getOrSet";
+    if (k < (config.coldKeys ?? COLD_KEYS) && (op === "set" || op === "remove" || op === "removeLocal") && random() < 0.97) op = "getOrSet";
     history.write(JSON.stringify(await run(op, scopeName, `k${k}`)) + "\n");
     await sleep(random() * 10);
   }

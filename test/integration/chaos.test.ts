@@ -34,7 +34,11 @@ describe("chaos (multi-process history check)", () => {
   }, 120_000);
 
   test("sabotaged (a refresh pool four times too big) under slow loaders: the checker counts too many refreshes", async () => {
-    const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, sabotage: "big-pool", faultKinds: ["loader-slow"], faultGapMs: [300, 600] });
+    // Every background key cold: each one past its ttl is a refresh waiting to start, so the pool
+    // is always full. (With the default 5 cold keys there are too few refreshable keys at once for
+    // the oversized pool to show reliably: a CI run once peaked at exactly the bound, 4.) The same
+    // workload without the sabotage peaks at 4; with it, at 8-16 per process.
+    const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, sabotage: "big-pool", faultKinds: ["loader-slow"], faultGapMs: [300, 600], coldKeys: 20 });
     const summary = summarize(result);
     expect(result.violations.some((v) => v.rule === "refreshPool"), summary).toBe(true);
   }, 120_000);
