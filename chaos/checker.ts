@@ -44,6 +44,8 @@ export interface WorkerReport {
   unhandledRejections: number;
   peakRssBytes: number;
   peakHeapBytes: number;
+  /** [start, end] of each time the process did not run (a timer fired late), in order. */
+  stalls: [number, number][];
 }
 
 export interface Rules {
@@ -104,6 +106,30 @@ function floorAt(list: { end: number; version: number }[] | undefined, time: num
   return lo === 0 ? -Infinity : list[lo - 1]!.version;
 }
 
+/**
+ * The propagation bound for a read that `worker` started at `t`: `bound` of the time that process
+ * was running. A process that did not run (stalled) cannot have read its bus messages, so each
+ * stall inside the window lengthens it — and the longer window may take in earlier stalls.
+ */
+export function boundFor(stalls: readonly [number, number][], t: number, bound: number): number {
+  let window = bound;
+  for (;;) {
+    const from = t - window;
+    // Stalls are in order and do not overlap: skip to the first that ends after `from`.
+    let lo = 0;
+    let hi = stalls.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (stalls[mid]![1] <= from) lo = mid + 1;
+      else hi = mid;
+    }
+    let lost = 0;
+    for (let i = lo; i < stalls.length && stalls[i]![0] < t; i++) lost += Math.min(stalls[i]![1], t) - Math.max(stalls[i]![0], from);
+    if (bound + lost <= window) return window;
+    window = bound + lost;
+  }
+}
+
 /** Faults that keep invalidations from travelling (Redis down, hung, or a connection cut). */
 const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(["redis-kill", "redis-pause", "pubsub-kill", "normal-kill"]);
 
@@ -126,6 +152,7 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
   const violations: Violation[] = [];
   const floors = floorsByKey(history);
   const ownFloors = floorsByKey(history, true);
+  const stalls = new Map(reports.map((w) => [w.worker, w.stalls]));
   let reads = 0;
   let checkedReads = 0;
   let staleReads = 0;
@@ -157,9 +184,11 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
     }
     checkedReads++;
     if (r.version !== undefined) {
-      const floor = floorAt(floors.get(id), r.start - rules.bound);
+      const bound = boundFor(stalls.get(r.worker) ?? [], r.start, rules.bound);
+      const floor = floorAt(floors.get(id), r.start - bound);
       if (r.version < floor) {
-        violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - rules.bound).toFixed(1)}` });
+        const lengthened = bound > rules.bound ? ` (the bound lengthened to ${bound.toFixed(0)} ms by the process's stalls)` : "";
+        violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - bound).toFixed(1)}${lengthened}` });
       }
       // Age of the value served: `get` only fresh ones; loads may serve the stale window in
       // background mode; while a loader fails (and shortly after), fail-safe values.

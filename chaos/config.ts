@@ -28,6 +28,7 @@ export const CHAOS_POLICY = {
   maxStale: 1500,
   failSafe: 3000,
   refreshConcurrency: 4,
+  hardTimeout: 1000,
 } as const;
 
 /**
@@ -42,6 +43,12 @@ export const KEYS_PER_SCOPE = { fg: 20, bg: 20 } as const;
  * which is what a run that must fill the refresh pool needs.
  */
 export const COLD_KEYS = 5;
+
+/**
+ * Each worker's stall watch: a timer every `tick` ms; one that fires more than `min` ms late
+ * records a stall (the process was not running). See boundFor in chaos/checker.ts.
+ */
+export const STALL = { tick: 20, min: 30 } as const;
 
 export const RULES: Rules = {
   bound: 500,

@@ -4,7 +4,8 @@
  * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
- *                    [--sabotage no-bus|no-cas|big-pool] [--cold-keys 5] [--dump history.json]
+ *                    [--fault-gap 4000-8000] [--fault-kinds redis-kill,loader-slow,...] [--cold-keys 5]
+ *                    [--sabotage no-bus|no-cas|big-pool] [--dump history.json]
  *
  * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
  * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
@@ -21,7 +22,7 @@ import { decodeRecord } from "../src/store/envelope.js";
 import { rng } from "../bench/rng.js";
 import { RedisServer } from "../test/support/servers.js";
 import { check, type FaultWindow, type OpRecord, type Violation, type WorkerReport } from "./checker.js";
-import { KEYS_PER_SCOPE, RULES, type LoaderMode, type WorkerConfig } from "./config.js";
+import { KEYS_PER_SCOPE, RULES, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
 
 export interface ChaosOptions {
   durationMs: number;
@@ -43,6 +44,8 @@ export interface ChaosOptions {
 }
 
 export interface ChaosResult {
+  /** What the run was asked to do (to print a command that replays it). */
+  options: ChaosOptions;
   seed: number;
   ops: number;
   opsByKind: Record<string, number>;
@@ -208,10 +211,10 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       }
     }
     const { violations, checkedReads, reads, staleReads, finalValues } = check(history, faults, reports, RULES, finals);
-    if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, started, faults, violations, finals, history }));
+    if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, options: { ...o, log: undefined }, started, faults, violations, finals, reports, history }));
     const opsByKind: Record<string, number> = {};
     for (const r of history) opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
-    return { seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, staleReads, finalValues, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
+    return { options: o, seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, staleReads, finalValues, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
   } finally {
     finished = true;
     clearTimeout(deadline);
@@ -233,9 +236,34 @@ export function summarize(r: ChaosResult): string {
     `unhandled rejections: ${r.unhandledRejections}`,
     `peak memory per process: ${r.reports.map((w) => `#${w.worker} rss ${(w.peakRssBytes / 2 ** 20).toFixed(0)} MiB, heap ${(w.peakHeapBytes / 2 ** 20).toFixed(0)} MiB`).join("; ")}`,
     `loads of one key at once (max): ${Math.max(...r.reports.map((w) => w.maxLoadsPerKey))}; background refreshes at once (max, counted by the workers): ${Math.max(...r.reports.map((w) => w.maxRefreshing))}`,
-    `seed: ${r.seed} (replay: npm run chaos -- --seed ${r.seed})`,
+    `stalls (a process running over ${STALL.min} ms late; they lengthen the bound for its own reads): ${r.reports.map((w) => `#${w.worker} ${w.stalls.length}, longest ${Math.max(0, ...w.stalls.map(([a, b]) => b - a)).toFixed(0)} ms`).join("; ")}`,
+    `seed: ${r.seed} (replay: ${replayCommand(r.options)})`,
   ];
   return lines.join("\n");
+}
+
+/** The command line that runs `o` again: same seed, same fault schedule and operation mix. */
+export function replayCommand(o: ChaosOptions): string {
+  const args = [`--seed ${o.seed}`, `--duration ${o.durationMs / 1000}s`, `--workers ${o.workers}`, `--concurrency ${o.concurrency}`];
+  if (o.faults === false) args.push("--faults off");
+  if (o.faultGapMs) args.push(`--fault-gap ${o.faultGapMs[0]}-${o.faultGapMs[1]}`);
+  if (o.faultKinds) args.push(`--fault-kinds ${o.faultKinds.join(",")}`);
+  if (o.coldKeys !== undefined) args.push(`--cold-keys ${o.coldKeys}`);
+  if (o.sabotage) args.push(`--sabotage ${o.sabotage}`);
+  return `npm run chaos -- ${args.join(" ")}`;
+}
+
+function faultGap(text: string): [number, number] {
+  const m = /^(\d+)-(\d+)$/.exec(text);
+  if (!m || Number(m[1]) > Number(m[2])) throw new Error(`--fault-gap must be MIN-MAX in ms (got ${text})`);
+  return [Number(m[1]), Number(m[2])];
+}
+
+function faultKinds(text: string): FaultKind[] {
+  const kinds = text.split(",");
+  const unknown = kinds.filter((k) => !(FAULT_KINDS as readonly string[]).includes(k));
+  if (kinds.length === 0 || unknown.length > 0) throw new Error(`--fault-kinds takes a comma-separated list of ${FAULT_KINDS.join(", ")} (unknown: ${unknown.join(", ")})`);
+  return kinds as FaultKind[];
 }
 
 function arg(name: string): string | undefined {
@@ -259,6 +287,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     sabotage: arg("sabotage") as WorkerConfig["sabotage"],
     faults: arg("faults") !== "off",
     ...(arg("cold-keys") !== undefined ? { coldKeys: Number(arg("cold-keys")) } : {}),
+    ...(arg("fault-gap") !== undefined ? { faultGapMs: faultGap(arg("fault-gap")!) } : {}),
+    ...(arg("fault-kinds") !== undefined ? { faultKinds: faultKinds(arg("fault-kinds")!) } : {}),
     dump: arg("dump"),
     log: (l) => console.log(l),
   });

@@ -5,11 +5,11 @@
  */
 import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
-import { LayerCache, type CacheScope } from "../src/index.js";
+import { LayerCache, LoadTimeoutError, type CacheScope } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/redis.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
-import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, type LoaderMode, type WorkerConfig } from "./config.js";
+import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig;
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
@@ -50,7 +50,7 @@ const cache = new LayerCache({
   // Sabotage "big-pool": the cache may run more refreshes than the checker's bound.
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency * (config.sabotage === "big-pool" ? 4 : 1),
   refreshCooldown: "500ms",
-  hardTimeout: "1s",
+  hardTimeout: CHAOS_POLICY.hardTimeout,
   failSafe: CHAOS_POLICY.failSafe,
 });
 const scopes: Record<"fg" | "bg", CacheScope> = {
@@ -80,7 +80,21 @@ cache.on("busReconnect", () => {
   bumpScope("fg");
   bumpScope("bg");
 });
-const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0 };
+const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, stalls: [] };
+
+/**
+ * Times this process did not run (its event loop blocked, or the machine gave it no CPU): a timer
+ * every STALL.tick ms that fires more than STALL.min ms late records the gap. A process that is not
+ * running cannot read its bus messages; the checker adds these gaps to the propagation bound for
+ * this process's reads (docs/guarantees.md).
+ */
+let lastTick = now();
+const stallWatch = setInterval(() => {
+  const t = now();
+  // The timer was due at lastTick + tick; from then until now the process was late.
+  if (t - lastTick > STALL.tick + STALL.min) report.stalls.push([lastTick + STALL.tick, t]);
+  lastTick = t;
+}, STALL.tick);
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -113,7 +127,11 @@ let bgWaiting = 0;
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
-async function load(scope: string, key: string, epoch: number, signal?: AbortSignal): Promise<Value> {
+async function load(scope: string, key: string, epoch: number, cacheSignal?: AbortSignal): Promise<Value> {
+  // A cached function's loader gets no signal from the cache. It gives up on its own at the hard
+  // timeout, as an aborted loader would, so it cannot run on beside the next load of its key once
+  // the cache has detached its flight.
+  const signal = cacheSignal ?? AbortSignal.timeout(CHAOS_POLICY.hardTimeout);
   const flight = `${scope}/${key}#${epoch}`;
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
@@ -126,9 +144,9 @@ async function load(scope: string, key: string, epoch: number, signal?: AbortSig
     if (loaderMode === "fail") throw new Error("chaos: the source is down");
     const v = await ask("read", `${scope}/${key}`, signal);
     // Read first, then take time: an invalidation in between is the race the cache must survive.
-    // Slow phases slow only loaders that can be aborted (a cached function's cannot: it has no
-    // signal, and one that outlived its hard timeout would run beside the next load of its key).
-    await sleep(loaderMode === "slow" && signal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
+    // Slow phases slow only loaders the cache can abort (a cached function's timing out on its own
+    // would race the cache's hard timeout by a timer tick).
+    await sleep(loaderMode === "slow" && cacheSignal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
     // Produced now: the cache stamps the entry right after the loader returns.
     return { v, at: now(), id: `${scope}/${key}` };
   } finally {
@@ -197,6 +215,9 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
   } catch (error) {
     rec.ok = false;
     rec.error = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+    // The hard timeout detached the key's flight (as an invalidation would): the next call starts
+    // a new load, which may overlap the old one while that one winds down.
+    if (error instanceof LoadTimeoutError) bump(id);
   }
   rec.end = now();
   return rec;
@@ -250,6 +271,7 @@ process.on("message", async (m: { type: string; req?: number; version?: number; 
       for (let i = 0; i < KEYS_PER_SCOPE[scopeName]; i++) finals.push(await run(scopeName === "fg" ? "get" : "getOrSet", scopeName, `k${i}`));
     }
     clearInterval(memory);
+    clearInterval(stallWatch);
     await new Promise<void>((resolve) => history.end(resolve));
     const file = `${config.dir}/worker-${config.id}.json`;
     writeFileSync(file, JSON.stringify({ historyFile, finals, report }));

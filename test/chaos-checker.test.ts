@@ -1,9 +1,9 @@
 import { describe, expect, test } from "vitest";
-import { check, type OpRecord, type WorkerReport } from "../chaos/checker.js";
+import { boundFor, check, type OpRecord, type WorkerReport } from "../chaos/checker.js";
 import { RULES } from "../chaos/config.js";
 
 /** The checker on hand-made histories: it must flag each broken promise, and only those. */
-const report = (o: Partial<WorkerReport> = {}): WorkerReport => ({ worker: 0, maxLoadsPerKey: 1, maxRefreshing: 1, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, ...o });
+const report = (o: Partial<WorkerReport> = {}): WorkerReport => ({ worker: 0, maxLoadsPerKey: 1, maxRefreshing: 1, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, stalls: [], ...o });
 const op = (o: Partial<OpRecord> & Pick<OpRecord, "op" | "start">): OpRecord => ({ worker: 0, scope: "fg", key: "k", end: o.start + 1, ok: true, ...o });
 
 describe("history checker", () => {
@@ -25,6 +25,19 @@ describe("history checker", () => {
     const late = [write, op({ op: "get", start: 5000, version: 4, at: 4000, policy: "fg" })];
     expect(check(late, [{ kind: "redis-kill", start: 3000, end: 4000 }], [report()], RULES).violations).toEqual([]);
     expect(check(late, [{ kind: "redis-kill", start: 1000, end: 2000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+  });
+
+  test("time the reading process did not run lengthens the bound for its reads, and only for its reads", () => {
+    // Worker 0 stalled 300 ms shortly after the invalidation: its read 700 ms after it is excused,
+    // the same read by worker 2 (no stall) is not; a stall long before the invalidation changes nothing.
+    const read = (worker: number) => op({ op: "get", start: 1010 + RULES.bound + 200, version: 4, at: 1500, policy: "fg", worker });
+    const stalled = report({ worker: 0, stalls: [[1100, 1400]] });
+    expect(check([write, read(0), read(2)], [], [stalled, report({ worker: 2 })], RULES).violations.map((v) => v.detail)).toEqual([expect.stringContaining("by worker 2")]);
+    expect(check([write, read(0)], [], [report({ worker: 0, stalls: [[100, 400]] })], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+    // The lengthened window takes in an earlier stall too; stalls count only up to the read's start.
+    expect(boundFor([[150, 250], [400, 700]], 1000, 500)).toBe(900); // 500 ms of running time in [100, 1000]
+    expect(boundFor([[900, 2000]], 1000, 500)).toBe(600);
+    expect(boundFor([], 1000, 500)).toBe(500);
   });
 
   test("a process's own invalidation binds its later reads at once, even inside a fault window", () => {

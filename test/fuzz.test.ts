@@ -14,8 +14,8 @@ import { MapStore } from "./support/map-store.js";
 const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
 const params = { numRuns: RUNS, ...(process.env.FUZZ_SEED ? { seed: Number(process.env.FUZZ_SEED) } : {}) };
 
-/** Fails instead of hanging: every public call must settle on its own (the clock is fake). */
-function settles<T>(p: Promise<T>, what: string, ms = 2_000): Promise<T> {
+/** Fails instead of hanging: every public call must settle on its own (the clock is fake; the 10 s of real time only guard against a hang, with room for a busy machine). */
+function settles<T>(p: Promise<T>, what: string, ms = 10_000): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const hang = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms)));
   return Promise.race([p, hang]).finally(() => clearTimeout(timer));

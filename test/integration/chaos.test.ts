@@ -6,8 +6,8 @@ import { runChaos, summarize } from "../../chaos/run.js";
  * kind at least once, then the history checker. And the proof that the checker can fail: runs with
  * the invalidation bus switched off, or with an oversized refresh pool, must be caught.
  *
- * Both runs draw their own seed; it is in the failure message, so a failing run can be replayed
- * with `npm run chaos -- --seed N --duration 30s`.
+ * Each run draws its own seed; the failure message ends with the command that replays the run
+ * (same seed, options, fault schedule and operation mix).
  */
 const seed = (): number => Math.floor(Math.random() * 1e9);
 

@@ -8,10 +8,15 @@ import { closedAfterAll, eventually, rawClient, uniquePrefix, wire, type ClientK
 
 /**
  * The L2 and bus fuzzers of test/fuzz.test.ts again, through a real redis-server and both client
- * libraries: bytes that are not UTF-8, mutated records, and junk on the channel.
+ * libraries: bytes that are not UTF-8, mutated records, and junk on the channel. The seed is drawn
+ * per run (or `FUZZ_SEED`) and named in every failure: replay with
+ * `FUZZ_SEED=<seed> npx vitest run test/integration/fuzz-redis.test.ts`.
  */
 const url = inject("redisUrl");
 const RUNS = Math.max(25, Math.floor(Number(process.env.FUZZ_RUNS ?? 300) / 4));
+const SEED = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : Math.floor(Math.random() * 2 ** 31);
+const params = { numRuns: RUNS, seed: SEED };
+const replay = `FUZZ_SEED=${SEED}`;
 let raw: Redis;
 beforeAll(() => {
   raw = rawClient(url);
@@ -22,7 +27,7 @@ afterAll(async () => {
 const { caches, wirings } = closedAfterAll();
 
 async function instance(kind: ClientKind, prefix: string, extra: Record<string, unknown> = {}): Promise<LayerCache> {
-  const w = await wire(kind, url, { heartbeat: "200ms" });
+  const w = await wire(kind, url);
   wirings.push(w);
   const cache = new LayerCache({ prefix, l2: w.store, bus: w.bus, ...extra });
   caches.push(cache);
@@ -61,9 +66,9 @@ describe.each(["ioredis", "node-redis"] as const)("fuzz through redis-server wit
           if (corrupt > before) expect(after?.equals(Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes))).not.toBe(true);
         }
       }),
-      { numRuns: RUNS },
+      params,
     );
-    expect(corrupt).toBeGreaterThan(0);
+    expect(corrupt, replay).toBeGreaterThan(0);
     expect(Object.prototype).not.toHaveProperty("polluted");
   }, 60_000);
 
@@ -77,9 +82,11 @@ describe.each(["ioredis", "node-redis"] as const)("fuzz through redis-server wit
       fc.json(),
       fc.constantFrom(encodeMessage({ from: "x", op: "clear", scope: [], keys: [], at: Date.now() })),
     );
-    const sent = fc.sample(junk, { numRuns: RUNS });
+    const sent = fc.sample(junk, params);
     for (const m of sent) await raw.publish(`${prefix}:bus`, m);
-    await eventually(() => cache.stats().busMessagesDropped === sent.length, 10_000);
-    expect(await cache.get("k")).toBe("kept");
+    await eventually(() => cache.stats().busMessagesDropped === sent.length, 10_000).catch((e: Error) => {
+      throw new Error(`${e.message}: ${cache.stats().busMessagesDropped} of ${sent.length} dropped (${replay})`);
+    });
+    expect(await cache.get("k"), replay).toBe("kept");
   }, 60_000);
 });

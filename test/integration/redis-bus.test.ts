@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import type { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
+import { RedisServer } from "../support/servers.js";
 import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, uniquePrefix, wire } from "../support/redis-clients.js";
 
 const url = inject("redisUrl");
@@ -14,11 +15,11 @@ afterAll(async () => {
 });
 const { caches, wirings } = closedAfterAll();
 
-async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true) {
+async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true, on = url) {
   const prefix = uniquePrefix();
   const out: LayerCache[] = [];
   for (let i = 0; i < n; i++) {
-    const w = await wire(kind, url);
+    const w = await wire(kind, on);
     wirings.push(w);
     const c = new LayerCache({ prefix, bus: w.bus, ...(withL2 ? { l2: w.store } : {}), ...extra });
     caches.push(c);
@@ -63,14 +64,29 @@ describe.each(CLIENT_KINDS)("RedisBus with %s", (kind) => {
 });
 
 describe("bus repair after a lost subscription", () => {
+  // CLIENT KILL TYPE pubsub cuts every subscriber on the server: these tests get their own, so
+  // test files running beside them on the shared one (on machines with more cores) lose nothing.
+  let own: RedisServer;
+  let ownRaw: Redis;
+  beforeAll(async () => {
+    own = await RedisServer.start();
+    ownRaw = rawClient(own.url);
+  });
+  afterAll(async () => {
+    await Promise.all(caches.splice(0).map((c) => c.close()));
+    await Promise.all(wirings.splice(0).map((w) => w.close()));
+    await ownRaw.quit();
+    await own.stop();
+  });
+
   test("CLIENT KILL TYPE pubsub: values from before the gap are not served as fresh afterwards", async () => {
-    const { caches: [a, b] } = await instances("ioredis", 2);
+    const { caches: [a, b] } = await instances("ioredis", 2, {}, true, own.url);
     const gaps: string[] = [];
     b!.on("busDisconnect", () => gaps.push("disconnect"));
     b!.on("busReconnect", () => gaps.push("reconnect"));
     await a!.set("k", "v1");
     expect(await b!.get("k")).toBe("v1");
-    await raw.call("CLIENT", "KILL", "TYPE", "pubsub");
+    await ownRaw.call("CLIENT", "KILL", "TYPE", "pubsub");
     await a!.set("k", "v2"); // this "remove" is likely published while b is not subscribed
     await eventually(() => gaps.includes("reconnect"));
     expect(gaps[0]).toBe("disconnect");
@@ -81,11 +97,11 @@ describe("bus repair after a lost subscription", () => {
   });
 
   test.each(["node-redis", "url"] as const)("CLIENT KILL TYPE pubsub with %s", async (kind) => {
-    const { caches: [a, b] } = await instances(kind, 2);
+    const { caches: [a, b] } = await instances(kind, 2, {}, true, own.url);
     await a!.set("k", "v1");
     expect(await b!.get("k")).toBe("v1");
     const before = b!.stats().busReconnects;
-    await raw.call("CLIENT", "KILL", "TYPE", "pubsub");
+    await ownRaw.call("CLIENT", "KILL", "TYPE", "pubsub");
     await a!.set("k", "v2");
     await eventually(() => b!.stats().busReconnects > before, 10_000);
     expect(await b!.get("k")).toBe("v2");

@@ -4,7 +4,7 @@ import { createCluster } from "redis";
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
 import { RedisCluster } from "../support/servers.js";
-import { eventually, uniquePrefix } from "../support/redis-clients.js";
+import { eventually, PATIENT, uniquePrefix } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 /** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
@@ -39,7 +39,7 @@ async function instances(kind: Kind, n: number) {
   const out: LayerCache[] = [];
   for (let i = 0; i < n; i++) {
     const client = await clusterClient(kind);
-    const cache = new LayerCache({ prefix, l2: new RedisStore({ client }), bus: new RedisBus({ client }) });
+    const cache = new LayerCache({ prefix, l2: new RedisStore({ client, ...PATIENT }), bus: new RedisBus({ client, ...PATIENT }) });
     closers.push(() => cache.close());
     out.push(cache);
   }
@@ -93,7 +93,7 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster
   test("a load that started before a set on the peer does not write back", async () => {
     const { caches: [a, b] } = await instances(kind, 2);
     const load = gated<string>();
-    const p = b!.getOrSet("k", load.loader);
+    const p = b!.getOrSet("k", load.loader, { hardTimeout: 0 }); // held across a set: no timeout
     await load.started;
     await a!.set("k", "newer");
     load.release("older");

@@ -72,7 +72,7 @@ describe("Redis killed and restarted", () => {
     await eventually(async () => (await a.get("k")) === undefined, 15_000);
     await eventually(async () => (await b.get("k")) === undefined, 15_000);
     expect(await b.getOrSet("k", async () => "v2 from the database")).toBe("v2 from the database");
-  });
+  }, 60_000);
 });
 
 describe("Redis hangs (SIGSTOP) and resumes (SIGCONT)", () => {
@@ -104,7 +104,7 @@ describe("Redis hangs (SIGSTOP) and resumes (SIGCONT)", () => {
     // The hung SET ran after the resume, then the queued removal after it (one connection, in order).
     expect(await raw.get(`${prefix}::k`)).toMatch(/\|-$/);
     await eventually(async () => (await b.get("k")) === undefined, 15_000);
-  });
+  }, 60_000);
 });
 
 describe("connections killed (CLIENT KILL TYPE normal)", () => {
@@ -118,5 +118,5 @@ describe("connections killed (CLIENT KILL TYPE normal)", () => {
       await a.set("k", "v2");
       return (await b.get("k")) === "v2";
     }, 15_000);
-  });
+  }, 60_000);
 });

@@ -98,7 +98,7 @@ describe.each(CLIENT_KINDS)("RedisStore with %s", (kind) => {
   test("a load that started before a set on the other instance does not write back (conditional write)", async () => {
     const { a, b, prefix } = await pair();
     const load = gated<string>();
-    const p = b.getOrSet("k", load.loader);
+    const p = b.getOrSet("k", load.loader, { hardTimeout: 0 }); // held across a set: no timeout
     await load.started;
     await a.set("k", "newer");
     load.release("older");

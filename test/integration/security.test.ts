@@ -4,7 +4,7 @@ import { FakeClock, LayerCache } from "../../src/index.js";
 import { decodeMessage, encodeMessage } from "../../src/bus/codec.js";
 import { encodeRecord } from "../../src/store/envelope.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
-import { eventually, rawClient, uniquePrefix } from "../support/redis-clients.js";
+import { eventually, PATIENT, rawClient, uniquePrefix } from "../support/redis-clients.js";
 
 /**
  * Hostile neighbours on a shared redis-server: someone publishing on our channel without the
@@ -24,7 +24,7 @@ afterAll(async () => {
 
 function instance(prefix: string, extra: Record<string, unknown> = {}): LayerCache {
   const client = new Redis(url);
-  const cache = new LayerCache({ prefix, l2: new RedisStore({ client }), bus: new RedisBus({ client, heartbeat: "200ms" }), ...extra });
+  const cache = new LayerCache({ prefix, l2: new RedisStore({ client, ...PATIENT }), bus: new RedisBus({ client, ...PATIENT }), ...extra });
   opened.push({ close: () => client.quit() }, cache);
   return cache;
 }

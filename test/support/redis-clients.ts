@@ -6,6 +6,9 @@ import { createClient as createClient4 } from "redis-v4";
 import { afterAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
+import { PATIENT } from "./patient.js";
+
+export { PATIENT };
 
 /** The client libraries (and majors) the peer dependency ranges promise, plus `{ url }`. */
 export type ClientKind = "ioredis" | "ioredis@6" | "node-redis" | "node-redis@4" | "url";
@@ -22,16 +25,17 @@ export interface Wiring {
   close(): Promise<void>;
 }
 
-/** A RedisStore and a RedisBus built the way a user would with `kind`. */
-export async function wire(kind: ClientKind, url: string, busOptions: { heartbeat?: string | number } = {}): Promise<Wiring> {
+
+/** A RedisStore and a RedisBus built the way a user would with `kind` (with PATIENT timeouts). */
+export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
   if (kind === "url") {
-    return { store: new RedisStore({ url }), bus: new RedisBus({ url, ...busOptions }), close: async () => {} };
+    return { store: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), close: async () => {} };
   }
   if (kind === "ioredis" || kind === "ioredis@6") {
     const client = kind === "ioredis" ? new Redis(url) : new Redis6(url);
     return {
-      store: new RedisStore({ client }),
-      bus: new RedisBus({ client, ...busOptions }),
+      store: new RedisStore({ client, ...PATIENT }),
+      bus: new RedisBus({ client, ...PATIENT }),
       close: async () => void (await client.quit()),
     };
   }
@@ -39,8 +43,8 @@ export async function wire(kind: ClientKind, url: string, busOptions: { heartbea
   client.on("error", () => {});
   await client.connect();
   return {
-    store: new RedisStore({ client }),
-    bus: new RedisBus({ client, ...busOptions }),
+    store: new RedisStore({ client, ...PATIENT }),
+    bus: new RedisBus({ client, ...PATIENT }),
     close: async () => void (await client.quit()),
   };
 }

@@ -84,15 +84,23 @@ function isComplete(data: string): boolean {
   return len < 0 || Buffer.byteLength(data) >= head + 2 + len + 2;
 }
 
-export async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+/**
+ * Polls `check` until it is true, within `timeoutMs`. `what` names the wait in the error; it may be
+ * a function, read when the wait fails (so it can include output gathered meanwhile). `givenUp`
+ * ends the wait at once, with its text as the reason (a process that exited will not come up).
+ */
+export async function waitFor(what: string | (() => string), check: () => Promise<boolean>, timeoutMs = 15_000, givenUp: () => string | undefined = () => undefined): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const name = () => (typeof what === "string" ? what : what());
   for (;;) {
     try {
       if (await check()) return;
     } catch {
       // not yet
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    const reason = givenUp();
+    if (reason !== undefined) throw new Error(`gave up waiting for ${name()}: ${reason}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${name()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -122,13 +130,30 @@ export class RedisServer {
     this.#cluster = cluster;
   }
 
+  /**
+   * Starts a server on a free port. The port is free when drawn, but something else may take it
+   * before redis-server binds it; a server that exits before answering is started again on a new
+   * port (three tries). Cluster nodes need a port ≤ 55535 (the cluster bus listens on port + 10000).
+   */
   static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
-    const port = await freePort();
-    const dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
-    const server = new RedisServer(port, dir, options.cluster ?? false);
-    await server.#spawn();
-    return server;
+    const cluster = options.cluster ?? false;
+    for (let attempt = 1; ; attempt++) {
+      let port = await freePort();
+      while (cluster && port > 55_535) port = await freePort();
+      const dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
+      const server = new RedisServer(port, dir, cluster);
+      try {
+        await server.#spawn();
+        return server;
+      } catch (error) {
+        await server.stop();
+        if (attempt >= 3 || server.#exit === undefined) throw error;
+      }
+    }
   }
+
+  /** How the current process ended, if it did. */
+  #exit: string | undefined;
 
   get url(): string {
     return `redis://127.0.0.1:${this.port}`;
@@ -137,13 +162,22 @@ export class RedisServer {
   async #spawn(): Promise<void> {
     const bin = ensureBinary("redis-server", "redis-server");
     const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, "--daemonize", "no", "--loglevel", "warning"];
-    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "2000");
+    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "15000");
     const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
+    this.#exit = undefined;
     live.add(this);
     let stderr = "";
     proc.stderr?.on("data", (d) => (stderr += d.toString()));
-    await waitFor(`redis-server on port ${this.port}${stderr ? `: ${stderr}` : ""}`, async () => (await rawCommand(this.port, "PING")).startsWith("+PONG"));
+    proc.once("exit", (code, signal) => {
+      if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
+    });
+    await waitFor(
+      () => `redis-server on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
+      async () => (await rawCommand(this.port, "PING")).startsWith("+PONG"),
+      15_000,
+      () => this.#exit,
+    );
   }
 
   /** Kills the process (SIGKILL by default) and waits for it to be gone. */

@@ -4,9 +4,13 @@
  */
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
+import { PATIENT } from "./patient.js";
 
 const [url, prefix] = process.argv.slice(2) as [string, string];
-const cache = new LayerCache({ prefix, l2: new RedisStore({ url }), bus: new RedisBus({ url, heartbeat: "500ms" }) });
+// Patient timeouts, and no hard timeout: a gated load is held across several IPC round trips on a
+// machine that may be busy (three processes just started on two cores); these tests are about
+// races between processes, not about timeouts.
+const cache = new LayerCache({ prefix, l2: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), hardTimeout: 0 });
 const gates = new Map<string, (value: unknown) => void>();
 
 interface Command {
