@@ -59,5 +59,5 @@ export const RULES: Rules = {
   failSafe: CHAOS_POLICY.failSafe,
   slack: 100,
   // Reads may fail only the ways a loader can: it threw, or it timed out.
-  allowedErrors: /chaos: the source is down|LoadTimeoutError|exceeded hardTimeout/,
+  allowedErrors: /chaos: the source is down|chaos: the source timed out|LoadTimeoutError|exceeded hardTimeout/,
 };

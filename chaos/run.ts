@@ -8,8 +8,8 @@
  *                    [--sabotage no-bus|no-cas|big-pool] [--dump history.json]
  *
  * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
- * 0) and peak memory per process; exits 1 on any violation. The seed is printed, so a failing run
- * can be replayed with the same fault schedule and operation mix.
+ * 0), peak memory and stalls per process; exits 1 on any violation. It ends with the command that
+ * replays the run: the same seed and options give the same fault schedule and operation mix.
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -253,6 +253,12 @@ export function replayCommand(o: ChaosOptions): string {
   return `npm run chaos -- ${args.join(" ")}`;
 }
 
+function coldKeys(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n > Math.max(KEYS_PER_SCOPE.fg, KEYS_PER_SCOPE.bg)) throw new Error(`--cold-keys must be a whole number from 0 to ${Math.max(KEYS_PER_SCOPE.fg, KEYS_PER_SCOPE.bg)} (got ${text})`);
+  return n;
+}
+
 function faultGap(text: string): [number, number] {
   const m = /^(\d+)-(\d+)$/.exec(text);
   if (!m || Number(m[1]) > Number(m[2])) throw new Error(`--fault-gap must be MIN-MAX in ms (got ${text})`);
@@ -286,7 +292,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     concurrency: Number(arg("concurrency") ?? 6),
     sabotage: arg("sabotage") as WorkerConfig["sabotage"],
     faults: arg("faults") !== "off",
-    ...(arg("cold-keys") !== undefined ? { coldKeys: Number(arg("cold-keys")) } : {}),
+    ...(arg("cold-keys") !== undefined ? { coldKeys: coldKeys(arg("cold-keys")!) } : {}),
     ...(arg("fault-gap") !== undefined ? { faultGapMs: faultGap(arg("fault-gap")!) } : {}),
     ...(arg("fault-kinds") !== undefined ? { faultKinds: faultKinds(arg("fault-kinds")!) } : {}),
     dump: arg("dump"),

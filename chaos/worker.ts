@@ -5,7 +5,7 @@
  */
 import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
-import { LayerCache, LoadTimeoutError, type CacheScope } from "../src/index.js";
+import { LayerCache, type CacheScope } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/redis.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
@@ -122,16 +122,25 @@ interface Value {
 let bgLoads = 0;
 let bgWaiting = 0;
 
+/** A deadline of the loader's own at the hard timeout (for loaders the cache gives no signal). */
+function ownDeadline(): { signal: AbortSignal; cancel: () => void } {
+  const c = new AbortController();
+  const timer = setTimeout(() => c.abort(new Error("chaos: the source timed out")), CHAOS_POLICY.hardTimeout);
+  return { signal: c.signal, cancel: () => clearTimeout(timer) };
+}
+
 /**
  * `epoch`: the key's invalidation count when the operation that started this load was called —
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
 async function load(scope: string, key: string, epoch: number, cacheSignal?: AbortSignal): Promise<Value> {
-  // A cached function's loader gets no signal from the cache. It gives up on its own at the hard
-  // timeout, as an aborted loader would, so it cannot run on beside the next load of its key once
-  // the cache has detached its flight.
-  const signal = cacheSignal ?? AbortSignal.timeout(CHAOS_POLICY.hardTimeout);
+  // A cached function's loader gets no signal from the cache, and one the cache gave up on would
+  // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
+  // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
+  // abandoned, and it ends its flight itself.
+  const own = cacheSignal ? undefined : ownDeadline();
+  const signal = cacheSignal ?? own!.signal;
   const flight = `${scope}/${key}#${epoch}`;
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
@@ -144,12 +153,12 @@ async function load(scope: string, key: string, epoch: number, cacheSignal?: Abo
     if (loaderMode === "fail") throw new Error("chaos: the source is down");
     const v = await ask("read", `${scope}/${key}`, signal);
     // Read first, then take time: an invalidation in between is the race the cache must survive.
-    // Slow phases slow only loaders the cache can abort (a cached function's timing out on its own
-    // would race the cache's hard timeout by a timer tick).
+    // Slow phases slow only loaders the cache can abort: they exercise the cache's hard timeout.
     await sleep(loaderMode === "slow" && cacheSignal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
     // Produced now: the cache stamps the entry right after the loader returns.
     return { v, at: now(), id: `${scope}/${key}` };
   } finally {
+    own?.cancel();
     if (scope === "bg") bgLoads--;
     const left = inflight.get(flight)! - 1;
     if (left === 0) inflight.delete(flight);
@@ -215,9 +224,6 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
   } catch (error) {
     rec.ok = false;
     rec.error = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-    // The hard timeout detached the key's flight (as an invalidation would): the next call starts
-    // a new load, which may overlap the old one while that one winds down.
-    if (error instanceof LoadTimeoutError) bump(id);
   }
   rec.end = now();
   return rec;

@@ -75,8 +75,8 @@ describe("bus repair after a lost subscription", () => {
   afterAll(async () => {
     await Promise.all(caches.splice(0).map((c) => c.close()));
     await Promise.all(wirings.splice(0).map((w) => w.close()));
-    await ownRaw.quit();
-    await own.stop();
+    await ownRaw?.quit();
+    await own?.stop();
   });
 
   test("CLIENT KILL TYPE pubsub: values from before the gap are not served as fresh afterwards", async () => {

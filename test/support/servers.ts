@@ -146,8 +146,9 @@ export class RedisServer {
         await server.#spawn();
         return server;
       } catch (error) {
+        const exitedEarly = server.#exit !== undefined; // read before stop() ends it
         await server.stop();
-        if (attempt >= 3 || server.#exit === undefined) throw error;
+        if (attempt >= 3 || !exitedEarly) throw error;
       }
     }
   }
@@ -172,9 +173,11 @@ export class RedisServer {
     proc.once("exit", (code, signal) => {
       if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
     });
+    // Ready when *this* process answers: a server of someone else's that took the port would
+    // answer PING too, so compare the process id.
     await waitFor(
       () => `redis-server on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
-      async () => (await rawCommand(this.port, "PING")).startsWith("+PONG"),
+      async () => (await rawCommand(this.port, "INFO server")).includes(`process_id:${proc.pid}\r\n`),
       15_000,
       () => this.#exit,
     );
