@@ -1,10 +1,9 @@
 import fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
-import type { Redis } from "ioredis";
+import { describe, expect, inject, test } from "vitest";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
 import { encodeRecord } from "../../src/store/envelope.js";
-import { closedAfterAll, eventually, rawClient, uniquePrefix, wire, type ClientKind } from "../support/redis-clients.js";
+import { closedAfterAll, eventually, rawClientClosedAfterAll, uniquePrefix, wire, type ClientKind } from "../support/redis-clients.js";
 
 /**
  * The L2 and bus fuzzers of test/fuzz.test.ts again, through a real redis-server and both client
@@ -17,13 +16,7 @@ const RUNS = Math.max(25, Math.floor(Number(process.env.FUZZ_RUNS ?? 300) / 4));
 const SEED = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : Math.floor(Math.random() * 2 ** 31);
 const params = { numRuns: RUNS, seed: SEED };
 const replay = `FUZZ_SEED=${SEED}`;
-let raw: Redis;
-beforeAll(() => {
-  raw = rawClient(url);
-});
-afterAll(async () => {
-  await raw.quit();
-});
+const raw = rawClientClosedAfterAll(url);
 const { caches, wirings } = closedAfterAll();
 
 async function instance(kind: ClientKind, prefix: string, extra: Record<string, unknown> = {}): Promise<LayerCache> {

@@ -1,21 +1,16 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
-import type { Redis } from "ioredis";
+import { afterAll, describe, expect, inject, test } from "vitest";
 import { WorkerProcess } from "../support/processes.js";
-import { eventually, rawClient, uniquePrefix } from "../support/redis-clients.js";
+import { eventually, rawClientClosedAfterAll, uniquePrefix } from "../support/redis-clients.js";
 
 /**
  * Separate Node processes, each with its own LayerCache, on one real redis-server: races that
  * one process cannot fake (no shared memory, no shared event loop).
  */
 const url = inject("redisUrl");
-let raw: Redis;
+const raw = rawClientClosedAfterAll(url);
 const workers: WorkerProcess[] = [];
-beforeAll(() => {
-  raw = rawClient(url);
-});
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop()));
-  await raw.quit();
 });
 
 async function spawn(prefix: string, n: number): Promise<WorkerProcess[]> {

@@ -3,16 +3,10 @@ import type { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
 import { RedisServer } from "../support/servers.js";
-import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, uniquePrefix, wire } from "../support/redis-clients.js";
+import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, rawClientClosedAfterAll, uniquePrefix, wire } from "../support/redis-clients.js";
 
 const url = inject("redisUrl");
-let raw: Redis;
-beforeAll(() => {
-  raw = rawClient(url);
-});
-afterAll(async () => {
-  await raw.quit();
-});
+const raw = rawClientClosedAfterAll(url);
 const { caches, wirings } = closedAfterAll();
 
 async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true, on = url) {

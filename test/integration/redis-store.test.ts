@@ -1,17 +1,10 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
-import type { Redis } from "ioredis";
+import { describe, expect, inject, test } from "vitest";
 import { FakeClock, LayerCache, SerializationError } from "../../src/index.js";
-import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, uniquePrefix, wire } from "../support/redis-clients.js";
+import { CLIENT_KINDS, closedAfterAll, eventually, rawClientClosedAfterAll, uniquePrefix, wire } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 const url = inject("redisUrl");
-let raw: Redis;
-beforeAll(() => {
-  raw = rawClient(url);
-});
-afterAll(async () => {
-  await raw.quit();
-});
+const raw = rawClientClosedAfterAll(url);
 
 describe.each(CLIENT_KINDS)("RedisStore with %s", (kind) => {
   const open = closedAfterAll();

@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
+import { afterAll, describe, expect, inject, test } from "vitest";
 import { Redis } from "ioredis";
 import { FakeClock, LayerCache } from "../../src/index.js";
 import { decodeMessage, encodeMessage } from "../../src/bus/codec.js";
 import { encodeRecord } from "../../src/store/envelope.js";
 import { RedisBus, RedisStore } from "../../src/redis.js";
-import { eventually, PATIENT, rawClient, uniquePrefix } from "../support/redis-clients.js";
+import { eventually, PATIENT, rawClientClosedAfterAll, uniquePrefix } from "../support/redis-clients.js";
 
 /**
  * Hostile neighbours on a shared redis-server: someone publishing on our channel without the
@@ -12,14 +12,10 @@ import { eventually, PATIENT, rawClient, uniquePrefix } from "../support/redis-c
  * and another scope using the same key names.
  */
 const url = inject("redisUrl");
-let raw: Redis;
+const raw = rawClientClosedAfterAll(url);
 const opened: { close(): Promise<unknown> }[] = [];
-beforeAll(() => {
-  raw = rawClient(url);
-});
 afterAll(async () => {
   for (const o of opened.reverse()) await o.close();
-  await raw.quit();
 });
 
 function instance(prefix: string, extra: Record<string, unknown> = {}): LayerCache {

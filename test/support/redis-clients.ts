@@ -67,6 +67,13 @@ export function rawClient(url: string): Redis {
   return new Redis(url);
 }
 
+/** A plain client for the tests of a file (or of a `describe`), closed after them. */
+export function rawClientClosedAfterAll(url: string): Redis {
+  const client = rawClient(url);
+  afterAll(async () => void (await client.quit()));
+  return client;
+}
+
 /** Polls `check` until it is true, within `ms` (bounded waits for asynchronous delivery). */
 export async function eventually(check: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
