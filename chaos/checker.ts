@@ -93,17 +93,23 @@ function floorsByKey(history: OpRecord[], perWorker = false): Map<string, { end:
   return byKey;
 }
 
-/** The newest version any invalidation had established by `time` (−∞ when none). */
-function floorAt(list: { end: number; version: number }[] | undefined, time: number): number {
-  if (!list) return -Infinity;
+/** In `list`, ordered by `end`, the index of the first element that ends after `time` (binary search). */
+function firstEndingAfter<T>(list: readonly T[], time: number, end: (e: T) => number): number {
   let lo = 0;
   let hi = list.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (list[mid]!.end <= time) lo = mid + 1;
+    if (end(list[mid]!) <= time) lo = mid + 1;
     else hi = mid;
   }
-  return lo === 0 ? -Infinity : list[lo - 1]!.version;
+  return lo;
+}
+
+/** The newest version any invalidation had established by `time` (−∞ when none). */
+function floorAt(list: { end: number; version: number }[] | undefined, time: number): number {
+  if (!list) return -Infinity;
+  const i = firstEndingAfter(list, time, (e) => e.end);
+  return i === 0 ? -Infinity : list[i - 1]!.version;
 }
 
 /**
@@ -116,15 +122,8 @@ export function boundFor(stalls: readonly [number, number][], t: number, bound: 
   for (;;) {
     const from = t - window;
     // Stalls are in order and do not overlap: skip to the first that ends after `from`.
-    let lo = 0;
-    let hi = stalls.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (stalls[mid]![1] <= from) lo = mid + 1;
-      else hi = mid;
-    }
     let lost = 0;
-    for (let i = lo; i < stalls.length && stalls[i]![0] < t; i++) lost += Math.min(stalls[i]![1], t) - Math.max(stalls[i]![0], from);
+    for (let i = firstEndingAfter(stalls, from, (x) => x[1]); i < stalls.length && stalls[i]![0] < t; i++) lost += Math.min(stalls[i]![1], t) - Math.max(stalls[i]![0], from);
     if (bound + lost <= window) return window;
     window = bound + lost;
   }
