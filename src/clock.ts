@@ -13,26 +13,72 @@ export interface Clock {
 /** A clock with timers: what the engine uses internally. */
 export interface TimerClock {
   now(): number;
-  setTimeout(callback: () => void, ms: number): unknown;
+  /**
+   * Calls `callback` once `ms` have passed; any length works (see MAX_TIMER_MS). A timer keeps the
+   * process alive, since somebody waits for it — unless `background` says nobody does (retries,
+   * reconnects, heartbeats, a refresh nobody waits for).
+   */
+  setTimeout(callback: () => void, ms: number, background?: boolean): unknown;
   clearTimeout(handle: unknown): void;
+  /** Whether the timer keeps the process alive from now on (a caller started or stopped waiting for it). */
+  keepAlive(handle: unknown, on?: boolean): void;
 }
 
-function globalSetTimeout(callback: () => void, ms: number): unknown {
-  const t = setTimeout(callback, ms);
-  // A pending loader timeout must not keep a process alive on its own.
-  t.unref?.();
-  return t;
+/** Node runs a timer of more than 2³¹−1 ms after 1 ms; longer delays are chained from steps of this. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+type SetFn = (callback: () => void, ms: number) => unknown;
+type ClearFn = (handle: unknown) => void;
+
+/** One timer, possibly made of several steps; `inner` is the step scheduled now. */
+class Timer {
+  inner: unknown;
+  background: boolean;
+  constructor(background: boolean) {
+    this.background = background;
+  }
 }
 
-function globalClearTimeout(handle: unknown): void {
-  clearTimeout(handle as ReturnType<typeof setTimeout>);
+/** ref()/unref() of a Node timer handle; nothing for handles without them (a FakeClock's numbers). */
+function setRef(handle: unknown, ref: boolean): void {
+  const h = handle as { ref?: () => void; unref?: () => void } | null | undefined;
+  if (h === null || typeof h !== "object") return;
+  if (ref) h.ref?.();
+  else h.unref?.();
 }
+
+/** Timers of any length, with keep-alive control, over a clock's own set/clear. */
+function timersOver(set: SetFn, clear: ClearFn): Pick<TimerClock, "setTimeout" | "clearTimeout" | "keepAlive"> {
+  const arm = (t: Timer, callback: () => void, remaining: number): void => {
+    const step = Math.min(remaining, MAX_TIMER_MS);
+    t.inner = set(() => (remaining > step ? arm(t, callback, remaining - step) : callback()), step);
+    if (t.background) setRef(t.inner, false);
+  };
+  return {
+    setTimeout(callback, ms, background = false) {
+      const t = new Timer(background);
+      arm(t, callback, ms > 0 ? ms : 0);
+      return t;
+    },
+    clearTimeout(handle) {
+      if (handle instanceof Timer) clear(handle.inner);
+    },
+    keepAlive(handle, on = true) {
+      if (handle instanceof Timer && handle.background === on) {
+        handle.background = !on;
+        setRef(handle.inner, on);
+      }
+    },
+  };
+}
+
+const globalSet: SetFn = (callback, ms) => setTimeout(callback, ms);
+const globalClear: ClearFn = (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>);
 
 /** `Date.now` is read at call time so that test tools that replace it (vi.useFakeTimers) work. */
 export const systemClock: TimerClock = {
   now: () => Date.now(),
-  setTimeout: globalSetTimeout,
-  clearTimeout: globalClearTimeout,
+  ...timersOver(globalSet, globalClear),
 };
 
 export function toTimerClock(clock: Clock | undefined): TimerClock {
@@ -41,8 +87,7 @@ export function toTimerClock(clock: Clock | undefined): TimerClock {
   const clear = clock.clearTimeout;
   return {
     now: () => clock.now(),
-    setTimeout: set ? (cb, ms) => set.call(clock, cb, ms) : globalSetTimeout,
-    clearTimeout: clear ? (h) => clear.call(clock, h) : globalClearTimeout,
+    ...(set ? timersOver((cb, ms) => set.call(clock, cb, ms), (h) => clear?.call(clock, h)) : timersOver(globalSet, globalClear)),
   };
 }
 
@@ -78,6 +123,9 @@ export class FakeClock implements TimerClock {
   clearTimeout(handle: unknown): void {
     this.#timers.delete(handle as number);
   }
+
+  /** No process to keep alive: fake timers fire only through `advance`. */
+  keepAlive(): void {}
 
   /** Number of timers still scheduled. */
   get pendingTimers(): number {

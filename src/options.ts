@@ -269,13 +269,16 @@ export interface CacheSettings {
 }
 
 export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
+  const maxKeyLength = o.maxKeyLength === undefined ? DEFAULTS.maxKeyLength : parsePositiveInt("maxKeyLength", o.maxKeyLength);
   const prefix = o.prefix ?? DEFAULTS.prefix;
-  if (typeof prefix !== "string" || prefix.length === 0 || !prefix.isWellFormed()) throw optionError("prefix", "must be a non-empty, well-formed string");
+  // The rules of keys (SPEC 6): a non-empty, well-formed string no longer than maxKeyLength.
+  if (typeof prefix !== "string" || prefix.length === 0 || !prefix.isWellFormed()) throw optionError("prefix", `must be a non-empty, well-formed string (got ${preview(prefix)})`);
+  if (prefix.length > maxKeyLength) throw optionError("prefix", `is longer than maxKeyLength (${prefix.length} > ${maxKeyLength} characters)`);
   const s: CacheSettings = {
     prefix,
     refreshConcurrency: o.refreshConcurrency === undefined ? DEFAULTS.refreshConcurrency : parsePositiveInt("refreshConcurrency", o.refreshConcurrency),
     refreshCooldown: o.refreshCooldown === undefined ? DEFAULTS.refreshCooldown : parseDuration("refreshCooldown", o.refreshCooldown, false),
-    maxKeyLength: o.maxKeyLength === undefined ? DEFAULTS.maxKeyLength : parsePositiveInt("maxKeyLength", o.maxKeyLength),
+    maxKeyLength,
     maxValueBytes: o.maxValueBytes === undefined ? DEFAULTS.maxValueBytes : parsePositiveInt("maxValueBytes", o.maxValueBytes),
   };
   if (o.busSecret !== undefined) {

@@ -145,10 +145,15 @@ export class RetryQueue<T> {
 
   #schedule(): void {
     if (this.#timer !== undefined || this.#running !== undefined || this.#closed) return;
-    this.#timer = this.#clock.setTimeout(() => {
-      this.#timer = undefined;
-      this.#start();
-    }, this.#delay);
+    // Background work: nobody waits for a retry, so it does not keep the process alive.
+    this.#timer = this.#clock.setTimeout(
+      () => {
+        this.#timer = undefined;
+        this.#start();
+      },
+      this.#delay,
+      true,
+    );
   }
 
   #start(): void {
@@ -236,13 +241,14 @@ export class Deadlines {
 
 /**
  * `promise`, or a rejection with `onTimeout()` once `ms` have passed on `clock` (a promise that
- * settles later is ignored, its rejection included). `ms <= 0` waits forever.
+ * settles later is ignored, its rejection included). `ms <= 0` waits forever. `background`: the
+ * timer does not keep the process alive (nobody waits for the outcome).
  */
-export function withTimeout<T>(clock: TimerClock, promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+export function withTimeout<T>(clock: TimerClock, promise: Promise<T>, ms: number, onTimeout: () => Error, background = false): Promise<T> {
   if (!(ms > 0)) return promise;
   let timer: unknown;
   const timeout = new Promise<never>((_, reject) => {
-    timer = clock.setTimeout(() => reject(onTimeout()), ms);
+    timer = clock.setTimeout(() => reject(onTimeout()), ms, background);
   });
   return Promise.race([promise, timeout]).finally(() => clock.clearTimeout(timer));
 }

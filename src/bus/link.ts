@@ -18,8 +18,10 @@ export interface PeerHandlers {
 
 /** Invalidations that could not be published yet, merged per scope. */
 interface PendingPublish {
+  /** The queue key: the scope path as JSON. */
+  id: string;
   scope: string[];
-  /** Keys to remove, or "clear" for the whole scope. */
+  /** Keys to remove, or "clear" for the whole scope. Grows in place: queueing a key is O(1). */
   keys: Set<string> | "clear";
 }
 
@@ -56,6 +58,10 @@ export class BusLink {
   #closed = false;
   /** Set when the cache stopped waiting for the first connection: connecting later must repair L1. */
   #late = false;
+  /** Keys waiting to be republished, over all scopes (a queued clear counts as one). */
+  #pendingKeys = 0;
+  /** How many times the queue collapsed into one clear. */
+  #collapses = 0;
 
   constructor(
     bus: Bus,
@@ -138,7 +144,7 @@ export class BusLink {
 
   #scheduleConnect(): void {
     if (this.#closed) return;
-    this.#connectTimer = this.#clock.setTimeout(async () => {
+    const retry = async (): Promise<void> => {
       this.#connectTimer = undefined;
       if (this.#closed) return;
       if (await this.#tryConnect()) {
@@ -148,7 +154,9 @@ export class BusLink {
         this.#connectDelay = Math.min(this.#connectDelay * 2, CONNECT_MAX_DELAY_MS);
         this.#scheduleConnect();
       }
-    }, this.#connectDelay);
+    };
+    // Reconnecting is background work: it does not keep the process alive.
+    this.#connectTimer = this.#clock.setTimeout(() => void retry(), this.#connectDelay, true);
   }
 
   /**
@@ -195,44 +203,73 @@ export class BusLink {
     return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: this.#clock.now() }, this.#secret);
   }
 
+  /** Merges an invalidation into the scope's pending one, in time proportional to its own keys. */
   #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
     const id = JSON.stringify(scope);
     const prev = this.#pending.get(id);
-    let next: PendingPublish;
-    if (op === "clear" || prev?.keys === "clear") next = { scope: [...scope], keys: "clear" };
-    else next = { scope: [...scope], keys: new Set([...(prev?.keys ?? []), ...keys]) };
-    this.#pending.put(id, next);
-    const ids = this.#pending.keys();
-    let total = 0;
-    for (const pid of ids) {
-      const p = this.#pending.get(pid)!;
-      total += p.keys === "clear" ? 1 : p.keys.size;
+    if (prev !== undefined && prev.keys !== "clear" && op === "remove") {
+      const set = prev.keys;
+      const before = set.size;
+      for (const key of keys) set.add(key);
+      this.#pendingKeys += set.size - before;
+    } else if (prev?.keys !== "clear") {
+      if (prev !== undefined) this.#pendingKeys -= (prev.keys as Set<string>).size;
+      const next: PendingPublish = { id, scope: [...scope], keys: op === "clear" ? "clear" : new Set(keys) };
+      this.#pendingKeys += next.keys === "clear" ? 1 : next.keys.size;
+      this.#pending.put(id, next);
     }
-    if (total > MAX_PENDING_KEYS) {
+    if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
       this.#counters.busPublishesCollapsed++;
-      writeLog(this.#logger, "warn", { keys: total }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
-      for (const pid of ids) this.#pending.delete(pid);
-      this.#pending.put("[]", { scope: [], keys: "clear" });
+      writeLog(this.#logger, "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
+      for (const pid of this.#pending.keys()) this.#pending.delete(pid);
+      this.#pending.put("[]", { id: "[]", scope: [], keys: "clear" });
+      this.#pendingKeys = 1;
+      this.#collapses++;
     }
   }
 
+  /**
+   * Sends one scope's pending invalidations. The keys being sent are taken out of the item first,
+   * so keys queued meanwhile collect in a new set: on success they stay queued (under a new item,
+   * which the retry round does not delete); on failure the sent ones are merged back.
+   */
   async #republish(p: PendingPublish): Promise<boolean> {
     const conn = this.#conn;
     if (conn === undefined || !this.#breaker.allow()) return false;
+    const sending = p.keys;
+    if (sending !== "clear") p.keys = new Set();
+    const collapses = this.#collapses;
+    let ok = true;
     try {
-      if (p.keys === "clear") await this.#send(conn, this.#encode("clear", p.scope, []));
+      if (sending === "clear") await this.#send(conn, this.#encode("clear", p.scope, []));
       else {
-        const keys = [...p.keys];
+        const keys = [...sending];
         for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)));
       }
       this.#breaker.success();
-      return true;
     } catch (error) {
       this.#breaker.failure();
       this.#failed("publish", error);
+      ok = false;
+    }
+    // A collapse into one clear (meanwhile) reset the queue and its count.
+    if (this.#collapses !== collapses) return ok;
+    const current = this.#pending.get(p.id) === p;
+    if (!ok && current && sending !== "clear") {
+      // Not sent: back into the item, with the keys queued meanwhile.
+      const meanwhile = p.keys as Set<string>;
+      const before = sending.size + meanwhile.size;
+      for (const key of meanwhile) sending.add(key);
+      p.keys = sending;
+      this.#pendingKeys -= before - sending.size;
       return false;
     }
+    // Sent, or superseded meanwhile by a clear of the scope (which covers them): no longer pending.
+    this.#pendingKeys -= sending === "clear" ? 1 : sending.size;
+    // Keys queued while this was sent stay queued, as a new item the round will not delete.
+    if (ok && current && p.keys !== "clear" && p.keys.size > 0) this.#pending.put(p.id, { id: p.id, scope: p.scope, keys: p.keys });
+    return ok;
   }
 
   #receive(text: string): void {

@@ -87,7 +87,7 @@ class Subscription {
   #deaf = false;
   #stopped = false;
   #beating = false;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  #timer: unknown;
   /** Last heartbeat sent (and whether its publish succeeded), last one heard back. */
   #sent = 0;
   #sentOk = false;
@@ -103,13 +103,25 @@ class Subscription {
 
   async start(): Promise<void> {
     this.#sub = await this.#open();
-    this.#timer = setInterval(() => void this.#beat(), this.#heartbeatMs);
-    this.#timer.unref?.();
+    this.#schedule();
+  }
+
+  /** The next heartbeat, one interval from now (any length: see MAX_TIMER_MS); background work. */
+  #schedule(): void {
+    if (this.#stopped) return;
+    this.#timer = systemClock.setTimeout(
+      () => {
+        void this.#beat();
+        this.#schedule();
+      },
+      this.#heartbeatMs,
+      true,
+    );
   }
 
   async stop(): Promise<void> {
     this.#stopped = true;
-    if (this.#timer) clearInterval(this.#timer);
+    if (this.#timer !== undefined) systemClock.clearTimeout(this.#timer);
     await this.#sub?.quit();
   }
 
@@ -166,7 +178,7 @@ class Subscription {
       this.#sentOk = false;
       const published = this.#pub.publish(this.#echoChannel, String(n));
       // A hung server must not hold the heartbeat: give the publish one interval.
-      await withTimeout(systemClock, published, this.#heartbeatMs, () => new Error("heartbeat publish timed out"));
+      await withTimeout(systemClock, published, this.#heartbeatMs, () => new Error("heartbeat publish timed out"), true);
       this.#sentOk = true;
     } catch (error) {
       this.#lost(error);

@@ -13,6 +13,7 @@ import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } fro
 import type { Serializer } from "../store/serializer.js";
 import { Flight, Peek, type Fenced } from "./flight.js";
 import { Namespace } from "./namespace.js";
+import { sabotage } from "./sabotage.js";
 
 /** How long `close()` waits for background work before aborting it. */
 const CLOSE_WAIT_MS = 5_000;
@@ -163,12 +164,12 @@ export class Engine {
     if (this.closed) return Promise.reject(new CacheClosedError());
     const opening = this.open();
     return new Promise<void>((resolve, reject) => {
+      // Not unref'd: a caller waits for it.
       const timer = setTimeout(() => {
         this.link?.stopWaiting();
         if (!this.closed) this.opened = true;
         resolve();
       }, OPEN_WAIT_MS);
-      timer.unref?.();
       opening.then(
         () => {
           clearTimeout(timer);
@@ -317,10 +318,20 @@ export class Engine {
   #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
     const running = ns.flights?.get(key);
     if (running !== undefined) {
-      // A flight that already answered with a stale value (and goes on in the background) answers the same.
-      if (running.settled) this.#staleHit(ns, key, running.servedStale ?? "background", 1);
-      else if (running.loading) this.#miss(ns, key, 1);
+      if (running.settled) {
+        // It answered early with a held value and goes on loading: that answer, while its window lasts.
+        if (this.clock.now() < running.staleUntil || sabotage.staleJoin) {
+          this.#staleHit(ns, key, running.servedStale ?? "background", 1);
+          return running.promise;
+        }
+        // Past that window the held value is too old for anybody (SPEC 4.2): wait for the load itself.
+        this.#miss(ns, key, 1);
+        this.#waitFor(running);
+        return running.joinLate();
+      }
+      if (running.loading) this.#miss(ns, key, 1);
       else running.callers++; // counted when its L2 read tells hit from miss
+      this.#waitFor(running);
       return running.promise;
     }
     if (ns.throttles !== undefined) {
@@ -333,8 +344,17 @@ export class Engine {
     }
     const f = this.#flight(ns, key, p, this.clock.now(), fn, self, args);
     f.callers = 1;
+    f.waited = true;
     this.#track(this.#run(f));
     return f.promise;
+  }
+
+  /** A caller now awaits `f`: its timers must keep the process alive until it is answered. */
+  #waitFor(f: Flight): void {
+    if (f.waited) return;
+    f.waited = true;
+    if (f.hardTimer !== undefined) this.clock.keepAlive(f.hardTimer);
+    if (f.softTimer !== undefined) this.clock.keepAlive(f.softTimer);
   }
 
   #flight(ns: Namespace, key: string, p: Policy, now: number, fn: Function, self: unknown, args: unknown[] | undefined): Flight {
@@ -401,9 +421,11 @@ export class Engine {
               this.#fillL1(ns, key, e);
               this.#staleHit(ns, key, "background", f.callers);
               f.servedStale = "background";
+              f.staleUntil = inL2.staleEnd;
               f.settle(e.value);
               if (!this.#acquireRefresh(ns, key, now)) return;
               f.pooled = true;
+              f.waited = false; // a refresh now: nobody waits for it, unless a caller joins late
             }
           }
         }
@@ -442,26 +464,40 @@ export class Engine {
     this.counters.loads++;
     if (this.emitter.l.load) this.emitter.emit("load", { key, scope: ns.label });
     let outcome = f.invoke(held?.value);
-    let hardTimer: unknown;
-    let softTimer: unknown;
+    // A timer keeps the process alive while a caller awaits the flight, not for a refresh alone.
+    const background = !f.waited;
     if (p.hardTimeout > 0) {
       const timeout = new Promise<never>((_, reject) => {
-        hardTimer = this.clock.setTimeout(() => {
-          const error = new LoadTimeoutError(key, p.hardTimeout);
-          f.abort(error);
-          reject(error);
-        }, p.hardTimeout);
+        f.hardTimer = this.clock.setTimeout(
+          () => {
+            const error = new LoadTimeoutError(key, p.hardTimeout);
+            f.abort(error);
+            reject(error);
+          },
+          p.hardTimeout,
+          background,
+        );
       });
       outcome = Promise.race([outcome, timeout]);
     }
     if (held !== undefined && p.softTimeout > 0 && !f.settled) {
-      softTimer = this.clock.setTimeout(() => {
-        // An invalidation while the loader ran makes the held value unservable.
-        if (f.settled || !f.clean) return;
-        this.#staleHit(ns, key, "softTimeout", f.callers);
-        f.servedStale = "softTimeout";
-        f.settle(held.value);
-      }, p.softTimeout);
+      // The held value answers only while a window allows it: its stale window or its fail-safe window.
+      const until = Math.max(held.staleEnd, held.safeEnd);
+      f.softTimer = this.clock.setTimeout(
+        () => {
+          // An invalidation while the loader ran makes the held value unservable.
+          if (f.settled || !f.clean || this.clock.now() >= until) return;
+          this.#staleHit(ns, key, "softTimeout", f.callers);
+          f.servedStale = "softTimeout";
+          f.staleUntil = until;
+          f.settle(held.value);
+          // The load goes on in the background: nobody waits for it now, unless a caller joins late.
+          f.waited = false;
+          if (f.hardTimer !== undefined) this.clock.keepAlive(f.hardTimer, false);
+        },
+        p.softTimeout,
+        background,
+      );
     }
     let value: unknown;
     try {
@@ -470,8 +506,9 @@ export class Engine {
       this.#loadFailed(f, error, held);
       return;
     } finally {
-      if (hardTimer !== undefined) this.clock.clearTimeout(hardTimer);
-      if (softTimer !== undefined) this.clock.clearTimeout(softTimer);
+      if (f.hardTimer !== undefined) this.clock.clearTimeout(f.hardTimer);
+      if (f.softTimer !== undefined) this.clock.clearTimeout(f.softTimer);
+      f.hardTimer = f.softTimer = undefined;
     }
     await this.#commit(f, value);
   }
@@ -496,9 +533,11 @@ export class Engine {
         stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
         writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
-      if (!f.settled && f.callers > 0) {
-        this.counters.failSafeHits += f.callers;
-        this.#staleHit(ns, key, "failSafe", f.callers);
+      // Those still waiting: every caller, or after an early answer the late joiners.
+      const waiting = f.settled ? f.lateCallers : f.callers;
+      if (waiting > 0) {
+        this.counters.failSafeHits += waiting;
+        this.#staleHit(ns, key, "failSafe", waiting);
       }
       f.settle(held.value);
       return;

@@ -67,6 +67,18 @@ export class Flight extends Fenced {
   loading = false;
   /** Set when the flight answered early with a held value and goes on in the background. */
   servedStale: "background" | "softTimeout" | undefined = undefined;
+  /**
+   * Until when that early answer may still be given to callers who join (the end of the window
+   * that allowed it); later joiners wait for the load itself (`joinLate`).
+   */
+  staleUntil = -Infinity;
+  /** Callers waiting for the load after the early answer (see `joinLate`). */
+  lateCallers = 0;
+  /** Somebody awaits this flight: its timers keep the process alive. */
+  waited = false;
+  /** The loader's hard- and soft-timeout timers, while they are armed. */
+  hardTimer: unknown = undefined;
+  softTimer: unknown = undefined;
   /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
   gen: string | undefined = undefined;
   settled = false;
@@ -75,6 +87,8 @@ export class Flight extends Fenced {
   #abortReason: unknown = undefined;
   #resolve!: (value: unknown) => void;
   #reject!: (error: unknown) => void;
+  /** The load's own outcome, for callers who joined after the early answer's window closed. */
+  #late: { promise: Promise<unknown>; resolve: (value: unknown) => void; reject: (error: unknown) => void } | undefined;
 
   constructor(ns: Namespace, key: string, policy: Policy, started: number, fn: Function, self: unknown, args: unknown[] | undefined) {
     super();
@@ -119,15 +133,36 @@ export class Flight extends Fenced {
     this.controller?.abort(reason);
   }
 
+  /**
+   * For a caller arriving after the flight answered early and that answer's window closed: a
+   * promise of the load's own outcome (its value, a fail-safe value, or its error).
+   */
+  joinLate(): Promise<unknown> {
+    this.lateCallers++;
+    if (this.#late === undefined) {
+      let resolve!: (value: unknown) => void;
+      let reject!: (error: unknown) => void;
+      const promise = new Promise<unknown>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      this.#late = { promise, resolve, reject };
+    }
+    return this.#late.promise;
+  }
+
+  /** Answers the callers: the first time everybody waiting; after an early answer, the late joiners. */
   settle(value: unknown): void {
-    if (this.settled) return;
-    this.settled = true;
-    this.#resolve(value);
+    if (!this.settled) {
+      this.settled = true;
+      this.#resolve(value);
+    } else this.#late?.resolve(value);
   }
 
   fail(error: unknown): void {
-    if (this.settled) return;
-    this.settled = true;
-    this.#reject(error);
+    if (!this.settled) {
+      this.settled = true;
+      this.#reject(error);
+    } else this.#late?.reject(error);
   }
 }

@@ -1,0 +1,272 @@
+/**
+ * Regression tests for promises an independent check found broken (issue [5]): each failed before
+ * its fix. Points 4–7 and 9 have their tests next to the code they concern (redis foreign keys,
+ * cached keys, scope reclamation, Redis options).
+ */
+import { execFile } from "node:child_process";
+import { resolve } from "node:path";
+import { promisify } from "node:util";
+import { describe, expect, test } from "vitest";
+import { FakeClock, LayerCache, LoadTimeoutError, MemoryBus, systemClock, type Bus, type BusHandlers } from "../src/index.js";
+import { toTimerClock, MAX_TIMER_MS, type TimerClock } from "../src/clock.js";
+import { Deadlines } from "../src/resilience.js";
+import { MapStore } from "./support/map-store.js";
+import { deferred, flush } from "./support/helpers.js";
+
+const run = promisify(execFile);
+const root = resolve(import.meta.dirname, "..");
+
+describe("1. background mode never serves a value past ttl + maxStale (SPEC 4.2)", () => {
+  /** A value loaded at t=0 (ttl 1 s, maxStale 1 s) that has left L1 but is still in L2. */
+  async function staleInL2(extra: Record<string, unknown> = {}) {
+    const clock = new FakeClock(0);
+    const l2 = new MapStore(() => clock.now());
+    const cache = new LayerCache({ clock, l2, ttl: "1s", refresh: "background", maxStale: "1s", ...extra });
+    await cache.getOrSet("k", () => "v1");
+    cache.clearMemory();
+    clock.advance(1_500);
+    const slow = deferred<string>();
+    let calls = 0;
+    const loader = () => {
+      calls++;
+      return slow.promise;
+    };
+    // Served from L2 at once; a slow refresh starts behind it.
+    expect(await cache.getOrSet("k", loader)).toBe("v1");
+    await flush();
+    expect(calls).toBe(1);
+    return { clock, cache, slow, loader, calls: () => calls };
+  }
+
+  test("inside the stale window a caller joining the refresh gets the stale value at once", async () => {
+    const { clock, cache, loader } = await staleInL2();
+    clock.advance(400); // t = 1.9 s < ttl + maxStale
+    expect(await cache.getOrSet("k", loader)).toBe("v1");
+  });
+
+  test("past the window a caller waits for the refresh and gets its value, not the stale one", async () => {
+    const { clock, cache, slow, loader, calls } = await staleInL2();
+    clock.advance(1_000); // t = 2.5 s: ttl + maxStale + 500 ms
+    let answer: unknown;
+    const p = cache.getOrSet("k", loader).then((v) => (answer = v));
+    await flush();
+    expect(answer).toBeUndefined();
+    expect(calls()).toBe(1); // joined the refresh: no second load
+    slow.resolve("v2");
+    await p;
+    expect(answer).toBe("v2");
+    expect(cache.stats()).toMatchObject({ loads: 2 }); // the first load of v1, and the refresh
+  });
+
+  test("past the window, a refresh that fails gives the late caller its error (no fail-safe) or the fail-safe value", async () => {
+    const noSafe = await staleInL2({ failSafe: 0 });
+    noSafe.clock.advance(1_000);
+    const p = noSafe.cache.getOrSet("k", noSafe.loader);
+    await flush();
+    noSafe.slow.reject(new Error("source down"));
+    await expect(p).rejects.toThrow("source down");
+
+    const safe = await staleInL2({ failSafe: "1m" });
+    safe.clock.advance(1_000);
+    const q = safe.cache.getOrSet("k", safe.loader);
+    await flush();
+    safe.slow.reject(new Error("source down"));
+    expect(await q).toBe("v1"); // SPEC 4.3: a failed load returns a value inside ttl + failSafe
+    expect(safe.cache.stats().failSafeHits).toBe(1);
+  });
+
+  test("past the window, the refresh's hard timeout answers the late caller", async () => {
+    const { clock, cache, loader } = await staleInL2({ failSafe: 0, hardTimeout: "3s" });
+    clock.advance(1_000);
+    const p = cache.getOrSet("k", loader);
+    await flush();
+    clock.advance(2_000); // 3 s after the refresh started
+    await expect(p).rejects.toBeInstanceOf(LoadTimeoutError);
+  });
+
+  test("an answer given by a soft timeout is given to joiners only while a window allows it", async () => {
+    const clock = new FakeClock(0);
+    const cache = new LayerCache({ clock, ttl: "1s", maxStale: "1s", failSafe: "2s", softTimeout: 100, hardTimeout: "1m" });
+    await cache.getOrSet("k", () => "v1");
+    clock.advance(1_500);
+    const slow = deferred<string>();
+    const p = cache.getOrSet("k", () => slow.promise);
+    await flush();
+    clock.advance(100);
+    expect(await p).toBe("v1"); // soft timeout: held value (fail-safe window ends at t = 3 s)
+    clock.advance(1_000); // t = 2.6 s: still inside
+    expect(await cache.getOrSet("k", () => slow.promise)).toBe("v1");
+    clock.advance(1_000); // t = 3.6 s: past every window of v1
+    let answer: unknown;
+    const late = cache.getOrSet("k", () => slow.promise).then((v) => (answer = v));
+    await flush();
+    expect(answer).toBeUndefined();
+    slow.resolve("v2");
+    await late;
+    expect(answer).toBe("v2");
+  });
+
+  test("a soft timeout does not answer with a value past its windows", async () => {
+    const clock = new FakeClock(0);
+    const cache = new LayerCache({ clock, ttl: "1s", maxStale: "1s", failSafe: "1s", softTimeout: 100 });
+    await cache.getOrSet("k", () => "v1");
+    clock.advance(1_950);
+    const slow = deferred<string>();
+    let answer: unknown;
+    const p = cache.getOrSet("k", () => slow.promise).then((v) => (answer = v));
+    await flush();
+    clock.advance(100); // t = 2.05 s: v1 is past ttl + max(maxStale, failSafe)
+    await flush();
+    expect(answer).toBeUndefined();
+    slow.resolve("v2");
+    await p;
+    expect(answer).toBe("v2");
+  });
+});
+
+describe("2. a caller waiting on a load keeps the process alive", () => {
+  for (const [scenario, expected] of [
+    ["hard", "answer: LoadTimeoutError"],
+    ["soft", "answer: old"],
+    ["late-join", "answer: old/LoadTimeoutError"],
+  ] as const) {
+    test(`${scenario}: the script gets its answer and exits 0 by itself`, async () => {
+      const { stdout } = await run(process.execPath, ["--import", "tsx", resolve(root, "test/support/awaited-timers.ts"), scenario], { cwd: root, timeout: 15_000 });
+      expect(stdout.trim()).toBe(expected);
+    });
+  }
+});
+
+describe("3. durations longer than 2^31-1 ms", () => {
+  const DAYS_30 = 30 * 24 * 3600 * 1000;
+
+  test("a timer of any length fires when it is due and not before (chained steps), and can be cleared", () => {
+    const fake = new FakeClock(0);
+    const clock = toTimerClock(fake);
+    let fired = 0;
+    clock.setTimeout(() => fired++, DAYS_30);
+    const cleared = clock.setTimeout(() => fired++, DAYS_30);
+    fake.advance(MAX_TIMER_MS + 10);
+    clock.clearTimeout(cleared);
+    fake.advance(DAYS_30 - MAX_TIMER_MS - 11);
+    expect(fired).toBe(0);
+    fake.advance(1);
+    expect(fired).toBe(1);
+    fake.advance(DAYS_30);
+    expect(fired).toBe(1);
+  });
+
+  test("the system clock does not fire a 30-day timer after 1 ms", async () => {
+    let fired = false;
+    const t = systemClock.setTimeout(() => (fired = true), DAYS_30);
+    await new Promise((r) => setTimeout(r, 30));
+    systemClock.clearTimeout(t);
+    expect(fired).toBe(false);
+  });
+
+  test('hardTimeout "30d" lets a 30 ms load finish; softTimeout "30d" waits for it too', async () => {
+    const cache = new LayerCache({ ttl: 1 });
+    const slow = () => new Promise<string>((r) => setTimeout(() => r("loaded"), 30));
+    expect(await cache.getOrSet("k", slow, { hardTimeout: "30d" })).toBe("loaded");
+    await new Promise((r) => setTimeout(r, 5)); // "loaded" is stale now
+    expect(await cache.getOrSet("k", () => slow().then(() => "again"), { softTimeout: "30d" })).toBe("again");
+  });
+
+  test("a 30-day call deadline arms one timer, not one every millisecond", async () => {
+    let armed = 0;
+    const counting: TimerClock = { ...systemClock, setTimeout: (cb, ms, bg) => (armed++, systemClock.setTimeout(cb, ms, bg)) };
+    const deadlines = new Deadlines(counting, DAYS_30, () => new Error("timeout"));
+    const value = await deadlines.wrap(new Promise((r) => setTimeout(() => r("ok"), 40)));
+    expect(value).toBe("ok");
+    expect(armed).toBe(1);
+  });
+});
+
+describe("8. prefix obeys the rules of keys", () => {
+  test("longer than maxKeyLength, empty, or not well-formed: TypeError naming prefix", () => {
+    expect(() => new LayerCache({ prefix: "p".repeat(1025) })).toThrow(/prefix/);
+    expect(() => new LayerCache({ prefix: "abcdefghijk", maxKeyLength: 10 })).toThrow(TypeError);
+    expect(() => new LayerCache({ prefix: "abcdefghijk", maxKeyLength: 10 })).toThrow(/prefix.*maxKeyLength/);
+    expect(() => new LayerCache({ prefix: "" })).toThrow(/prefix/);
+    expect(() => new LayerCache({ prefix: "a\uD800" })).toThrow(/prefix/);
+    expect(() => new LayerCache({ prefix: "p".repeat(1024) })).not.toThrow();
+  });
+});
+
+/** A MemoryBus that can be cut (publishing fails at once) and restored. */
+class CuttableBus implements Bus {
+  readonly inner = new MemoryBus();
+  down = false;
+  hang: ReturnType<typeof deferred<void>> | undefined;
+  readonly resilience = { timeoutMs: 0, breakerThreshold: 0, breakerCooldownMs: 1 };
+  async connect(channel: string, handlers: BusHandlers) {
+    const conn = await this.inner.connect(channel, handlers);
+    return {
+      publish: async (m: string): Promise<void> => {
+        if (this.hang) await this.hang.promise;
+        if (this.down) throw new Error("bus down");
+        return conn.publish(m);
+      },
+      close: () => conn.close(),
+    };
+  }
+}
+
+describe("10. invalidations queued while the bus is down", () => {
+  async function setup() {
+    const clock = new FakeClock(0);
+    const bus = new CuttableBus();
+    const a = new LayerCache({ bus, clock });
+    const b = new LayerCache({ bus, clock });
+    await Promise.all([a.ready(), b.ready()]);
+    return { clock, bus, a, b };
+  }
+
+  test("9 000 queued keys all reach the peer once the bus is back", async () => {
+    const { clock, bus, a, b } = await setup();
+    for (let i = 0; i < 9_000; i++) await b.set(`k${i}`, i);
+    bus.down = true;
+    for (let i = 0; i < 9_000; i++) await a.remove(`k${i}`);
+    expect(await b.get("k0")).toBe(0);
+    bus.down = false;
+    for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
+    expect(a.stats().busPending).toBe(0);
+    let left = 0;
+    for (let i = 0; i < 9_000; i++) if ((await b.get(`k${i}`)) !== undefined) left++;
+    expect(left).toBe(0);
+  });
+
+  test("keys queued while a republish is on its way are not lost, whether it succeeds or fails", async () => {
+    for (const outcome of ["succeeds", "fails"] as const) {
+      const { clock, bus, a, b } = await setup();
+      for (const k of ["x", "y", "z"]) await b.set(k, 1);
+      bus.down = true;
+      await a.remove("x");
+      bus.down = false;
+      bus.hang = deferred<void>();
+      await clock.advanceAsync(300); // the retry round starts and hangs in publish
+      bus.hang.resolve();
+      bus.hang = undefined;
+      if (outcome === "fails") bus.down = true;
+      await a.remove("y"); // published directly (or queued when down), while x's republish is on its way
+      await flush();
+      if (outcome === "fails") expect(await b.get("x")).toBe(1);
+      bus.down = false;
+      for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
+      expect(await b.get("x")).toBeUndefined();
+      expect(await b.get("y")).toBeUndefined();
+      expect(await b.get("z")).toBe(1);
+    }
+  });
+
+  test("more than 10 000 queued keys collapse into one clear, which reaches the peer", async () => {
+    const { clock, bus, a, b } = await setup();
+    await b.set("keep?", 1);
+    bus.down = true;
+    for (let i = 0; i < 10_001; i++) await a.remove(`k${i}`);
+    expect(a.stats().busPublishesCollapsed).toBe(1);
+    bus.down = false;
+    for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
+    expect(await b.get("keep?")).toBeUndefined();
+  });
+});

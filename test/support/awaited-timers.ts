@@ -1,0 +1,35 @@
+/**
+ * A script that awaits a cache operation whose answer depends only on a cache timer (nothing
+ * else keeps the process alive): it must print the answer and exit 0 by itself, never end early
+ * with code 13 (a top-level await that never settled). Argv: <scenario>.
+ */
+import { LayerCache } from "../../src/index.js";
+import { MapStore } from "./map-store.js";
+
+const scenario = process.argv[2];
+const never = (): Promise<string> => new Promise<string>(() => {});
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const cache = new LayerCache();
+let answer: unknown;
+
+if (scenario === "hard") {
+  answer = await cache.getOrSet("k", never, { hardTimeout: 100 }).catch((e: Error) => e.name);
+} else if (scenario === "soft") {
+  await cache.getOrSet("k", () => "old", { ttl: 1 });
+  await sleep(5);
+  answer = await cache.getOrSet("k", never, { softTimeout: 100, hardTimeout: "1h" });
+} else if (scenario === "late-join") {
+  // A refresh answered early from L2; a caller arriving past the stale window waits for it.
+  const l2 = new MapStore();
+  const withL2 = new LayerCache({ l2, ttl: 50, refresh: "background", maxStale: 50, failSafe: 0, hardTimeout: 200 });
+  await withL2.getOrSet("k", () => "old");
+  withL2.clearMemory();
+  await sleep(70);
+  const stale = await withL2.getOrSet("k", never);
+  await sleep(60);
+  const late = await withL2.getOrSet("k", never).catch((e: Error) => e.name);
+  answer = `${stale}/${String(late)}`;
+} else {
+  throw new Error(`unknown scenario ${scenario}`);
+}
+console.log(`answer: ${String(answer)}`);
