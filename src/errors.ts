@@ -69,3 +69,28 @@ export function preview(key: unknown): string {
   }
   return key.length > 64 ? JSON.stringify(key.slice(0, 60)) + `… (${key.length} chars)` : JSON.stringify(key);
 }
+
+const RECORD_ERROR_CODE = "ELAYERCACHE_RECORD";
+
+/**
+ * A problem with one L2 record, not with the backend: the server answered, but this record cannot be
+ * read (a Redis key of another type under a layercache key, for example) or written (a record the
+ * backend refuses). An `L2Store` reports it by rejecting `get` or `set` with it, or by placing it in
+ * the result array of `getMany` for that key. The cache then treats a read as a corrupt record (a
+ * miss; the record is replaced by a tombstone; `l2Corrupt`) and a write as a failed write of that
+ * record alone (`l2Error`; a `set` removes the old record instead) — never as a backend failure: it
+ * does not count toward the circuit breaker.
+ */
+export class RecordError extends LayerCacheError {
+  /** The store key of the record, when the store names it. */
+  readonly key: string | undefined;
+  constructor(message: string, options?: { key?: string; cause?: unknown }) {
+    super(RECORD_ERROR_CODE, message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.key = options?.key;
+  }
+}
+
+/** Whether `error` is a RecordError (also one created by another copy of this package, recognized by its code). */
+export function isRecordError(error: unknown): error is RecordError {
+  return error instanceof RecordError || (error instanceof Error && (error as { code?: unknown }).code === RECORD_ERROR_CODE);
+}

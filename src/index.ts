@@ -4,6 +4,7 @@ export { MemoryBus } from "./bus/memory.js";
 export { FakeClock, systemClock } from "./clock.js";
 export { jsonSerializer } from "./store/serializer.js";
 export { LayerCacheError, LoadTimeoutError, SerializationError, CacheClosedError } from "./errors.js";
+export { RecordError } from "./errors.js";
 export type { Clock } from "./clock.js";
 export type { CachedFunction, CachedMethod } from "./cached.js";
 export type { Loader, LoaderContext } from "./engine/flight.js";

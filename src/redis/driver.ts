@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { optionError } from "../errors.js";
+import { optionError, RecordError } from "../errors.js";
 
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
@@ -13,9 +13,13 @@ export interface RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster" | "node-redis" | "node-redis-cluster";
   /** Connects a client that is not connected yet (node-redis needs it; ioredis connects by itself). */
   open(): Promise<void>;
+  /** GET; rejects with a `RecordError` when the key holds another type (a hash, a list ...). */
   get(key: string): Promise<string | null>;
-  /** Several keys: one MGET on a standalone server, one GET each on a cluster (no CROSSSLOT). */
-  getMany(keys: string[]): Promise<(string | null)[]>;
+  /**
+   * Several keys: one MGET on a standalone server, one GET each on a cluster (no CROSSSLOT). MGET
+   * reads a key of another type as null; a GET of one gives a `RecordError` in its place.
+   */
+  getMany(keys: string[]): Promise<(string | null | RecordError)[]>;
   /** SET, with PX when `px` is given. */
   set(key: string, value: string, px: number | undefined): Promise<void>;
   /** Runs a Lua script by SHA, loading it on NOSCRIPT. */
@@ -49,6 +53,25 @@ type AnyClient = Record<string, any>;
 const isNoScript = (error: unknown): boolean => error instanceof Error && /NOSCRIPT/i.test(error.message);
 const noop = (): void => {};
 const asText = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+/**
+ * A command on a key that holds another type fails with a WRONGTYPE error reply (ioredis: a
+ * `ReplyError`, node-redis: an `ErrorReply`, both with the server's text): a problem of that key
+ * alone, reported as a `RecordError` — the server answered, so it is no sign of a failing backend.
+ */
+function recordErrorOf(key: string, error: unknown): unknown {
+  return error instanceof Error && /^WRONGTYPE\b/.test(error.message) ? new RecordError(`layercache/redis: key ${JSON.stringify(key)} is not a layercache record: ${error.message}`, { key, cause: error }) : error;
+}
+
+/** GET whose WRONGTYPE error becomes a `RecordError` (a rejection). */
+function getOne(key: string, get: (key: string) => Promise<unknown>): Promise<string | null> {
+  return get(key).then(asText, (error: unknown) => Promise.reject(recordErrorOf(key, error)));
+}
+
+/** GET of a key of a batch: its `RecordError` is placed in the result, so the other keys are still read. */
+function getInBatch(key: string, get: (key: string) => Promise<unknown>): Promise<string | null | RecordError> {
+  return getOne(key, get).catch((error: unknown) => (error instanceof RecordError ? error : Promise.reject(error)));
+}
 
 /** Recognizes the client a user passed in. */
 export function driverFor(client: unknown): RedisDriver {
@@ -153,11 +176,13 @@ class IoredisDriver implements RedisDriver {
   }
 
   get(key: string): Promise<string | null> {
-    return this.#whenReady(() => this.#c.get(key));
+    return this.#whenReady(() => getOne(key, (k) => this.#c.get(k) as Promise<string | null>));
   }
 
-  getMany(keys: string[]): Promise<(string | null)[]> {
-    return this.#whenReady(() => (this.kind === "ioredis-cluster" ? Promise.all(keys.map((k) => this.#c.get(k))) : this.#c.mget(keys)));
+  getMany(keys: string[]): Promise<(string | null | RecordError)[]> {
+    return this.#whenReady(() =>
+      this.kind === "ioredis-cluster" ? Promise.all(keys.map((key) => getInBatch(key, (k) => this.#c.get(k)))) : this.#c.mget(keys),
+    );
   }
 
   set(key: string, value: string, px: number | undefined): Promise<void> {
@@ -237,11 +262,11 @@ class NodeRedisDriver implements RedisDriver {
   }
 
   get(key: string): Promise<string | null> {
-    return this.#send(key, true, ["GET", key]).then(asText);
+    return getOne(key, (k) => this.#send(k, true, ["GET", k]));
   }
 
-  getMany(keys: string[]): Promise<(string | null)[]> {
-    if (this.#cluster) return Promise.all(keys.map((k) => this.get(k)));
+  getMany(keys: string[]): Promise<(string | null | RecordError)[]> {
+    if (this.#cluster) return Promise.all(keys.map((key) => getInBatch(key, (k) => this.#send(k, true, ["GET", k]))));
     return this.#send(keys[0], true, ["MGET", ...keys]).then((values) => (values as unknown[]).map(asText));
   }
 

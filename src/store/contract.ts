@@ -1,23 +1,40 @@
+import type { RecordError } from "../errors.js";
+
 /**
  * The contract an L2 backend implements. It stores opaque text records written by layercache
  * (see `envelope.ts`); the only part of a record a backend reads is its generation, which the
  * conditional write compares.
+ *
+ * Failures come in two kinds. A rejection with any error is a failure of the backend: it counts
+ * toward the circuit breaker, and enough of them in a row stop every L2 call for a while. A problem
+ * of one record while the backend works — a key holding something the store cannot read (a Redis
+ * key of another type), a record it refuses to store — is a `RecordError` (exported by
+ * `layercache`): `get` and `set` reject with it, `getMany` places it in its result for that key.
+ * The cache treats it as a corrupt record on a read (a miss; the record is replaced by a tombstone;
+ * `l2Corrupt`) and as a failed write of that record alone on a write (`l2Error`; after a failed
+ * `set` the old record is replaced by a tombstone). The server answered, so a `RecordError` counts
+ * as a working backend for the breaker: one bad record never takes L2 down for the other keys.
  */
 export interface L2Store {
   /** Opens connections; called once, by `cache.ready()` or the first operation. */
   connect?(): Promise<void>;
-  /** The stored record, or null/undefined when there is none. */
+  /** The stored record, or null/undefined when there is none; rejects with a `RecordError` when that record cannot be read. */
   get(key: string): Promise<string | null | undefined>;
   /**
    * Optional: several records in one call (same order as `keys`). When present, the reads of one
-   * tick are batched through it — one round trip, one timeout and one breaker check per batch.
+   * tick are batched through it — one round trip, one timeout and one breaker check per batch. A
+   * record that cannot be read is a `RecordError` in its place; the other keys are still read. (A
+   * `getMany` that rejects with a `RecordError` as a whole makes the cache read the batch again key
+   * by key with `get`.)
    */
-  getMany?(keys: string[]): Promise<(string | null | undefined)[]>;
+  getMany?(keys: string[]): Promise<(string | null | undefined | RecordError)[]>;
   /**
    * Stores `record` under `key`, expiring after `ttlMs` (`Infinity`: never); the result says
    * whether it was written. With `ifGeneration` (a load's write-back) the write happens only when
-   * the stored record's generation equals it (`""` meaning "no record"), atomically — see
-   * `generationOf` in store/envelope.ts. Without it the write is unconditional.
+   * the stored record's generation equals it (`""` meaning "no record"), atomically. See
+   * `generationOf` in store/envelope.ts: content that is not a readable record has generation `""`,
+   * so a write-back that saw a miss replaces it. Without it the write is unconditional and
+   * replaces whatever is there. Rejects with a `RecordError` when this record cannot be stored.
    */
   set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean>;
   /** Releases what the store opened itself (never a client the user passed in). */

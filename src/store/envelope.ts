@@ -7,12 +7,19 @@
  * - The generation changes on every `set` and `remove`. A load writes back only if the
  *   generation it saw when it started is still there: a load that started before an
  *   invalidation cannot resurrect an old value (SPEC 4.4).
- * - bornMs is the write time. A `set` or `remove` never replaces a record written later, so a
- *   write retried after an outage (or stuck in a client's offline queue) cannot undo a newer one.
+ * - `set` and `remove` are unconditional: they always win, whatever record is there, even one
+ *   written later (SPEC 8.1). What makes a late write harmless is what is retried: after an outage
+ *   only tombstones are written again, never values (see `PendingTombstone` in remote.ts), so a
+ *   late retry can at worst remove a newer value — a miss and a reload from the source — and never
+ *   bring an old value back. (A `set` held in a client's offline queue and delivered late is
+ *   followed on the same connection by the tombstone queued when it timed out.)
+ * - bornMs is the write time; readers derive the windows from it. Nothing compares it to decide
+ *   which write wins.
  * - Durations are decimal milliseconds, `Infinity` where unbounded. The payload is the
  *   serializer's text, last, so it may contain `|`.
  *
- * A backend's conditional write reads the generation (field 2).
+ * A backend's conditional write reads the generation (field 2); anything that is not a readable
+ * record — other text, or a key of another type (a Redis hash, say) — has generation "".
  */
 
 export const RECORD_VERSION = "LC1";

@@ -1,4 +1,4 @@
-import { optionError } from "../errors.js";
+import { optionError, preview, type RecordError } from "../errors.js";
 import { parseDuration, type Duration } from "../options.js";
 import { checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
 import type { L2Resilience, L2Store } from "./contract.js";
@@ -20,14 +20,17 @@ const KNOWN = new Set(["client", "url", "timeout", "circuitBreaker"]);
 /**
  * A load's write-back: store ARGV[2] (expiring after ARGV[3] ms, or never when empty) only if the
  * generation of the current record — its second `|`-separated field — equals ARGV[1] ("" when
- * there is no record). One key, so it is cluster-safe.
+ * there is no record). Anything that is not a layercache record has generation "" (as
+ * `generationOf` says), a key of another type (a hash, a list ...) too: it is not read (a GET of it
+ * would fail with WRONGTYPE), and a write-back that saw a miss replaces it. One key, so it is
+ * cluster-safe.
  */
 const CAS = luaScript(`
-local cur = redis.call('GET', KEYS[1])
 local gen = ''
-if cur then
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+  local cur = redis.call('GET', KEYS[1])
   local head = '${RECORD_VERSION}|'
-  if string.sub(cur, 1, #head) == head then
+  if cur and string.sub(cur, 1, #head) == head then
     local bar = string.find(cur, '|', #head + 1, true)
     if bar then gen = string.sub(cur, #head + 1, bar - 1) end
   end
@@ -37,9 +40,16 @@ if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET',
 return 1
 `);
 
+const BREAKER_OPTIONS = ["threshold", "cooldown"];
+
 /** The `timeout` and `circuitBreaker` options shared by RedisStore and RedisBus. */
 export function parseResilience(timeout: Duration | undefined, cb: { threshold?: number; cooldown?: Duration } | undefined, defaultCooldownMs: number): L2Resilience {
-  if (cb !== undefined && (cb === null || typeof cb !== "object")) throw optionError("circuitBreaker", "must be { threshold?, cooldown? }");
+  if (cb !== undefined) {
+    const proto: unknown = cb === null || typeof cb !== "object" ? undefined : Object.getPrototypeOf(cb);
+    if (proto !== Object.prototype && proto !== null) throw optionError("circuitBreaker", `must be a plain object { threshold?, cooldown? } (got ${preview(cb)})`);
+    // A misspelled name would otherwise leave its default silently in place.
+    for (const k of Object.keys(cb)) if (!BREAKER_OPTIONS.includes(k)) throw optionError(`circuitBreaker.${k}`, `is not a circuitBreaker option (known: ${BREAKER_OPTIONS.join(", ")})`);
+  }
   const threshold = cb?.threshold ?? 3;
   if (!Number.isInteger(threshold) || threshold < 0) throw optionError("circuitBreaker.threshold", "must be a non-negative integer");
   return {
@@ -85,13 +95,18 @@ export class RedisStore implements L2Store {
     await d.open();
   }
 
+  /** Rejects with a `RecordError` when the key holds another Redis type (a hash, a list ...). */
   get(key: string): Promise<string | null> {
     const d = this.#driver;
     return d !== undefined ? d.get(key) : this.#ready().then((ready) => ready.get(key));
   }
 
-  /** MGET on a standalone server; one GET per key on a cluster (keys of one batch live on different slots). */
-  getMany(keys: string[]): Promise<(string | null)[]> {
+  /**
+   * MGET on a standalone server; one GET per key on a cluster (keys of one batch live on different
+   * slots). A key of another type reads as null with MGET (its write-back then replaces it), as a
+   * `RecordError` in its place with GET.
+   */
+  getMany(keys: string[]): Promise<(string | null | RecordError)[]> {
     const d = this.#driver;
     return d !== undefined ? d.getMany(keys) : this.#ready().then((ready) => ready.getMany(keys));
   }

@@ -1,5 +1,5 @@
 import type { TimerClock } from "../clock.js";
-import { LayerCacheError, SerializationError } from "../errors.js";
+import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../errors.js";
 import type { Counters, Emitter } from "../events.js";
 import { writeLog, type Logger } from "../logger.js";
 import type { EntryTimes } from "../memory/l1.js";
@@ -18,9 +18,12 @@ export const GENERATION_MEMORY_MS = 60_000;
 /** Most keys read by one `getMany`. */
 const MAX_READ_BATCH = 256;
 
+/** What a read of one key gives: the stored text, nothing, a `RecordError` of that record, or FAILED (L2 unreachable). */
+type Fetched = string | null | undefined | RecordError | typeof FAILED;
+
 interface ReadBatch {
   keys: string[];
-  waiters: ((value: string | null | undefined | typeof FAILED) => void)[];
+  waiters: ((value: Fetched) => void)[];
 }
 
 /** Most failed L2 writes kept for retry (one per key); beyond it the oldest is dropped and reported. */
@@ -76,6 +79,14 @@ export class L2TimeoutError extends LayerCacheError {
 }
 
 const FAILED = Symbol("failed");
+/** A write the store refused for that record alone (a `RecordError`, already reported): not a backend failure. */
+const REJECTED = Symbol("rejected");
+
+/** Lets a `RecordError` through as a result (the store answered, about one record); any other rejection stays one. */
+function keepRecordError(error: unknown): RecordError {
+  if (isRecordError(error)) return error;
+  throw error;
+}
 
 /**
  * Escapes the separators of the L2 key layout in a prefix or scope name, so that no two
@@ -173,7 +184,7 @@ export class RemoteLayer {
     return this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
   }
 
-  #decode(ns: RemoteScope, key: string, text: string | null | undefined | typeof FAILED, removedHere: boolean): RemoteRead | undefined | Promise<RemoteRead | undefined> {
+  #decode(ns: RemoteScope, key: string, text: Fetched, removedHere: boolean): RemoteRead | undefined | Promise<RemoteRead | undefined> {
     if (text === FAILED) return undefined;
     if (text === null || text === undefined) return { gen: "" };
     try {
@@ -182,16 +193,18 @@ export class RemoteLayer {
       const value = this.#serializer.deserialize(rec.payload!);
       return { gen: rec.gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
     } catch (error) {
-      return this.#corrupt(ns, key, error);
+      // A RecordError (not text, so decoding threw) is the store's own report of this record.
+      return this.#corrupt(ns, key, isRecordError(text) ? text : error);
     }
   }
 
   /**
    * Reads one key. With a store that has `getMany`, the reads of one tick share a single call (one
-   * round trip, one timeout, one breaker check); otherwise each is its own `get`.
+   * round trip, one timeout, one breaker check); otherwise each is its own `get`. A `RecordError`
+   * is a result, not a failure of the call: the store answered, about that record alone.
    */
-  #fetch(full: string): Promise<string | null | undefined | typeof FAILED> {
-    if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full));
+  #fetch(full: string): Promise<Fetched> {
+    if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full).catch(keepRecordError));
     let batch = this.#batch;
     if (batch === undefined || batch.keys.length >= MAX_READ_BATCH) {
       const b: ReadBatch = (batch = this.#batch = { keys: [], waiters: [] });
@@ -204,10 +217,24 @@ export class RemoteLayer {
   #flushReads(batch: ReadBatch): void {
     if (this.#batch === batch) this.#batch = undefined;
     const { keys, waiters } = batch;
-    const run = (): Promise<(string | null | undefined)[]> => (keys.length === 1 ? this.store.get(keys[0]!).then((v) => [v]) : this.store.getMany!(keys));
+    const run = (): Promise<(string | null | undefined | RecordError)[]> =>
+      keys.length === 1
+        ? this.store.get(keys[0]!).then(
+            (v) => [v],
+            (error: unknown) => [keepRecordError(error)],
+          )
+        : this.store.getMany!(keys).catch((error: unknown) => {
+            keepRecordError(error); // any other error fails the whole call
+            // A store that cannot tell which record of the batch it could not read: ask key by key.
+            return this.#readEach(keys);
+          });
     void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run).then((values) => {
       for (let i = 0; i < waiters.length; i++) waiters[i]!(values === FAILED ? FAILED : values[i]);
     });
+  }
+
+  #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
+    return Promise.all(keys.map((k) => this.store.get(k).catch(keepRecordError)));
   }
 
   /** Serializes a value; throws `SerializationError` when the serializer cannot. */
@@ -227,7 +254,9 @@ export class RemoteLayer {
    * Stores an encoded value with the given windows under generation `gen`. With `ifGen` the write
    * is a load's write-back, conditional on the record's generation and not retried when L2 fails
    * (it is only a copy). Without it, it is a `set`: when L2 fails, the key's record is replaced by
-   * a tombstone in the background instead (see `PendingTombstone`).
+   * a tombstone in the background instead (see `PendingTombstone`). When the store refuses this
+   * record alone (a `RecordError`), the write fails — reported, not a backend failure — and a `set`
+   * replaces the old record with a tombstone at once.
    */
   async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, gen: string, ifGen?: string): Promise<PutResult> {
     const t: RecordTimes = { born: times.born, ttl: times.fresh - times.born, maxStale: times.maxStale, failSafe: times.failSafe };
@@ -236,11 +265,16 @@ export class RemoteLayer {
     const record = encodeRecord(gen, t, enc.payload);
     const full = this.keyOf(ns, key);
     if (ifGen !== undefined) {
-      const ok = await this.#call("set", ns, key, () => this.store.set(full, record, ttlMs, ifGen));
-      return ok === FAILED ? "failed" : ok ? "written" : "conflict";
+      const ok = await this.#write("set", ns, key, () => this.store.set(full, record, ttlMs, ifGen));
+      return ok === FAILED || ok === REJECTED ? "failed" : ok ? "written" : "conflict";
     }
     this.#pending.delete(full); // this write supersedes a removal still waiting
-    const ok = await this.#call("set", ns, key, () => this.store.set(full, record, ttlMs));
+    const ok = await this.#write("set", ns, key, () => this.store.set(full, record, ttlMs));
+    if (ok === REJECTED) {
+      // The old record is still there: no instance may read it after this set.
+      await this.remove(ns, key);
+      return "failed";
+    }
     if (ok !== FAILED) return "written";
     this.#pending.put(full, { ns, key, gen: this.#newGen() });
     return "failed";
@@ -251,7 +285,9 @@ export class RemoteLayer {
     const full = this.keyOf(ns, key);
     this.#pending.delete(full);
     const t: PendingTombstone = { ns, key, gen: this.#newGen() };
-    if ((await this.#tombstone(full, t)) !== FAILED) return "written";
+    const ok = await this.#tombstone(full, t);
+    if (ok === REJECTED) return "failed"; // refused for this record: a retry would be refused too
+    if (ok !== FAILED) return "written";
     this.#pending.put(full, t);
     return "failed";
   }
@@ -268,14 +304,28 @@ export class RemoteLayer {
     }
   }
 
-  #tombstone(full: string, t: PendingTombstone): Promise<boolean | typeof FAILED> {
-    return this.#call("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS));
+  #tombstone(full: string, t: PendingTombstone): Promise<boolean | typeof FAILED | typeof REJECTED> {
+    return this.#write("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS));
   }
 
   async #retry(full: string, t: PendingTombstone): Promise<boolean> {
-    if ((await this.#tombstone(full, t)) === FAILED) return false;
-    this.#onRetried(t.ns, t.key);
-    return true;
+    const ok = await this.#tombstone(full, t);
+    if (ok === FAILED) return false;
+    if (ok !== REJECTED) this.#onRetried(t.ns, t.key);
+    return true; // done (a refused record is not retried: it would be refused again)
+  }
+
+  /**
+   * A store write under the breaker and the timeout. A `RecordError` means the store answered and
+   * refused this record alone: reported as an `l2Error`, REJECTED, and not a backend failure (for
+   * the breaker it is an answer, like any other).
+   */
+  async #write(operation: string, ns: RemoteScope, key: string, run: () => Promise<boolean>): Promise<boolean | typeof FAILED | typeof REJECTED> {
+    const result = await this.#call(operation, ns, key, () => run().catch(keepRecordError));
+    if (result === FAILED || typeof result === "boolean") return result;
+    if (!isRecordError(result)) return Boolean(result); // a store returning a truthy non-boolean
+    this.#failed(operation, ns, key, result, "layercache: L2 refused one record (not counted as a backend failure)");
+    return REJECTED;
   }
 
   /** Runs one store call under the breaker and the timeout; FAILED (already reported) when it could not. */
@@ -310,15 +360,17 @@ export class RemoteLayer {
     if (this.#emitter.l.l2Corrupt) this.#emitter.emit("l2Corrupt", { key, scope: ns.label, error });
     const full = this.keyOf(ns, key);
     const t: PendingTombstone = { ns, key, gen: this.#newGen() };
-    if ((await this.#tombstone(full, t)) !== FAILED) return { gen: t.gen };
+    const ok = await this.#tombstone(full, t);
+    if (ok === REJECTED) return undefined; // the record stays unknown: the load that follows does not write back
+    if (ok !== FAILED) return { gen: t.gen };
     this.#pending.put(full, t);
     return undefined;
   }
 
-  #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown): void {
+  #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown, message = "layercache: L2 operation failed"): void {
     this.#counters.l2Errors++;
     // While the breaker is open nothing reaches the store, so this logs a bounded burst, not a flood.
-    writeLog(this.#logger, "warn", { operation, key, scope: ns?.label, err: error }, "layercache: L2 operation failed");
+    writeLog(this.#logger, "warn", { operation, key, scope: ns?.label, err: error }, message);
     if (this.#emitter.l.l2Error) this.#emitter.emit("l2Error", { operation, key, scope: ns?.label, error });
   }
 
