@@ -1,7 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join, posix, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 
 /**
@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
  */
 const root = resolve(import.meta.dirname, "..");
 let dir: string;
+let tarball: string;
 
 function run(cmd: string, args: string[], cwd: string): string {
   return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_update_notifier: "false" } });
@@ -18,9 +19,9 @@ function run(cmd: string, args: string[], cwd: string): string {
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "layercache-pack-"));
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
-  const tgz = readdirSync(dir).find((f) => f.endsWith(".tgz"))!;
+  tarball = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz"))!);
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", join(dir, tgz), "ioredis"], dir);
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis"], dir);
 }, 180_000);
 
 afterAll(() => {
@@ -50,10 +51,62 @@ describe("npm pack output", () => {
     }
     expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
     expect(info.unpackedSize).toBeLessThan(2_000_000);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "package.json"]) {
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md"]) {
       expect(files).toContain(f);
     }
-    expect(files.some((f) => f.startsWith("src/") || f.startsWith("test/"))).toBe(false);
+    // Nothing else: no sources, tests, benchmarks, chaos tooling or examples.
+    expect(files.filter((f) => !/^(dist|docs)\//.test(f) && !["LICENSE", "README.md", "package.json"].includes(f))).toEqual([]);
+    expect(readFileSync(join(root, "LICENSE"), "utf8")).toMatch(/^MIT License\n\nCopyright \(c\) \d{4} layercache authors\n/);
+    // Source maps name ../src files, which are not shipped: each map must carry the sources' text itself.
+    for (const f of files.filter((f) => f.endsWith(".map"))) {
+      const map = JSON.parse(readFileSync(join(root, f), "utf8")) as { sources: string[]; sourcesContent?: (string | null)[] };
+      expect(map.sourcesContent?.length, f).toBe(map.sources.length);
+      expect(map.sourcesContent?.every((c) => typeof c === "string" && c.length > 0), f).toBe(true);
+    }
+  });
+
+  test("the shipped docs link only to files that ship, and cite no document outside the package", () => {
+    const listing = run("npm", ["pack", "--dry-run", "--json", "--ignore-scripts"], root);
+    const files = (JSON.parse(listing)[0] as { files: { path: string }[] }).files.map((f) => f.path);
+    const problems: string[] = [];
+    for (const doc of files.filter((f) => f.endsWith(".md"))) {
+      const text = readFileSync(join(root, doc), "utf8");
+      if (/\bSPEC\b/.test(text)) problems.push(`${doc}: cites SPEC, which is not in the package`);
+      for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+        if (/^(https?:|mailto:|#)/.test(target!)) continue;
+        const file = posix.normalize(posix.join(posix.dirname(doc), target!.split("#")[0]!));
+        if (!files.includes(file) && !files.some((f) => f.startsWith(file.replace(/\/?$/, "/")))) problems.push(`${doc}: links ${target}, not in the package`);
+      }
+    }
+    // README.md and docs/guarantees.md are being edited elsewhere; their links are checked once that lands.
+    expect(problems.filter((p) => !/^(README\.md|docs\/guarantees\.md):/.test(p))).toEqual([]);
+  });
+
+  test("attw (Are the Types Wrong?) finds no problem in any entry point, for node10, node16 (CJS and ESM) and bundler", () => {
+    const attw = join(root, "node_modules", "@arethetypeswrong", "cli", "dist", "index.js");
+    let out: string;
+    try {
+      // The default "strict" profile: any problem in any resolution mode is an exit code of 1.
+      out = run("node", [attw, tarball, "--format", "json"], dir);
+    } catch (error) {
+      const stdout = (error as { stdout?: string }).stdout;
+      let problems: unknown = stdout ?? String(error);
+      try {
+        problems = (JSON.parse(stdout!) as { problems: unknown }).problems;
+      } catch {}
+      throw new Error(`attw found problems (run \`npx attw --pack .\` for the table): ${JSON.stringify(problems, null, 2)}`);
+    }
+    const { analysis } = JSON.parse(out) as {
+      analysis: { problems: unknown[]; entrypoints: Record<string, { resolutions: Record<string, { resolution?: { fileName: string } }> }> };
+    };
+    expect(analysis.problems).toEqual([]);
+    // Every subpath in `exports` is an entry point attw checked, and resolves in every mode.
+    const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { exports: Record<string, unknown> };
+    expect(Object.keys(analysis.entrypoints).sort()).toEqual(Object.keys(pkg.exports).sort());
+    for (const [subpath, entry] of Object.entries(analysis.entrypoints)) {
+      expect(Object.keys(entry.resolutions).sort(), subpath).toEqual(["bundler", "node10", "node16-cjs", "node16-esm"]);
+      for (const [kind, r] of Object.entries(entry.resolutions)) expect(r.resolution?.fileName, `${subpath} ${kind}`).toBeDefined();
+    }
   });
 
   test("imports as ESM", () => {
@@ -86,8 +139,7 @@ describe("npm pack output", () => {
     expect(JSON.parse(run("node", [name], dir))).toEqual([{ n: 1 }, true, 0]);
   });
 
-  test("type-checks for ESM and CommonJS consumers", () => {
-    const ts = `
+  const ts = `
       import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
       import { RedisStore, RedisBus, type RedisStoreOptions } from "layercache/redis";
       const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
@@ -104,16 +156,25 @@ describe("npm pack output", () => {
       }
       void main;
     `;
-    writeFileSync(join(dir, "consumer.mts"), ts);
-    writeFileSync(join(dir, "consumer.cts"), ts);
+
+  // One consumer project per module resolution a user may have: each imports `layercache` and
+  // `layercache/redis` and uses types from both, with the library's declarations checked too.
+  test.each([
+    ["nodenext (.mts and .cts)", { module: "nodenext", moduleResolution: "nodenext" }, ["consumer.mts", "consumer.cts"]],
+    ["node16 (.mts and .cts)", { module: "node16", moduleResolution: "node16" }, ["consumer.mts", "consumer.cts"]],
+    ['"module": "commonjs" (node10 resolution, which ignores `exports`)', { module: "commonjs", moduleResolution: "node10" }, ["consumer.ts"]],
+    ['"moduleResolution": "bundler"', { module: "esnext", moduleResolution: "bundler" }, ["consumer.ts"]],
+  ])("type-checks for a consumer with %s", (_name, resolution, sources) => {
+    const project = mkdtempSync(join(dir, "tsc-"));
+    for (const file of sources) writeFileSync(join(project, file), ts);
     writeFileSync(
-      join(dir, "tsconfig.json"),
-      JSON.stringify({ compilerOptions: { strict: true, noEmit: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false }, files: ["consumer.mts", "consumer.cts"] }),
+      join(project, "tsconfig.json"),
+      JSON.stringify({ compilerOptions: { strict: true, noEmit: true, ...resolution, target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false }, files: sources }),
     );
     const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
     let out = "";
     try {
-      run("node", [tsc, "-p", "tsconfig.json"], dir);
+      run("node", [tsc, "-p", "tsconfig.json"], project);
     } catch (error) {
       out = String((error as { stdout?: string }).stdout ?? error);
     }
