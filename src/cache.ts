@@ -26,6 +26,8 @@ export class LayerCache extends CacheScope {
       store: o.l2 as CacheOptions["l2"],
       bus: o.bus as CacheOptions["bus"],
     });
+    // Scopes that hold nothing are reclaimed; expired cooldowns and throttles do not count (SPEC 1.1).
+    engine.root.useClock(engine.clock);
     super(new ScopeCore(engine, engine.root, policy));
     this.#engine = engine;
   }

@@ -62,11 +62,18 @@ function isPlainPrimitive(v: unknown): boolean {
   return t === "string" || t === "boolean" || v === null || (t === "number" && Number.isFinite(v));
 }
 
+/** Length of a SHA-256 digest in base64url. */
+const HASH_CHARS = 43;
+
 /**
  * The derived key: `name:` plus a stable, order-independent encoding of the arguments (object
  * keys sorted; Date, Map, Set, bigint distinct). Arguments that are plain strings, numbers,
  * booleans or null — the common case — take a fast path with the same output.
- * A derived key longer than `maxKeyLength` is shortened to `name:#<sha256>`.
+ *
+ * Every derived key obeys the rules of keys (`Engine.checkKey`, README "Bad input"): it is never
+ * empty, always well-formed Unicode — the name is checked when the cached function is created,
+ * and JSON escapes lone surrogates in arguments (`"\ud800"`) — and never longer than
+ * `maxKeyLength`. A key that would be longer is shortened (see `shortKey`).
  */
 export function deriveKey(name: string, args: unknown[], maxKeyLength: number): string {
   let encoded: string;
@@ -80,20 +87,67 @@ export function deriveKey(name: string, args: unknown[], maxKeyLength: number): 
     }
   }
   const key = `${name}:${encoded}`;
-  return key.length <= maxKeyLength ? key : `${name}:#${createHash("sha256").update(encoded).digest("base64url")}`;
+  return key.length <= maxKeyLength ? key : shortKey(name, encoded, maxKeyLength);
 }
 
-/** Builds the cached function for `cache.cached(fn, options)` in scope `ns`. */
-export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unknown, options: unknown): CachedFunction<unknown[], unknown> {
+/**
+ * A derived key that does not fit in `maxKeyLength`, hashed. The SHA-256 covers the whole name
+ * and the whole encoded arguments (the name's length first, so that no two (name, arguments)
+ * pairs hash the same input), so two names sharing a long prefix never share a key:
+ *   - `name:#<hash>` when that fits;
+ *   - else `<name cut to fit>:#<hash>` (cut between code points, never inside a surrogate pair);
+ *   - else, when `maxKeyLength` is below 46, the hash alone, cut to `maxKeyLength` characters:
+ *     6 bits per character, so collisions stay negligible down to ~32 characters (192 bits) but
+ *     grow likely with very short limits.
+ * None of these forms can equal an unshortened key (those end in "]", the hash never does), and
+ * the hash alone has no ":", which every other form has.
+ */
+function shortKey(name: string, encoded: string, maxKeyLength: number): string {
+  const hash = createHash("sha256").update(`${name.length}:${name}:${encoded}`).digest("base64url");
+  const room = maxKeyLength - HASH_CHARS - 2;
+  if (name.length <= room) return `${name}:#${hash}`;
+  const cut = cutName(name, room);
+  return cut.length > 0 ? `${cut}:#${hash}` : hash.slice(0, maxKeyLength);
+}
+
+/** The first `n` (or `n - 1`) UTF-16 units of a well-formed string, not ending inside a surrogate pair. */
+function cutName(name: string, n: number): string {
+  if (n <= 0) return "";
+  const last = name.charCodeAt(n - 1);
+  return name.slice(0, last >= 0xd800 && last <= 0xdbff ? n - 1 : n);
+}
+
+/**
+ * The name a cached function derives keys from: checked like a key part (README "Bad input") when
+ * the function is created — a non-empty, well-formed string. A lone surrogate would turn into
+ * U+FFFD on its way to L2, so two names (and all their keys) would share records there.
+ */
+function checkName(name: unknown, source: string): string {
+  if (typeof name !== "string" || name === "") throw optionError("name", `must be a non-empty string (got ${source} ${preview(name)})`);
+  if (!name.isWellFormed()) {
+    throw optionError("name", `must be well-formed Unicode: ${source} ${preview(name)} contains a lone surrogate (two such names would share L2 records)`);
+  }
+  return name;
+}
+
+/**
+ * Builds the cached function for `cache.cached(fn, options)` in scope `ns`. `methodName` is the
+ * name of a decorated method (the default name), `fn.name` otherwise.
+ */
+export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unknown, options: unknown, methodName?: string): CachedFunction<unknown[], unknown> {
   if (typeof fn !== "function") throw new TypeError(`layercache: cached() needs a function (got ${fn === null ? "null" : typeof fn})`);
   const o = checkOptionNames(options, "cached");
   const policy = derivePolicy(base, o);
   const keyFn = o.key;
   if (keyFn !== undefined && typeof keyFn !== "function") throw optionError("key", "must be a function returning the cache key");
-  const name = o.name ?? fn.name;
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) throw optionError("name", "must be a non-empty string");
-  if (keyFn === undefined && (typeof name !== "string" || name === "")) {
-    throw optionError("name", "is needed: an anonymous function without `key` or `name` cannot derive cache keys");
+  if (o.name !== undefined) checkName(o.name, "the name");
+  let name: unknown = o.name ?? methodName ?? fn.name;
+  if (keyFn === undefined) {
+    if (typeof name !== "string" || name === "") {
+      throw optionError("name", "is needed: an anonymous function without `key` or `name` cannot derive cache keys");
+    }
+    // The function's (or method's) own name derives the keys: the same rules as a given name.
+    if (o.name === undefined) name = checkName(name, methodName !== undefined ? "the method name" : "the function's name");
   }
   const maxKeyLength = engine.settings.maxKeyLength;
   const keyOf = (args: unknown[]): string =>
@@ -132,8 +186,11 @@ export function methodDecorator(engine: Engine, ns: Namespace, base: Policy, opt
   // Options are checked when the decorator is created, not when the class is defined.
   const o = checkOptionNames(options, "cached");
   derivePolicy(base, o);
+  if (o.name !== undefined) checkName(o.name, "the name");
+  if (o.key !== undefined && typeof o.key !== "function") throw optionError("key", "must be a function returning the cache key");
   return (method: unknown, context: ClassMethodDecoratorContext): unknown => {
     if (!isMethodContext(context)) throw new TypeError("layercache: @cached(...) decorates class methods only");
-    return makeCached(engine, ns, base, method, { ...o, name: o.name ?? String(context.name) });
+    // The method name (when it derives keys) is checked when the class is defined.
+    return makeCached(engine, ns, base, method, o, String(context.name));
   };
 }

@@ -13,12 +13,27 @@ export class ScopeCore {
   ) {}
 }
 
+let namespaceOfView: (scope: CacheScope) => Namespace;
+
+/** The shared state behind a view (internal: tests and diagnostics; not exported by the package). */
+export function namespaceOf(scope: CacheScope): Namespace {
+  return namespaceOfView(scope);
+}
+
 /**
  * A view of the cache in one scope: a name (a namespace across L1, L2 and bus messages) plus
  * option defaults. A scope holds no entries of its own — every view of the same scope path
  * shares them — so creating one is cheap. `LayerCache` itself is the root scope.
+ *
+ * A view may outlive the scope's state: a scope that holds nothing is reclaimed (see `Namespace`),
+ * and its namespace object — the one this view holds, the one a later `scope(name)` call finds —
+ * attaches itself again when something is stored through it, so a view never goes stale.
  */
 export class CacheScope {
+  static {
+    namespaceOfView = (scope) => scope.#ns;
+  }
+
   readonly #engine: Engine;
   readonly #ns: Namespace;
   readonly #policy: Policy;

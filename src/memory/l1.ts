@@ -25,8 +25,15 @@ export const REVALIDATE = 2;
 /** A key space whose entries live in a partition: a scope. */
 export interface SlotOwner {
   readonly slots: Map<string, number>;
-  /** Index of this owner in its partition's owner table (set by `adopt`). */
+  /**
+   * Index of this owner in its partition's owner table while it holds slots there (set by
+   * `adopt`); -1 while it holds none. Ids of owners that hold nothing any more are reused.
+   */
   ownerId: number;
+  /** Called when the owner is about to get its first slot (before the partition makes room for it). */
+  occupied?(): void;
+  /** Called when the owner's last slot goes (eviction, delete, clear), once the partition is consistent again. */
+  vacated?(): void;
 }
 
 /** The windows of one entry, as written. */
@@ -63,7 +70,11 @@ export class L1Partition {
   /** Toward the tail (older); also chains the free list. */
   next: Uint32Array;
 
-  #owners: SlotOwner[] = [];
+  /** Owners holding at least one slot here, by id; a hole is a free id (listed in `#freeIds`). */
+  #owners: (SlotOwner | undefined)[] = [];
+  #freeIds: number[] = [];
+  /** The owner a `write` is making room for: losing its last slot then does not release it. */
+  #writer: SlotOwner | undefined = undefined;
   #head = NIL;
   #tail = NIL;
   #hand = NIL;
@@ -85,17 +96,41 @@ export class L1Partition {
     this.next = new Uint32Array(cap);
   }
 
-  /** Registers a scope whose keys will live here. */
-  adopt(owner: SlotOwner): void {
-    owner.ownerId = this.#owners.length;
-    this.#owners.push(owner);
-    if (this.#owners.length === 2 && this.ownerIds === undefined) this.ownerIds = new Uint32Array(this.#cap);
+  /** Owners holding slots here now (the size of the owner table without its free ids). */
+  get owners(): number {
+    return this.#owners.length - this.#freeIds.length;
   }
 
-  /** Forgets a scope (after its entries were cleared), so a partition can be handed over. */
+  /**
+   * Registers a scope whose keys will live here. `write` does it by itself when an owner gets its
+   * first slot, and an owner whose last slot goes is released again (its id is reused), so the
+   * owner table holds only owners that hold entries.
+   */
+  adopt(owner: SlotOwner): void {
+    if (this.#isOwner(owner)) return;
+    const id = this.#freeIds.length > 0 ? this.#freeIds.pop()! : this.#owners.length;
+    this.#owners[id] = owner;
+    owner.ownerId = id;
+    // Until a second id is handed out, every slot belongs to owner 0 and needs no owner cell.
+    if (id > 0 && this.ownerIds === undefined) this.ownerIds = new Uint32Array(this.#cap);
+  }
+
+  /** Forgets a scope (its entries are dropped), so a partition can be handed over. */
   release(owner: SlotOwner): void {
     if (owner.slots.size > 0) this.clearOwner(owner);
-    this.#owners[owner.ownerId] = EMPTY_OWNER;
+    else if (this.#isOwner(owner)) this.#vacate(owner, false);
+  }
+
+  #isOwner(owner: SlotOwner): boolean {
+    return owner.ownerId >= 0 && this.#owners[owner.ownerId] === owner;
+  }
+
+  /** Frees the id of an owner that holds no slot any more, and tells it (`notify`). */
+  #vacate(owner: SlotOwner, notify: boolean): void {
+    this.#owners[owner.ownerId] = undefined;
+    this.#freeIds.push(owner.ownerId);
+    owner.ownerId = -1;
+    if (notify) owner.vacated?.();
   }
 
   /**
@@ -109,9 +144,16 @@ export class L1Partition {
       return -1;
     }
     if (idx === undefined) {
-      // Make room first, so the new entry itself is never the one evicted.
+      if (!this.#isOwner(owner)) {
+        owner.occupied?.();
+        this.adopt(owner);
+      }
+      // Make room first, so the new entry itself is never the one evicted (nor its owner released
+      // when the room is made from its own last entry).
+      this.#writer = owner;
       if (this.size >= this.maxEntries) this.#evictOne(NIL);
       while (this.sizes !== undefined && this.bytes + bytes > this.maxBytes && this.size > 0) this.#evictOne(NIL);
+      this.#writer = undefined;
       idx = this.#alloc();
       this.keys[idx] = key;
       if (this.ownerIds !== undefined) this.ownerIds[idx] = owner.ownerId;
@@ -153,8 +195,10 @@ export class L1Partition {
   /** Removes every entry of one owner; returns how many there were. */
   clearOwner(owner: SlotOwner): number {
     const n = owner.slots.size;
+    if (n === 0) return 0;
     for (const idx of owner.slots.values()) this.#unlink(idx, false);
     owner.slots.clear();
+    if (this.#isOwner(owner)) this.#vacate(owner, true);
     return n;
   }
 
@@ -213,8 +257,8 @@ export class L1Partition {
       if (i === NIL) i = this.#tail;
     }
     this.#hand = this.prev[i]!;
-    this.#unlink(i, true);
     this.evictions++;
+    this.#unlink(i, true);
   }
 
   #unlink(idx: number, fromOwner: boolean): void {
@@ -225,9 +269,11 @@ export class L1Partition {
     else this.#head = n;
     if (n !== NIL) this.prev[n] = p;
     else this.#tail = p;
+    let emptied: SlotOwner | undefined;
     if (fromOwner) {
       const owner = this.ownerIds === undefined ? this.#owners[0]! : this.#owners[this.ownerIds[idx]!]!;
       owner.slots.delete(this.keys[idx]!);
+      if (owner.slots.size === 0 && owner !== this.#writer) emptied = owner;
     }
     this.keys[idx] = undefined;
     this.values[idx] = undefined;
@@ -238,10 +284,9 @@ export class L1Partition {
     this.next[idx] = this.#free;
     this.#free = idx;
     this.size--;
+    if (emptied !== undefined) this.#vacate(emptied, true);
   }
 }
-
-const EMPTY_OWNER: SlotOwner = { slots: new Map(), ownerId: -1 };
 
 function grown<T extends Float64Array | Float32Array | Uint32Array | Uint8Array>(old: T, next: T): T {
   next.set(old as never);
