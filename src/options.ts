@@ -273,7 +273,8 @@ export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
   const prefix = o.prefix ?? DEFAULTS.prefix;
   // The rules of keys (SPEC 6): a non-empty, well-formed string no longer than maxKeyLength.
   if (typeof prefix !== "string" || prefix.length === 0 || !prefix.isWellFormed()) throw optionError("prefix", `must be a non-empty, well-formed string (got ${preview(prefix)})`);
-  if (prefix.length > maxKeyLength) throw optionError("prefix", `is longer than maxKeyLength (${prefix.length} > ${maxKeyLength} characters)`);
+  // (The default prefix is ours, not input: a small maxKeyLength alone does not make it an error.)
+  if (o.prefix !== undefined && prefix.length > maxKeyLength) throw optionError("prefix", `is longer than maxKeyLength (${prefix.length} > ${maxKeyLength} characters)`);
   const s: CacheSettings = {
     prefix,
     refreshConcurrency: o.refreshConcurrency === undefined ? DEFAULTS.refreshConcurrency : parsePositiveInt("refreshConcurrency", o.refreshConcurrency),

@@ -280,6 +280,7 @@ export class Engine {
       return undefined;
     } finally {
       if (ns.peeks?.get(key) === peek) ns.peeks.delete(key);
+      ns.settle();
     }
   }
 
@@ -442,6 +443,8 @@ export class Engine {
       f.fail(error);
     } finally {
       this.#done(f);
+      // A scope that holds nothing any more is reclaimed.
+      ns.settle();
     }
   }
 
@@ -711,7 +714,9 @@ export class Engine {
     }
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
-    return drop && ns.part.delete(ns, key);
+    const dropped = drop && ns.part.delete(ns, key);
+    ns.settle();
+    return dropped;
   }
 
   /** Fences and detaches everything in flight in a scope and its nested scopes; clears their L1 entries when `drop`. */
