@@ -5,7 +5,12 @@
  * hand-made histories that must fail.
  */
 
-export type OpKind = "get" | "getOrSet" | "cached" | "set" | "remove" | "clear" | "removeLocal";
+/**
+ * What a worker records. The first eight are operations of its actors; "load" is one run of its
+ * loader (start and end, `ok`), "loadError" a `loadError` event of its cache (at `start`, with
+ * `refresh` when the cache reported the failure as a background refresh's).
+ */
+export type OpKind = "get" | "getOrSet" | "cached" | "set" | "remove" | "clear" | "removeLocal" | "clearMemory" | "load" | "loadError";
 
 export interface OpRecord {
   worker: number;
@@ -27,6 +32,12 @@ export interface OpRecord {
   policy?: "fg" | "bg";
   /** Reads: the value returned belonged to another key (this one's id). */
   foreign?: string;
+  /** Loads: when the value it replaces (the `stale` the cache handed the loader) was produced. */
+  staleAt?: number;
+  /** Loads: a background refresh the cache started right after serving a stale value it found in L2. */
+  fromL2?: boolean;
+  /** loadError: the cache reported it as a failed background refresh (no fail-safe throttle follows). */
+  refresh?: boolean;
 }
 
 export interface FaultWindow {
@@ -46,6 +57,8 @@ export interface WorkerReport {
   peakHeapBytes: number;
   /** [start, end] of each time the process did not run (a timer fired late), in order. */
   stalls: [number, number][];
+  /** What the cache reported by its events (staleHit by reason, refreshes started from L1 or L2, ...) and its evictions. */
+  events?: Record<string, number>;
 }
 
 export interface Rules {
@@ -59,6 +72,15 @@ export interface Rules {
   maxStale: number;
   /** How far past `ttl` a value may be served when a load fails (fail-safe). */
   failSafe: number;
+  /** How long a failed foreground load's fail-safe value is served without a new load (the throttle). */
+  refreshCooldown: number;
+  /** Soft timeout by policy (0: none). */
+  softTimeout: { fg: number; bg: number };
+  /**
+   * How long after its loader returned a load may still be joined: it leaves the key's flight
+   * only once its L2 write-back is done (bounded by the store's timeout).
+   */
+  writeBack: number;
   /** Slack for the time between a value being produced and the cache stamping it. */
   slack: number;
   /** Error messages a read may legitimately fail with (loader failures, timeouts). */
@@ -136,71 +158,159 @@ function inFault(faults: FaultWindow[], time: number, grace: number, kinds?: Rea
   return faults.some((f) => (kinds === undefined || kinds.has(f.kind)) && time >= f.start && time <= f.end + grace);
 }
 
+/**
+ * How often the situations each rule is about came up in the run: a rule whose situation never
+ * occurred was not exercised, whatever the violation count says.
+ */
+export interface Situations {
+  /** Reads whose value's age was checked against its window (every read that returned a value). */
+  windowChecked: number;
+  /** ... of them during a Redis fault or the grace after it (the staleness bound is suspended there, the windows are not). */
+  duringFaults: number;
+  /** Reads served a value past its ttl inside the background stale window. */
+  stale: number;
+  /** Reads served a value past its normal window, allowed because a load of the key had failed (fail-safe). */
+  failSafe: number;
+  /** Reads served a value past its ttl, allowed because a load of the key had run past softTimeout (soft timeout). */
+  softTimeout: number;
+  /** Background refreshes the cache started right after serving a stale value it found in L2. */
+  l2Refreshes: number;
+  /** ... of them still running when the value they replaced left its stale window. */
+  l2RefreshesPastWindow: number;
+  /** Reads that started, in the same process, while such a refresh of their key ran. */
+  duringL2Refresh: number;
+  /** ... of them after the replaced value's stale window had closed: nobody may be served it any more (issue [5.1]). */
+  pastWindowDuringL2Refresh: number;
+}
+
 export interface CheckResult {
   violations: Violation[];
   reads: number;
-  /** Reads the staleness promise was checked on (outside faults). */
+  /** Reads the staleness promise was checked on (outside Redis faults and their grace). */
   checkedReads: number;
-  /** Checked reads that returned a value past its ttl (stale window, fail-safe): evidence the windows were exercised. */
+  /** Window-checked reads that returned a value past its ttl (stale window, fail-safe, soft timeout): evidence the windows were exercised. */
   staleReads: number;
   /** Final reads (processes and L2) that found a value to check. */
   finalValues: number;
+  situations: Situations;
+}
+
+/** Records of one process and one key, ordered by `start`. */
+function byProcessAndKey(history: OpRecord[], op: OpKind): Map<string, OpRecord[]> {
+  const map = new Map<string, OpRecord[]>();
+  for (const r of history) {
+    if (r.op !== op) continue;
+    const id = `${r.worker}|${r.scope}/${r.key}`;
+    let list = map.get(id);
+    if (!list) map.set(id, (list = []));
+    list.push(r);
+  }
+  for (const list of map.values()) list.sort((a, b) => a.start - b.start);
+  return map;
+}
+
+/** No load runs longer than this (hardTimeout aborts the loaders; cached ones give up on their own): how far back to look. */
+const LONGEST_LOAD = 10_000;
+
+/** The records of `list` (ordered by start) that started in [from, to], newest first. */
+function* startedBetween(list: OpRecord[] | undefined, from: number, to: number): Generator<OpRecord> {
+  if (!list) return;
+  for (let i = firstEndingAfter(list, to, (r) => r.start) - 1; i >= 0 && list[i]!.start >= from; i--) yield list[i]!;
 }
 
 export function check(history: OpRecord[], faults: FaultWindow[], reports: WorkerReport[], rules: Rules, finalReads: OpRecord[] = []): CheckResult {
   const violations: Violation[] = [];
   const floors = floorsByKey(history);
   const ownFloors = floorsByKey(history, true);
+  const loads = byProcessAndKey(history, "load");
+  const loadErrors = byProcessAndKey(history, "loadError");
   const stalls = new Map(reports.map((w) => [w.worker, w.stalls]));
+  const s: Situations = { windowChecked: 0, duringFaults: 0, stale: 0, failSafe: 0, softTimeout: 0, l2Refreshes: 0, l2RefreshesPastWindow: 0, duringL2Refresh: 0, pastWindowDuringL2Refresh: 0 };
   let reads = 0;
   let checkedReads = 0;
-  let staleReads = 0;
+  const staleEnd = (at: number): number => at + rules.ttl.bg + rules.maxStale;
+
+  for (const list of loads.values()) {
+    for (const l of list) {
+      if (!l.fromL2 || l.staleAt === undefined) continue;
+      s.l2Refreshes++;
+      if (l.end > staleEnd(l.staleAt) + rules.slack) s.l2RefreshesPastWindow++;
+    }
+  }
 
   for (const r of history) {
     if (!READS.has(r.op)) continue;
     reads++;
     const id = `${r.scope}/${r.key}`;
+    const pid = `${r.worker}|${id}`;
     if (r.foreign !== undefined) violations.push({ rule: "wrongKey", detail: `${r.op} ${id} by worker ${r.worker} returned the value of ${r.foreign}` });
+    // Reads of a background key while a refresh the cache started from an L2 value runs in this
+    // process: the situation of issue [5.1] (after the value's window, nobody may be served it).
+    let l2Refresh: OpRecord | undefined;
+    if (r.policy === "bg" && r.op !== "get") {
+      for (const l of startedBetween(loads.get(pid), r.start - LONGEST_LOAD, r.start)) {
+        if (l.fromL2 && l.staleAt !== undefined && l.end >= r.start) {
+          l2Refresh = l;
+          break;
+        }
+      }
+      if (l2Refresh) {
+        s.duringL2Refresh++;
+        if (r.start > staleEnd(l2Refresh.staleAt!) + rules.slack) s.pastWindowDuringL2Refresh++;
+      }
+    }
     if (!r.ok) {
       if (!rules.allowedErrors.test(r.error ?? "")) violations.push({ rule: "unexpectedError", detail: `${r.op} ${id} by worker ${r.worker}: ${r.error}` });
       continue;
     }
     // A process's own invalidations hold for its later reads always, faults or not.
     if (r.version !== undefined) {
-      const own = floorAt(ownFloors.get(`${r.worker}|${id}`), r.start);
+      const own = floorAt(ownFloors.get(pid), r.start);
       if (r.version < own) {
         violations.push({ rule: "ownInvalidation", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version} after its own invalidation to v${own} had completed` });
       }
     }
     // Faults that keep invalidations from travelling suspend the cross-process promise
-    // (docs/guarantees.md); loader faults do not.
-    const age = r.at === undefined ? undefined : r.start - r.at;
-    if (inFault(faults, r.start, rules.grace, TRANSPORT_FAULTS)) {
-      if (age !== undefined && r.policy !== undefined && age > rules.ttl[r.policy] + Math.max(rules.failSafe, r.policy === "bg" ? rules.maxStale : 0) + rules.slack) {
-        violations.push({ rule: "staleWindow", detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} served a value ${age.toFixed(0)} ms old during a fault (beyond ttl + failSafe)` });
+    // (docs/guarantees.md); loader faults do not. The windows below do not depend on the bus:
+    // they are checked during every fault.
+    const transport = inFault(faults, r.start, rules.grace, TRANSPORT_FAULTS);
+    if (!transport) {
+      checkedReads++;
+      if (r.version !== undefined) {
+        const bound = boundFor(stalls.get(r.worker) ?? [], r.start, rules.bound);
+        const floor = floorAt(floors.get(id), r.start - bound);
+        if (r.version < floor) {
+          const lengthened = bound > rules.bound ? ` (the bound lengthened to ${bound.toFixed(0)} ms by the process's stalls)` : "";
+          violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - bound).toFixed(1)}${lengthened}` });
+        }
       }
+    }
+    if (r.version === undefined || r.at === undefined || r.policy === undefined) continue;
+    // The age of the value served, when the read started (since it was produced).
+    const age = r.start - r.at;
+    const ttl = rules.ttl[r.policy];
+    s.windowChecked++;
+    if (transport) s.duringFaults++;
+    // `get`: fresh values only. Loads: fresh, or inside the background stale window.
+    const normal = r.op === "get" ? ttl : ttl + (r.policy === "bg" ? rules.maxStale : 0);
+    if (age <= normal + rules.slack) {
+      if (age > ttl + rules.slack) s.stale++;
       continue;
     }
-    checkedReads++;
-    if (r.version !== undefined) {
-      const bound = boundFor(stalls.get(r.worker) ?? [], r.start, rules.bound);
-      const floor = floorAt(floors.get(id), r.start - bound);
-      if (r.version < floor) {
-        const lengthened = bound > rules.bound ? ` (the bound lengthened to ${bound.toFixed(0)} ms by the process's stalls)` : "";
-        violations.push({ rule: "staleness", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version}, but v${floor} was established by ${(r.start - bound).toFixed(1)}${lengthened}` });
-      }
-      // Age of the value served: `get` only fresh ones; loads may serve the stale window in
-      // background mode; while a loader fails (and shortly after), fail-safe values.
-      if (age !== undefined && r.policy !== undefined) {
-        const failing = inFault(faults, r.start, rules.grace);
-        const window = r.op === "get" ? 0 : failing ? Math.max(rules.failSafe, r.policy === "bg" ? rules.maxStale : 0) : r.policy === "bg" ? rules.maxStale : 0;
-        const limit = rules.ttl[r.policy] + window + rules.slack;
-        if (age > limit) {
-          violations.push({ rule: "staleWindow", detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} served a value ${age.toFixed(0)} ms old (limit ${limit} ms)` });
-        }
-        if (age > rules.ttl[r.policy]) staleReads++;
-      }
+    const why = r.op === "get" ? undefined : excuse(r, age, loads.get(pid), loadErrors.get(pid), rules);
+    if (why !== undefined) {
+      s[why]++;
+      continue;
     }
+    const limit = r.op === "get" ? normal + rules.slack : Math.max(normal, ttl + rules.failSafe) + rules.slack;
+    const context = [
+      transport ? "during a Redis fault" : "",
+      l2Refresh && r.at === l2Refresh.staleAt ? `joined a refresh started from L2 at ${l2Refresh.start.toFixed(1)} after the value's stale window closed at ${staleEnd(l2Refresh.staleAt!).toFixed(1)}` : "",
+    ].filter((x) => x !== "");
+    violations.push({
+      rule: "staleWindow",
+      detail: `${r.op} ${id} (${r.policy}) by worker ${r.worker} at ${r.start.toFixed(1)} served a value ${age.toFixed(0)} ms old (window ${normal} ms + ${rules.slack} ms slack${r.op === "get" ? "" : `; up to ${limit} ms only after a failed load or a soft timeout, and neither happened`})${context.length ? ` — ${context.join("; ")}` : ""}`,
+    });
   }
 
   for (const w of reports) {
@@ -218,5 +328,32 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
       violations.push({ rule: "finalState", detail: `final ${r.op} ${id} by ${r.worker === -1 ? "L2" : `worker ${r.worker}`} found v${r.version}, last invalidation was v${last}` });
     }
   }
-  return { violations, reads, checkedReads, staleReads, finalValues: finalReads.filter((r) => r.ok && r.version !== undefined).length };
+  return { violations, reads, checkedReads, staleReads: s.stale + s.failSafe + s.softTimeout, finalValues: finalReads.filter((r) => r.ok && r.version !== undefined).length, situations: s };
+}
+
+/**
+ * Why a load (getOrSet, cached) may have been served a value older than its normal window, from
+ * what its own process saw — or undefined: no reason, a violation.
+ * - "softTimeout": the scope has a soft timeout, and a load of the key in this process had run
+ *   that long while the read waited (or the read joined that load after it answered, until the
+ *   load has written its value back): the held value, inside its longest window
+ *   (ttl + max(maxStale, failSafe)).
+ * - "failSafe": a load of the key in this process failed while the read waited, or a foreground
+ *   load failed at most refreshCooldown before the read (the throttle serves the fail-safe value
+ *   without loading): a value inside ttl + failSafe.
+ * Nothing else excuses an old value — no fault window, no other process's failure: a read that
+ * joins a refresh which answered early gets no pass (issue [5.1]).
+ */
+function excuse(r: OpRecord, age: number, loads: OpRecord[] | undefined, errors: OpRecord[] | undefined, rules: Rules): "softTimeout" | "failSafe" | undefined {
+  const ttl = rules.ttl[r.policy!];
+  const soft = rules.softTimeout[r.policy!];
+  const safe = age <= ttl + rules.failSafe + rules.slack;
+  // A load failed while the read waited (a failure answers everybody waiting, with a fail-safe value if one is held).
+  if (safe) for (const _ of startedBetween(errors, r.start - 1, r.end + 1)) return "failSafe";
+  if (soft > 0 && age <= ttl + Math.max(rules.maxStale, rules.failSafe) + rules.slack) {
+    for (const l of startedBetween(loads, r.start - LONGEST_LOAD, r.end + 1 - soft)) if (l.end + rules.writeBack >= r.start) return "softTimeout";
+  }
+  // A foreground load failed shortly before: its fail-safe value is served from the throttle.
+  if (safe) for (const e of startedBetween(errors, r.start - rules.refreshCooldown - rules.slack, r.start)) if (!e.refresh) return "failSafe";
+  return undefined;
 }

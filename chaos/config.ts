@@ -13,14 +13,30 @@ export interface WorkerConfig {
   /**
    * A deliberately broken setup, to show the checker catches it: "no-bus" (no invalidation bus),
    * "no-cas" (an L2 store that ignores the generation check of load write-backs), "big-pool" (the
-   * cache may run four times the refreshes the checker allows).
+   * cache may run four times the refreshes the checker allows), "stale-join" (the engine's fix of
+   * issue [5.1] switched off: callers joining a refresh that answered early with a stale value get
+   * that value even past its window).
    */
-  sabotage?: "no-bus" | "no-cas" | "big-pool";
+  sabotage?: Sabotage;
   /** Keys k0.. of each scope that are rarely written (default COLD_KEYS). */
   coldKeys?: number;
+  /** The L1 bound of this process (undefined: the library's default); see l1Bound. */
+  maxEntries?: number;
 }
 
-export type LoaderMode = "normal" | "slow" | "fail";
+export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join"] as const;
+export type Sabotage = (typeof SABOTAGES)[number];
+
+/**
+ * What the loaders do (the coordinator switches it for loader faults):
+ * - "slow": loaders the cache can abort take 100 ms to `hardTimeout` + 300 ms (often past it);
+ * - "fail": every loader throws;
+ * - "outlast": a loader replacing a stale value (the `stale` the cache hands it) runs until that
+ *   value's window has closed, and a bit longer (in the background scope: until `at + ttl + maxStale`
+ *   + 150–550 ms; in the foreground scope: past `softTimeout`), then returns — or, one time in three,
+ *   fails. Refreshes that outlive the value they replace, soft timeouts, failing refreshes.
+ */
+export type LoaderMode = "normal" | "slow" | "fail" | "outlast";
 
 /** The cache options every worker uses; the checker's rules are derived from them. */
 export const CHAOS_POLICY = {
@@ -28,8 +44,26 @@ export const CHAOS_POLICY = {
   maxStale: 1500,
   failSafe: 3000,
   refreshConcurrency: 4,
-  hardTimeout: 1000,
+  refreshCooldown: 500,
+  /** The L2 store's timeout (short, so that Redis faults show quickly). */
+  storeTimeout: 300,
+  /**
+   * Longer in the background scope than its stale window: a refresh started from a value late in
+   * its window can outlive that window instead of being aborted first (loader fault "outlast").
+   */
+  hardTimeout: { fg: 1000, bg: 2500 },
+  /** A scope option of the foreground scope only (see softTimeout in RULES). */
+  softTimeout: { fg: 250, bg: 0 },
 } as const;
+
+/**
+ * L1 pressure: the L1 bound of worker `id`. Processes 1, 4, ... hold 12 entries and 2, 5, ... 28,
+ * of the 40 keys, so entries — stale ones included — are evicted all the time; 0, 3, ... keep the
+ * default (nothing evicted).
+ */
+export function l1Bound(id: number): number | undefined {
+  return [undefined, 12, 28][id % 3];
+}
 
 /**
  * A key space small enough for operations to collide (loads racing invalidations), large enough
@@ -57,6 +91,11 @@ export const RULES: Rules = {
   ttl: CHAOS_POLICY.ttl,
   maxStale: CHAOS_POLICY.maxStale,
   failSafe: CHAOS_POLICY.failSafe,
+  refreshCooldown: CHAOS_POLICY.refreshCooldown,
+  // Only the foreground scope has a soft timeout: a background scope with one would let a soft
+  // answer excuse what the stale window forbids, and blunt the check of issue [5.1].
+  softTimeout: CHAOS_POLICY.softTimeout,
+  writeBack: CHAOS_POLICY.storeTimeout + 100,
   slack: 100,
   // Reads may fail only the ways a loader can: it threw, or it timed out.
   allowedErrors: /chaos: the source is down|chaos: the source timed out|LoadTimeoutError|exceeded hardTimeout/,

@@ -1,15 +1,17 @@
 /**
  * `npm run chaos`: several processes, each with its own LayerCache on one real redis-server (L2 +
  * bus), doing random operations while Redis is killed, paused and has its connections cut, and
- * loaders turn slow or fail; then every recorded operation is checked (chaos/checker.ts).
+ * loaders turn slow, fail, or outlast the values they replace; then every recorded operation is
+ * checked (chaos/checker.ts).
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
  *                    [--fault-gap 4000-8000] [--fault-kinds redis-kill,loader-slow,...] [--cold-keys 5]
- *                    [--sabotage no-bus|no-cas|big-pool] [--dump history.json]
+ *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--dump history.json]
  *
- * Prints operations done, faults injected, violations (must be 0), unhandled rejections (must be
- * 0), peak memory and stalls per process; exits 1 on any violation. It ends with the command that
- * replays the run: the same seed and options give the same fault schedule and operation mix.
+ * Prints operations done, faults injected, how often each rule's situation came up, violations
+ * (must be 0), unhandled rejections (must be 0), peak memory and stalls per process; exits 1 on any
+ * violation. It ends with the command that replays the run: the same seed and options give the
+ * same fault schedule and operation mix.
  */
 import { fork, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -21,22 +23,22 @@ import ms from "ms";
 import { decodeRecord } from "../src/store/envelope.js";
 import { rng } from "../bench/rng.js";
 import { RedisServer } from "../test/support/servers.js";
-import { check, type FaultWindow, type OpRecord, type Violation, type WorkerReport } from "./checker.js";
-import { KEYS_PER_SCOPE, RULES, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
+import { check, type FaultWindow, type OpRecord, type Situations, type Violation, type WorkerReport } from "./checker.js";
+import { KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
 
 export interface ChaosOptions {
   durationMs: number;
   seed: number;
   workers: number;
   concurrency: number;
-  sabotage?: WorkerConfig["sabotage"];
+  sabotage?: Sabotage;
   /** Inject faults (default true). */
   faults?: boolean;
   /** Quiet time between faults, drawn uniformly from [min, max] ms (default [4000, 8000]). */
   faultGapMs?: [number, number];
   /** Keys of each scope that are rarely written (default 5 of 20). */
   coldKeys?: number;
-  /** Only these kinds of fault (default: all six). */
+  /** Only these kinds of fault (default: all seven). */
   faultKinds?: FaultKind[];
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
@@ -53,8 +55,12 @@ export interface ChaosResult {
   violations: Violation[];
   /** Reads outside fault windows (and their grace), where the staleness promise was checked. */
   checkedReads: number;
-  /** Checked reads that returned a value past its ttl (stale window or fail-safe). */
+  /** Window-checked reads that returned a value past its ttl (stale window, fail-safe, soft timeout). */
   staleReads: number;
+  /** How often each rule's situation came up (see Situations in chaos/checker.ts). */
+  situations: Situations;
+  /** What the caches reported by their events, summed over the processes. */
+  events: Record<string, number>;
   /** Final reads (processes and L2) that found a value to check. */
   finalValues: number;
   reads: number;
@@ -66,7 +72,12 @@ const root = resolve(import.meta.dirname, "..");
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const sleep = (t: number) => new Promise<void>((r) => setTimeout(r, t));
 
-export const FAULT_KINDS = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail"] as const;
+/**
+ * "loader-outlast": loaders replacing a stale value run until its window has closed (see
+ * LoaderMode in chaos/config.ts) — with the L1 drops and L1 pressure of the workload, refreshes the
+ * cache started from a stale value found in L2 outlive that value's window.
+ */
+export const FAULT_KINDS = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail", "loader-outlast"] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 function shuffle<T>(items: T[], random: () => number): T[] {
@@ -129,7 +140,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   try {
     for (let id = 0; id < o.workers; id++) {
-      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys };
+      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id) };
       const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
       child.on("message", (m: { type: string; req?: number; id?: string }) => {
         if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
@@ -154,7 +165,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
     // Faults, until a quiet tail before the end.
     const broadcast = (mode: LoaderMode) => workers.forEach((w) => w.send({ type: "loaderMode", mode }));
-    // Kinds are dealt from a shuffled deck, so every six faults cover every kind once.
+    // Kinds are dealt from a shuffled deck, so every seven faults cover every kind once.
     const [gapMin, gapMax] = o.faultGapMs ?? [4000, 8000];
     let deck: FaultKind[] = [];
     while (o.faults !== false && now() - started < o.durationMs - 3000) {
@@ -173,6 +184,12 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         server.resume();
       } else if (kind === "pubsub-kill" || kind === "normal-kill") {
         await admin.call("CLIENT", "KILL", "TYPE", kind === "pubsub-kill" ? "pubsub" : "normal", "SKIPME", "yes").catch(() => {});
+      } else if (kind === "loader-outlast") {
+        // Long enough for a value refreshed just before it to age into the last part of its stale
+        // window (where the workers drop it from L1) while the fault lasts.
+        broadcast("outlast");
+        await sleep(2000 + random() * 1000);
+        broadcast("normal");
       } else {
         broadcast(kind === "loader-slow" ? "slow" : "fail");
         await sleep(800 + random() * 1200);
@@ -210,11 +227,18 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
       }
     }
-    const { violations, checkedReads, reads, staleReads, finalValues } = check(history, faults, reports, RULES, finals);
+    const { violations, checkedReads, reads, staleReads, finalValues, situations } = check(history, faults, reports, RULES, finals);
     if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, options: { ...o, log: undefined }, started, faults, violations, finals, reports, history }));
     const opsByKind: Record<string, number> = {};
-    for (const r of history) opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
-    return { options: o, seed: o.seed, ops: history.length, opsByKind, faults, violations, checkedReads, reads, staleReads, finalValues, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
+    let ops = 0;
+    for (const r of history) {
+      if (r.op === "load" || r.op === "loadError") continue;
+      opsByKind[r.op] = (opsByKind[r.op] ?? 0) + 1;
+      ops++;
+    }
+    const events: Record<string, number> = {};
+    for (const w of reports) for (const [k, n] of Object.entries(w.events ?? {})) events[k] = (events[k] ?? 0) + n;
+    return { options: o, seed: o.seed, ops, opsByKind, faults, violations, checkedReads, reads, staleReads, situations, events, finalValues, unhandledRejections: reports.reduce((a, r) => a + r.unhandledRejections, 0), reports };
   } finally {
     finished = true;
     clearTimeout(deadline);
@@ -230,7 +254,8 @@ export function summarize(r: ChaosResult): string {
   const lines = [
     `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
     `faults injected: ${r.faults.length} (${Object.entries(r.faults.reduce<Record<string, number>>((a, f) => ((a[f.kind] = (a[f.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${k} ${n}`).join(", ")})`,
-    `reads checked for staleness (outside Redis faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}; ${r.staleReads} of them served past ttl; ${r.finalValues} values checked after the run`,
+    `reads checked for staleness (outside Redis faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}; ${r.finalValues} values checked after the run`,
+    ...situationLines(r),
     `violations: ${r.violations.length}`,
     ...r.violations.slice(0, 20).map((v) => `  - [${v.rule}] ${v.detail}`),
     `unhandled rejections: ${r.unhandledRejections}`,
@@ -240,6 +265,17 @@ export function summarize(r: ChaosResult): string {
     `seed: ${r.seed} (replay: ${replayCommand(r.options)})`,
   ];
   return lines.join("\n");
+}
+
+/** How often each rule's situation came up: a rule whose situation never occurred was not exercised. */
+function situationLines(r: ChaosResult): string[] {
+  const s = r.situations;
+  const e = (name: string): number => r.events[name] ?? 0;
+  return [
+    `reads checked against their window (staleWindow): ${s.windowChecked}, of them ${s.duringFaults} during Redis faults or ${RULES.grace} ms after; served past ttl: ${s.stale} in the stale window, ${s.failSafe} fail-safe, ${s.softTimeout} after a soft timeout`,
+    `refreshes started from a stale value found in L2: ${s.l2Refreshes}, ${s.l2RefreshesPastWindow} of them still running when that value left its window; reads during them: ${s.duringL2Refresh}, ${s.pastWindowDuringL2Refresh} of them after the value's window had closed`,
+    `cache events: hits l1 ${e("hit l1")}, l2 ${e("hit l2")}; stale hits background ${e("staleHit background")}, failSafe ${e("staleHit failSafe")}, softTimeout ${e("staleHit softTimeout")}; refreshes from L1 ${e("refreshStart from L1")}, from L2 ${e("refreshStart from L2")}, failed ${e("refreshFailure")}, skipped (pool full ${e("refreshSkipped poolFull")}, cooldown ${e("refreshSkipped cooldown")}); load errors ${e("loadError")}; L1 evictions ${e("evictions")}`,
+  ];
 }
 
 /** The command line that runs `o` again: same seed, same fault schedule and operation mix. */
@@ -272,6 +308,12 @@ function faultKinds(text: string): FaultKind[] {
   return kinds as FaultKind[];
 }
 
+function sabotageArg(text: string | undefined): Sabotage | undefined {
+  if (text === undefined) return undefined;
+  if (!(SABOTAGES as readonly string[]).includes(text)) throw new Error(`--sabotage takes one of ${SABOTAGES.join(", ")} (got ${text})`);
+  return text as Sabotage;
+}
+
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
   if (i >= 0) return process.argv[i + 1];
@@ -290,7 +332,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     seed,
     workers: Number(arg("workers") ?? 3),
     concurrency: Number(arg("concurrency") ?? 6),
-    sabotage: arg("sabotage") as WorkerConfig["sabotage"],
+    sabotage: sabotageArg(arg("sabotage")),
     faults: arg("faults") !== "off",
     ...(arg("cold-keys") !== undefined ? { coldKeys: coldKeys(arg("cold-keys")!) } : {}),
     ...(arg("fault-gap") !== undefined ? { faultGapMs: faultGap(arg("fault-gap")!) } : {}),

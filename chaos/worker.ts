@@ -1,17 +1,22 @@
 /**
  * One process of the chaos run: a LayerCache on the shared Redis (L2 + bus) doing random
- * operations over a small key space, recording each one with start and end times. The source of
- * truth is the coordinator (over IPC): versions only grow. Argv: one JSON object (WorkerConfig).
+ * operations over a small key space, recording each one with start and end times — and each run of
+ * its loader and each load error its cache reports, which the checker needs to tell a fail-safe or
+ * soft-timeout answer from a value served past its window. The source of truth is the coordinator
+ * (over IPC): versions only grow. Argv: one JSON object (WorkerConfig).
  */
 import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/redis.js";
+import { sabotage } from "../src/engine/sabotage.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
 import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig;
+// Sabotage "stale-join": the engine's fix of issue [5.1] switched off (src/engine/sabotage.ts).
+if (config.sabotage === "stale-join") sabotage.staleJoin = true;
 const now = (): number => Number(process.hrtime.bigint()) / 1e6;
 const send = (m: unknown): void => void process.send!(m);
 
@@ -42,20 +47,22 @@ class CarelessStore extends RedisStore {
     return super.set(key, record, ttlMs);
   }
 }
-const storeOptions = { client, timeout: "300ms", circuitBreaker: { threshold: 3, cooldown: "500ms" } } as const;
+const storeOptions = { client, timeout: CHAOS_POLICY.storeTimeout, circuitBreaker: { threshold: 3, cooldown: "500ms" } } as const;
 const cache = new LayerCache({
   prefix: config.prefix,
   l2: config.sabotage === "no-cas" ? new CarelessStore(storeOptions) : new RedisStore(storeOptions),
   ...(config.sabotage === "no-bus" ? {} : { bus: new RedisBus({ client, heartbeat: "250ms" }) }),
   // Sabotage "big-pool": the cache may run more refreshes than the checker's bound.
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency * (config.sabotage === "big-pool" ? 4 : 1),
-  refreshCooldown: "500ms",
-  hardTimeout: CHAOS_POLICY.hardTimeout,
+  refreshCooldown: CHAOS_POLICY.refreshCooldown,
+  hardTimeout: CHAOS_POLICY.hardTimeout.fg,
   failSafe: CHAOS_POLICY.failSafe,
+  // L1 pressure in some processes (l1Bound in chaos/config.ts): entries are evicted, stale ones too.
+  ...(config.maxEntries !== undefined ? { maxEntries: config.maxEntries } : {}),
 });
 const scopes: Record<"fg" | "bg", CacheScope> = {
-  fg: cache.scope("fg", { ttl: CHAOS_POLICY.ttl.fg }),
-  bg: cache.scope("bg", { ttl: CHAOS_POLICY.ttl.bg, refresh: "background", maxStale: CHAOS_POLICY.maxStale }),
+  fg: cache.scope("fg", { ttl: CHAOS_POLICY.ttl.fg, softTimeout: CHAOS_POLICY.softTimeout.fg }),
+  bg: cache.scope("bg", { ttl: CHAOS_POLICY.ttl.bg, refresh: "background", maxStale: CHAOS_POLICY.maxStale, hardTimeout: CHAOS_POLICY.hardTimeout.bg }),
 };
 
 // ---------------------------------------------------------------- loader, with its own bookkeeping
@@ -80,7 +87,63 @@ cache.on("busReconnect", () => {
   bumpScope("fg");
   bumpScope("bg");
 });
-const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, stalls: [] };
+const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, stalls: [], events: {} };
+const count = (name: string): void => void (report.events![name] = (report.events![name] ?? 0) + 1);
+
+/** The history goes to disk as it is made (one JSON line per record), not into this heap. */
+const historyFile = `${config.dir}/worker-${config.id}.ndjson`;
+const history = createWriteStream(historyFile);
+// (A refresh may still end after the history is closed, at the very end: not recorded.)
+const record = (r: OpRecord): void => void (history.writableEnded || history.write(JSON.stringify(r) + "\n"));
+
+// ---------------------------------------------------------------- what the cache says it did
+/**
+ * True during the synchronous part of a call an actor makes into the cache. An event emitted then
+ * belongs to that call (an L1 hit, a stale hit from L1, a refresh started from L1); one emitted
+ * outside comes from a load or refresh in flight.
+ */
+let inCall = false;
+/** The key of a stale hit just emitted outside any call: a load serving a stale value it found in L2. */
+let staleFromL2: string | undefined;
+/** The key whose refresh the cache started right after that: the next loader call for it is that refresh. */
+let refreshFromL2: string | undefined;
+const keyId = (e: { scope: string; key: string }): string => `${e.scope}/${e.key}`;
+cache.on("staleHit", (e) => {
+  count(`staleHit ${e.reason}`);
+  if (inCall || e.reason !== "background") return;
+  staleFromL2 = keyId(e);
+  queueMicrotask(() => void (staleFromL2 = undefined));
+});
+cache.on("refreshStart", (e) => {
+  if (!inCall && staleFromL2 === keyId(e)) {
+    count("refreshStart from L2");
+    refreshFromL2 = keyId(e);
+    queueMicrotask(() => void (refreshFromL2 = undefined));
+  } else count("refreshStart from L1");
+});
+cache.on("refreshSkipped", (e) => count(`refreshSkipped ${e.reason}`));
+cache.on("hit", (e) => count(`hit ${e.layer}`));
+/**
+ * Failed loads, as the cache reports them: the checker allows fail-safe values to the reads that
+ * waited for one, and (for foreground loads, not refreshes) to reads shortly after. `refreshFailure`
+ * follows `loadError` at once for a refresh, so the record is written a microtask later.
+ */
+const failing = new Map<string, OpRecord>();
+cache.on("loadError", (e) => {
+  count("loadError");
+  const t = now();
+  const rec: OpRecord = { worker: config.id, op: "loadError", scope: e.scope, key: e.key, start: t, end: t, ok: false, refresh: false };
+  failing.set(keyId(e), rec);
+  queueMicrotask(() => {
+    if (failing.get(keyId(e)) === rec) failing.delete(keyId(e));
+    record(rec);
+  });
+});
+cache.on("refreshFailure", (e) => {
+  count("refreshFailure");
+  const rec = failing.get(keyId(e));
+  if (rec) rec.refresh = true;
+});
 
 /**
  * Times this process did not run (its event loop blocked, or the machine gave it no CPU): a timer
@@ -123,9 +186,9 @@ let bgLoads = 0;
 let bgWaiting = 0;
 
 /** A deadline of the loader's own at the hard timeout (for loaders the cache gives no signal). */
-function ownDeadline(): { signal: AbortSignal; cancel: () => void } {
+function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => void } {
   const c = new AbortController();
-  const timer = setTimeout(() => c.abort(new Error("chaos: the source timed out")), CHAOS_POLICY.hardTimeout);
+  const timer = setTimeout(() => c.abort(new Error("chaos: the source timed out")), CHAOS_POLICY.hardTimeout[scope]);
   return { signal: c.signal, cancel: () => clearTimeout(timer) };
 }
 
@@ -134,14 +197,21 @@ function ownDeadline(): { signal: AbortSignal; cancel: () => void } {
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
-async function load(scope: string, key: string, epoch: number, cacheSignal?: AbortSignal): Promise<Value> {
+async function load(scope: "fg" | "bg", key: string, epoch: number, cacheSignal?: AbortSignal, stale?: Value): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
   // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
   // abandoned, and it ends its flight itself.
-  const own = cacheSignal ? undefined : ownDeadline();
+  const own = cacheSignal ? undefined : ownDeadline(scope);
   const signal = cacheSignal ?? own!.signal;
-  const flight = `${scope}/${key}#${epoch}`;
+  const id = `${scope}/${key}`;
+  const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: now(), end: 0, ok: false, staleAt: stale?.at };
+  if (refreshFromL2 === id) {
+    rec.fromL2 = true;
+    refreshFromL2 = undefined;
+    if (scope === "bg") l2Refreshing.add(key);
+  }
+  const flight = `${id}#${epoch}`;
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
   report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
@@ -151,19 +221,52 @@ async function load(scope: string, key: string, epoch: number, cacheSignal?: Abo
   }
   try {
     if (loaderMode === "fail") throw new Error("chaos: the source is down");
-    const v = await ask("read", `${scope}/${key}`, signal);
+    const v = await ask("read", id, signal);
     // Read first, then take time: an invalidation in between is the race the cache must survive.
     // Slow phases slow only loaders the cache can abort: they exercise the cache's hard timeout.
-    await sleep(loaderMode === "slow" && cacheSignal ? 100 + Math.random() * 1200 : Math.random() * 3, signal);
+    const plan = loaderMode === "outlast" ? outlast(scope, stale, rec.fromL2 === true, cacheSignal === undefined) : undefined;
+    if (plan === "fail") throw new Error("chaos: the source is down");
+    if (plan !== undefined) {
+      await sleep(plan, signal);
+      if (Math.random() < 1 / 3) throw new Error("chaos: the source is down");
+    } else await sleep(loaderMode === "slow" && cacheSignal ? 100 + Math.random() * (CHAOS_POLICY.hardTimeout[scope] + 200) : Math.random() * 3, signal);
+    rec.ok = true;
     // Produced now: the cache stamps the entry right after the loader returns.
-    return { v, at: now(), id: `${scope}/${key}` };
+    return { v, at: now(), id };
   } finally {
+    rec.end = now();
+    record(rec);
+    if (rec.fromL2 && scope === "bg") l2Refreshing.delete(key);
     own?.cancel();
     if (scope === "bg") bgLoads--;
     const left = inflight.get(flight)! - 1;
     if (left === 0) inflight.delete(flight);
     else inflight.set(flight, left);
   }
+}
+
+/**
+ * Loader mode "outlast" (the fault "loader-outlast"): what a loader replacing `stale` does — run
+ * this many ms (then fail one time in three), fail at once ("fail"), or behave (undefined).
+ * - Background scope, a refresh the cache started right after serving a stale value from L2: run
+ *   until that value's stale window has closed, plus 150–550 ms (a cached function, which is not
+ *   handed the value, runs maxStale + 150–550 ms: at least as long). Later callers must not be
+ *   served that value any more while the refresh goes on (issue [5.1]).
+ * - Background scope, `stale` still inside its window otherwise (a refresh started from L1), or a
+ *   cached function (which cannot tell): fail at once. The refresh pool stays free, the value
+ *   keeps ageing in L2, and the key cools down — until an L1 drop (removeLocal, clearMemory,
+ *   eviction) sends the next read to L2.
+ * - Foreground scope, a load with a value held past its ttl: run past the soft timeout.
+ * - Anything else (no value held, or one past its stale window: a foreground load): behave, so
+ *   values start afresh.
+ */
+function outlast(scope: "fg" | "bg", stale: Value | undefined, fromL2: boolean, cached: boolean): number | "fail" | undefined {
+  const extra = 150 + Math.random() * 400;
+  if (scope === "fg") return stale === undefined ? undefined : CHAOS_POLICY.softTimeout.fg + extra;
+  if (fromL2) return (stale === undefined ? CHAOS_POLICY.maxStale : Math.max(0, stale.at + CHAOS_POLICY.ttl.bg + CHAOS_POLICY.maxStale - now())) + extra;
+  if (cached) return "fail";
+  if (stale === undefined) return undefined;
+  return stale.at + CHAOS_POLICY.ttl.bg + CHAOS_POLICY.maxStale > now() ? "fail" : undefined;
 }
 
 // The key is the key alone; `epoch` only rides along for the bookkeeping above.
@@ -173,9 +276,6 @@ const cachedFns = {
 };
 
 // ---------------------------------------------------------------- operations
-/** The history goes to disk as it is made (one JSON line per operation), not into this heap. */
-const historyFile = `${config.dir}/worker-${config.id}.ndjson`;
-const history = createWriteStream(historyFile);
 
 async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpRecord> {
   const scope = scopes[scopeName];
@@ -200,22 +300,35 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
       bumpScope(scopeName);
       await done;
     } else if (op === "removeLocal") {
+      // L1 only (in flight loads of the key are fenced, its cooldown forgotten): the next read here goes to L2.
       scope.removeLocal(key);
       bump(id);
+    } else if (op === "clearMemory") {
+      scope.clearMemory();
+      bumpScope(scopeName);
     } else {
       const epoch = epochs.get(id) ?? 0;
       const counted = scopeName === "bg" && op !== "get";
       if (counted) bgWaiting++;
       try {
-        const value =
-          op === "get"
-            ? ((await scope.get(key)) as Value | undefined)
-            : op === "cached"
-              ? ((await cachedFns[scopeName](key, epoch)) as Value)
-              : ((await scope.getOrSet(key, ({ signal }) => load(scopeName, key, epoch, signal))) as Value);
+        // Events the cache emits before the call returns belong to this call (see inCall).
+        inCall = true;
+        let pending: Promise<unknown>;
+        try {
+          pending =
+            op === "get"
+              ? scope.get(key)
+              : op === "cached"
+                ? cachedFns[scopeName](key, epoch)
+                : scope.getOrSet(key, ({ signal, stale }) => load(scopeName, key, epoch, signal, stale as Value | undefined));
+        } finally {
+          inCall = false;
+        }
+        const value = (await pending) as Value | undefined;
         rec.version = value?.v;
         rec.at = value?.at;
         rec.policy = scopeName;
+        if (scopeName === "bg" && value !== undefined) lastSeen.set(key, value.at);
         if (value !== undefined && value.id !== id) rec.foreign = String(value.id);
       } finally {
         if (counted) bgWaiting--;
@@ -229,6 +342,28 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
   return rec;
 }
 
+/**
+ * During "outlast" loader faults, each process drops from its L1 the background keys whose value
+ * (as its last read saw it) is late in its stale window — 250 to 900 ms before the window closes —
+ * once per value. The next read finds the value in L2, serves it and starts a refresh (removeLocal
+ * also forgot the key's cooldown), which the loader makes outlive the window: the situation of
+ * issue [5.1], several times a second.
+ */
+const lastSeen = new Map<string, number>();
+/** Background keys with a refresh from L2 in flight here (the dropper leaves them alone). */
+const l2Refreshing = new Set<string>();
+const droppedAt = new Map<string, number>();
+const dropper = setInterval(() => {
+  if (loaderMode !== "outlast" || stopping) return;
+  const t = now();
+  for (const [key, at] of lastSeen) {
+    const left = at + CHAOS_POLICY.ttl.bg + CHAOS_POLICY.maxStale - t;
+    if (left < 250 || left > 900 || droppedAt.get(key) === at || l2Refreshing.has(key)) continue;
+    droppedAt.set(key, at);
+    void run("removeLocal", "bg", key).then(record);
+  }
+}, 50);
+
 let stopping = false;
 
 async function actor(seed: number): Promise<void> {
@@ -237,11 +372,15 @@ async function actor(seed: number): Promise<void> {
     const scopeName = random() < 0.5 ? "fg" : "bg";
     const k = Math.floor(random() * KEYS_PER_SCOPE[scopeName]);
     const x = random();
-    // Mostly reads; writes often enough to race loads; scope clears rare (each one empties a scope here).
-    let op: OpKind = x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.99 ? "remove" : x < 0.9995 ? "removeLocal" : "clear";
-    // Cold keys are rarely invalidated, so their values live to their windows: stale reads, refreshes.
-    if (k < (config.coldKeys ?? COLD_KEYS) && (op === "set" || op === "remove" || op === "removeLocal") && random() < 0.97) op = "getOrSet";
-    history.write(JSON.stringify(await run(op, scopeName, `k${k}`)) + "\n");
+    // Mostly reads; writes often enough to race loads; L1 drops of this process often enough that
+    // reads of stale keys go to L2 (removeLocal also forgets a refresh cooldown and detaches a
+    // refresh in flight); scope clears and clearMemory rare (each one empties a scope here).
+    let op: OpKind =
+      x < 0.56 ? "getOrSet" : x < 0.71 ? "get" : x < 0.85 ? "cached" : x < 0.92 ? "set" : x < 0.9895 ? "remove" : x < 0.9995 ? "removeLocal" : x < 0.9998 ? "clearMemory" : "clear";
+    // Cold keys are rarely invalidated, so their values live to their windows: stale reads,
+    // refreshes. (removeLocal writes nothing: it leaves them cold.)
+    if (k < (config.coldKeys ?? COLD_KEYS) && (op === "set" || op === "remove") && random() < 0.97) op = "getOrSet";
+    record(await run(op, scopeName, `k${k}`));
     await sleep(random() * 10);
   }
 }
@@ -278,6 +417,8 @@ process.on("message", async (m: { type: string; req?: number; version?: number; 
     }
     clearInterval(memory);
     clearInterval(stallWatch);
+    clearInterval(dropper);
+    report.events!.evictions = cache.stats().evictions;
     await new Promise<void>((resolve) => history.end(resolve));
     const file = `${config.dir}/worker-${config.id}.json`;
     writeFileSync(file, JSON.stringify({ historyFile, finals, report }));

@@ -54,21 +54,87 @@ describe("history checker", () => {
     expect(check([fg, bg], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
   });
 
-  test("while a loader fails, fail-safe values up to ttl + failSafe are allowed, and no older", () => {
-    const fault = [{ kind: "loader-fail", start: 9000, end: 11_000 }];
-    const ok = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.failSafe + 10, policy: "fg" });
-    const old = op({ op: "getOrSet", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.failSafe - RULES.slack - 1, policy: "fg" });
-    const result = check([ok], fault, [report()], RULES);
+  test("fail-safe values (up to ttl + failSafe) only to reads a failed load of their key, in their process, can explain", () => {
+    const age = (ms: number) => 10_000 - ms;
+    const read = (o: Partial<OpRecord> = {}) => op({ op: "getOrSet", start: 10_000, end: 10_050, version: 1, at: age(RULES.ttl.fg + RULES.failSafe - 10), policy: "fg", ...o });
+    const failed = (o: Partial<OpRecord>) => op({ op: "loadError", start: 10_020, end: 10_020, ok: false, refresh: false, ...o });
+    // The load it waited for failed: allowed, counted as a fail-safe read.
+    const waited = check([read(), failed({})], [], [report()], RULES);
+    expect(waited.violations).toEqual([]);
+    expect(waited.situations.failSafe).toBe(1);
+    expect(waited.staleReads).toBe(1);
+    // A foreground load failed shortly before: the throttle serves the fail-safe value.
+    expect(check([read(), failed({ start: 9700, end: 9700 })], [], [report()], RULES).violations).toEqual([]);
+    // ... but not after a failed background refresh (no throttle), not long before, not in another process or key.
+    for (const other of [failed({ start: 9700, end: 9700, refresh: true }), failed({ start: 9000, end: 9000 }), failed({ worker: 1 }), failed({ key: "j" })]) {
+      expect(check([read(), other], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    }
+    // A loader fault going on somewhere is no excuse by itself; nor is a failure for a value older than ttl + failSafe.
+    expect(check([read()], [{ kind: "loader-fail", start: 9000, end: 11_000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    expect(check([read({ at: age(RULES.ttl.fg + RULES.failSafe + RULES.slack + 1) }), failed({})], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    // Nothing excuses a plain `get` returning an expired value, nor an old version.
+    const expiredGet = op({ op: "get", start: 10_000, version: 1, at: age(RULES.ttl.fg + RULES.slack + 1), policy: "fg" });
+    expect(check([expiredGet, failed({})], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    expect(check([write, op({ op: "get", start: 10_000, version: 4 })], [{ kind: "loader-fail", start: 9000, end: 11_000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+  });
+
+  test("a soft timeout excuses a value past ttl only where the scope has one and a load of the key ran that long", () => {
+    const soft = RULES.softTimeout.fg;
+    expect(soft).toBeGreaterThan(0);
+    expect(RULES.softTimeout.bg).toBe(0);
+    const old = RULES.ttl.fg + Math.max(RULES.maxStale, RULES.failSafe) - 10;
+    // The read waited while a load ran past softTimeout (the held value answered), or joined it after that answer.
+    const load = op({ op: "load", start: 10_000, end: 10_000 + soft + 400 });
+    const waiting = op({ op: "getOrSet", start: 10_010, end: 10_000 + soft + 1, version: 1, at: 10_010 - old, policy: "fg" });
+    const joining = op({ op: "getOrSet", start: 10_000 + soft + 100, end: 10_000 + soft + 101, version: 1, at: 10_000 + soft + 100 - old, policy: "fg" });
+    const result = check([load, waiting, joining], [], [report()], RULES);
     expect(result.violations).toEqual([]);
-    expect(result.staleReads).toBe(1);
-    expect(check([old], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
-    // A loader fault does not excuse a plain `get` returning an expired value, nor an old version.
-    const expiredGet = op({ op: "get", start: 10_000, version: 1, at: 10_000 - RULES.ttl.fg - RULES.slack - 1, policy: "fg" });
-    expect(check([expiredGet], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
-    expect(check([write, op({ op: "get", start: 10_000, version: 4 })], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
-    // Transport faults suspend staleness, but not the age limit.
-    const ancient = op({ op: "getOrSet", start: 10_000, version: 1, at: 1000, policy: "bg" });
-    expect(check([ancient], [{ kind: "redis-pause", start: 9000, end: 11_000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    expect(result.situations.softTimeout).toBe(2);
+    // Answered before the load had run softTimeout, or after it had ended and written its value
+    // back (it leaves the flight then): no soft answer could have reached it.
+    const early = op({ op: "getOrSet", start: 10_010, end: 10_000 + soft - 20, version: 1, at: 10_010 - old, policy: "fg" });
+    const late = load.end + RULES.writeBack + 5;
+    const after = op({ op: "getOrSet", start: late, end: late + 1, version: 1, at: late - old, policy: "fg" });
+    expect(check([load, early, after], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow", "staleWindow"]);
+    // The background scope has no soft timeout: a long load there excuses nothing beyond ttl + maxStale.
+    const bgLoad = op({ op: "load", scope: "bg", start: 10_000, end: 12_000 });
+    const bgRead = op({ op: "getOrSet", scope: "bg", start: 10_500, end: 11_500, version: 1, at: 10_500 - (RULES.ttl.bg + RULES.maxStale + RULES.slack + 1), policy: "bg" });
+    expect(check([bgLoad, bgRead], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+  });
+
+  test("issue [5.1]: a stale value served past ttl + maxStale is flagged, one inside the window is not, and a fault changes neither", () => {
+    const windowEnd = RULES.ttl.bg + RULES.maxStale;
+    const bg = (age: number, o: Partial<OpRecord> = {}) => op({ op: "getOrSet", scope: "bg", start: 20_000, version: 1, at: 20_000 - age, policy: "bg", ...o });
+    const inside = bg(windowEnd - 10);
+    const past = bg(windowEnd + RULES.slack + 1);
+    const clean = check([inside], [], [report()], RULES);
+    expect(clean.violations).toEqual([]);
+    expect(clean.situations.stale).toBe(1);
+    expect(check([past], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    // During a Redis fault (and its grace) staleness is suspended, the window is not: an L1 copy
+    // served while Redis is down is still bounded by its window, a fail-safe value by ttl + failSafe.
+    for (const kind of ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill"]) {
+      const fault = [{ kind, start: 19_000, end: 19_500 }];
+      const during = check([inside, past], fault, [report()], RULES);
+      expect(during.violations.map((v) => v.detail)).toEqual([expect.stringContaining("during a Redis fault")]);
+      expect(during.situations.duringFaults).toBe(2);
+      expect(during.checkedReads).toBe(0);
+      const failSafe = bg(RULES.ttl.bg + RULES.failSafe - 10, { end: 20_030 });
+      expect(check([failSafe, op({ op: "loadError", scope: "bg", start: 20_010, end: 20_010, ok: false })], fault, [report()], RULES).violations).toEqual([]);
+    }
+  });
+
+  test("reads that join a refresh started from L2 after the value's window closed are counted, and flagged when served that value", () => {
+    const staleAt = 10_000;
+    const windowEnd = staleAt + RULES.ttl.bg + RULES.maxStale;
+    // The refresh started at 11_800 (the value 1 800 ms old, served from L2) and ran 300 ms past the window.
+    const refresh = op({ op: "load", scope: "bg", start: 11_800, end: windowEnd + 300, staleAt, fromL2: true });
+    const join = (start: number, at: number, version = 1) => op({ op: "getOrSet", scope: "bg", start, version, at, policy: "bg" });
+    const h = [refresh, join(12_000, staleAt), join(windowEnd + 150, staleAt), join(windowEnd + 200, windowEnd + 190, 2)];
+    const result = check(h, [], [report()], RULES);
+    expect(result.situations).toMatchObject({ l2Refreshes: 1, l2RefreshesPastWindow: 1, duringL2Refresh: 3, pastWindowDuringL2Refresh: 2 });
+    expect(result.violations.map((v) => v.rule)).toEqual(["staleWindow"]);
+    expect(result.violations[0]!.detail).toContain("joined a refresh started from L2");
   });
 
   test("a read that returns another key's value is flagged", () => {

@@ -1,10 +1,11 @@
 import { describe, expect, test } from "vitest";
-import { runChaos, summarize } from "../../chaos/run.js";
+import { FAULT_KINDS, runChaos, summarize } from "../../chaos/run.js";
 
 /**
  * The short version of `npm run chaos`: three processes on their own redis-server, every fault
  * kind at least once, then the history checker. And the proof that the checker can fail: runs with
- * the invalidation bus switched off, or with an oversized refresh pool, must be caught.
+ * the invalidation bus switched off, with an oversized refresh pool, or with the engine's fix of
+ * issue [5.1] switched off, must be caught.
  *
  * Each run draws its own seed; the failure message ends with the command that replays the run
  * (same seed, options, fault schedule and operation mix).
@@ -12,15 +13,22 @@ import { runChaos, summarize } from "../../chaos/run.js";
 const seed = (): number => Math.floor(Math.random() * 1e9);
 
 describe("chaos (multi-process history check)", () => {
-  test("30 s with Redis killed, paused and cut, and loaders slow and failing: no violation", async () => {
-    const result = await runChaos({ durationMs: 30_000, seed: seed(), workers: 3, concurrency: 4, faultGapMs: [1500, 3000] });
+  test("30 s with Redis killed, paused and cut, and loaders slow, failing and outlasting: no violation", async () => {
+    // Gaps of 1–2 s: even with every fault at its longest, the seven kinds fit in the 27 s before the quiet tail.
+    const result = await runChaos({ durationMs: 30_000, seed: seed(), workers: 3, concurrency: 4, faultGapMs: [1000, 2000] });
     const summary = summarize(result);
     console.log(summary);
-    expect(new Set(result.faults.map((f) => f.kind)).size, summary).toBe(6);
+    expect(new Set(result.faults.map((f) => f.kind)).size, summary).toBe(FAULT_KINDS.length);
     // The run must have exercised what it checks: many checked reads, values served past their
-    // ttl (stale window, fail-safe), copies left to inspect at the end, a saturated refresh pool.
+    // ttl (stale window, fail-safe, soft timeout), windows checked during Redis faults, refreshes
+    // started from L2 that outlived the value they replace with reads arriving after its window
+    // closed (issue [5.1]), copies left to inspect at the end.
     expect(result.checkedReads, summary).toBeGreaterThan(1000);
     expect(result.staleReads, summary).toBeGreaterThan(0);
+    const s = result.situations;
+    for (const [name, n] of Object.entries({ duringFaults: s.duringFaults, stale: s.stale, failSafe: s.failSafe, softTimeout: s.softTimeout, l2RefreshesPastWindow: s.l2RefreshesPastWindow, pastWindowDuringL2Refresh: s.pastWindowDuringL2Refresh })) {
+      expect(n, `${name}\n${summary}`).toBeGreaterThan(0);
+    }
     expect(result.finalValues, summary).toBeGreaterThan(0);
     expect(result.violations, summary).toEqual([]);
     expect(result.unhandledRejections, summary).toBe(0);
@@ -41,5 +49,19 @@ describe("chaos (multi-process history check)", () => {
     const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, sabotage: "big-pool", faultKinds: ["loader-slow"], faultGapMs: [300, 600], coldKeys: 20 });
     const summary = summarize(result);
     expect(result.violations.some((v) => v.rule === "refreshPool"), summary).toBe(true);
+  }, 120_000);
+
+  test("sabotaged (issue [5.1] unfixed: callers joining a refresh that answered early from L2 get its stale value) under outlasting loaders: the checker finds values past their window", async () => {
+    // Only "loader-outlast" faults, back to back: in every process, background values age in L2
+    // (refreshes from L1 fail), are dropped from L1 late in their stale window, and the refresh
+    // the next read starts from L2 outlives the window; reads after it closed join that refresh.
+    // The same workload with the fix serves them a newer value (the 30 s run above has this fault
+    // too, and counts such reads, with no violation).
+    const result = await runChaos({ durationMs: 20_000, seed: seed(), workers: 3, concurrency: 4, sabotage: "stale-join", faultKinds: ["loader-outlast"], faultGapMs: [100, 300] });
+    const summary = summarize(result);
+    expect(result.situations.pastWindowDuringL2Refresh, summary).toBeGreaterThan(0);
+    expect(result.violations.some((v) => v.rule === "staleWindow"), summary).toBe(true);
+    expect(result.violations.every((v) => v.rule === "staleWindow"), summary).toBe(true);
+    expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 });
