@@ -83,6 +83,8 @@ export const systemClock: TimerClock = {
 
 export function toTimerClock(clock: Clock | undefined): TimerClock {
   if (clock === undefined) return systemClock;
+  // Already one of ours (systemClock, FakeClock): wrapping it again would hide its handles' ref/unref.
+  if (typeof (clock as Partial<TimerClock>).keepAlive === "function") return clock as TimerClock;
   const set = clock.setTimeout;
   const clear = clock.clearTimeout;
   return {

@@ -208,21 +208,37 @@ export class Deadlines {
       const d: Deadline = { at: this.#clock.now() + this.#ms, reject };
       this.#pending.add(d);
       if (this.#timer === undefined) this.#arm(this.#ms);
+      else if (this.#pending.size === 1) this.#clock.keepAlive(this.#timer, true);
       promise.then(
         (value) => {
-          this.#pending.delete(d);
+          this.#done(d);
           resolve(value);
         },
         (error: unknown) => {
-          this.#pending.delete(d);
+          this.#done(d);
           reject(error);
         },
       );
     });
   }
 
+  /** Stops the timer (nothing may be waiting any more). */
+  close(): void {
+    if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /**
+   * The timer stays armed when the last call ends (re-arming it for every call would cost a timer
+   * per call), but it no longer keeps the process alive: nobody waits for it.
+   */
+  #done(d: Deadline): void {
+    this.#pending.delete(d);
+    if (this.#pending.size === 0 && this.#timer !== undefined) this.#clock.keepAlive(this.#timer, false);
+  }
+
   #arm(ms: number): void {
-    this.#timer = this.#clock.setTimeout(() => this.#sweep(), Math.max(0, ms));
+    this.#timer = this.#clock.setTimeout(() => this.#sweep(), Math.max(0, ms), this.#pending.size === 0);
   }
 
   #sweep(): void {

@@ -23,6 +23,8 @@ interface PendingPublish {
   scope: string[];
   /** Keys to remove, or "clear" for the whole scope. Grows in place: queueing a key is O(1). */
   keys: Set<string> | "clear";
+  /** Being republished right now. */
+  sending: boolean;
 }
 
 /** Most keys kept for republishing; beyond it everything collapses into one clear of the whole cache. */
@@ -110,7 +112,8 @@ export class BusLink {
     if (this.#conn === undefined) this.#late = true;
   }
 
-  async #tryConnect(): Promise<boolean> {
+  /** `background`: a reconnect attempt nobody waits for (its timeout does not keep the process alive). */
+  async #tryConnect(background = false): Promise<boolean> {
     const attempt = this.#bus.connect(this.#channel, {
       onMessage: (text) => this.#receive(text),
       onDisconnect: () => this.#peer.onDeaf(),
@@ -119,7 +122,7 @@ export class BusLink {
     });
     let conn: BusConnection;
     try {
-      conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS));
+      conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS), background);
     } catch (error) {
       // A connection that arrives after we gave up on it is closed, not leaked.
       attempt.then((late) => late.close()).catch(() => {});
@@ -147,7 +150,7 @@ export class BusLink {
     const retry = async (): Promise<void> => {
       this.#connectTimer = undefined;
       if (this.#closed) return;
-      if (await this.#tryConnect()) {
+      if (await this.#tryConnect(true)) {
         this.#connectDelay = CONNECT_FIRST_DELAY_MS;
         this.#heard();
       } else {
@@ -194,8 +197,9 @@ export class BusLink {
     }
   }
 
-  #send(conn: BusConnection, text: string): Promise<void> {
-    return withTimeout(this.#clock, conn.publish(text), this.#publishTimeoutMs, () => busTimeout("publish", this.#publishTimeoutMs));
+  /** `background`: a republish nobody waits for (its timeout does not keep the process alive). */
+  #send(conn: BusConnection, text: string, background = false): Promise<void> {
+    return withTimeout(this.#clock, conn.publish(text), this.#publishTimeoutMs, () => busTimeout("publish", this.#publishTimeoutMs), background);
   }
 
   #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {
@@ -203,49 +207,68 @@ export class BusLink {
     return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: this.#clock.now() }, this.#secret);
   }
 
-  /** Merges an invalidation into the scope's pending one, in time proportional to its own keys. */
+  /** Queues an invalidation that could not be published; bounded by MAX_PENDING_KEYS. */
   #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
-    const id = JSON.stringify(scope);
-    const prev = this.#pending.get(id);
-    if (prev !== undefined && prev.keys !== "clear" && op === "remove") {
-      const set = prev.keys;
-      const before = set.size;
-      for (const key of keys) set.add(key);
-      this.#pendingKeys += set.size - before;
-    } else if (prev?.keys !== "clear") {
-      if (prev !== undefined) this.#pendingKeys -= (prev.keys as Set<string>).size;
-      const next: PendingPublish = { id, scope: [...scope], keys: op === "clear" ? "clear" : new Set(keys) };
-      this.#pendingKeys += next.keys === "clear" ? 1 : next.keys.size;
-      this.#pending.put(id, next);
-    }
+    this.#add(JSON.stringify(scope), scope, op === "clear" ? "clear" : keys);
     if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
       this.#counters.busPublishesCollapsed++;
       writeLog(this.#logger, "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
       for (const pid of this.#pending.keys()) this.#pending.delete(pid);
-      this.#pending.put("[]", { id: "[]", scope: [], keys: "clear" });
+      this.#pending.put("[]", { id: "[]", scope: [], keys: "clear", sending: false });
       this.#pendingKeys = 1;
       this.#collapses++;
     }
   }
 
   /**
+   * Merges invalidations into the scope's pending item, in time proportional to `keys` alone. An
+   * item being sent may already have reached peers, so what comes meanwhile must outlive it: keys
+   * collect in its fresh set (kept after the send, see #republish); anything else starts a new item.
+   */
+  #add(id: string, scope: readonly string[], keys: Iterable<string> | "clear"): void {
+    const prev = this.#pending.get(id);
+    if (prev !== undefined) {
+      if (!prev.sending && prev.keys === "clear") return; // covered by the clear
+      if (!prev.sending && keys === "clear") {
+        this.#pendingKeys += 1 - (prev.keys as Set<string>).size;
+        prev.keys = "clear";
+        return;
+      }
+      if (prev.keys !== "clear" && keys !== "clear") {
+        const set = prev.keys;
+        const before = set.size;
+        for (const key of keys) set.add(key);
+        this.#pendingKeys += set.size - before;
+        return;
+      }
+      // A clear while keys are being sent (it covers the ones queued meanwhile), or anything while a
+      // clear is being sent: a new item.
+      if (prev.keys !== "clear") this.#pendingKeys -= prev.keys.size;
+    }
+    const item: PendingPublish = { id, scope: [...scope], keys: keys === "clear" ? "clear" : new Set(keys), sending: false };
+    this.#pendingKeys += item.keys === "clear" ? 1 : item.keys.size;
+    this.#pending.put(id, item);
+  }
+
+  /**
    * Sends one scope's pending invalidations. The keys being sent are taken out of the item first,
-   * so keys queued meanwhile collect in a new set: on success they stay queued (under a new item,
-   * which the retry round does not delete); on failure the sent ones are merged back.
+   * so keys queued meanwhile collect in a fresh set: on success they stay queued (as a new item,
+   * which the retry round does not delete); on failure what was not sent goes back.
    */
   async #republish(p: PendingPublish): Promise<boolean> {
     const conn = this.#conn;
     if (conn === undefined || !this.#breaker.allow()) return false;
     const sending = p.keys;
     if (sending !== "clear") p.keys = new Set();
+    p.sending = true;
     const collapses = this.#collapses;
     let ok = true;
     try {
-      if (sending === "clear") await this.#send(conn, this.#encode("clear", p.scope, []));
+      if (sending === "clear") await this.#send(conn, this.#encode("clear", p.scope, []), true);
       else {
         const keys = [...sending];
-        for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)));
+        for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)), true);
       }
       this.#breaker.success();
     } catch (error) {
@@ -253,23 +276,26 @@ export class BusLink {
       this.#failed("publish", error);
       ok = false;
     }
+    p.sending = false;
     // A collapse into one clear (meanwhile) reset the queue and its count.
     if (this.#collapses !== collapses) return ok;
     const current = this.#pending.get(p.id) === p;
-    if (!ok && current && sending !== "clear") {
-      // Not sent: back into the item, with the keys queued meanwhile.
-      const meanwhile = p.keys as Set<string>;
-      const before = sending.size + meanwhile.size;
-      for (const key of meanwhile) sending.add(key);
-      p.keys = sending;
-      this.#pendingKeys -= before - sending.size;
+    this.#pendingKeys -= sending === "clear" ? 1 : sending.size;
+    if (!ok) {
+      // Not sent: back into the scope's item (this one, or the one queued since).
+      if (current && sending !== "clear") {
+        const meanwhile = p.keys as Set<string>;
+        p.keys = sending;
+        this.#pendingKeys += sending.size;
+        this.#add(p.id, p.scope, meanwhile);
+        this.#pendingKeys -= meanwhile.size; // they were counted already
+      } else if (!current || sending !== "clear") this.#add(p.id, p.scope, sending);
+      else this.#pendingKeys += 1; // the clear stays queued as it was
       return false;
     }
-    // Sent, or superseded meanwhile by a clear of the scope (which covers them): no longer pending.
-    this.#pendingKeys -= sending === "clear" ? 1 : sending.size;
     // Keys queued while this was sent stay queued, as a new item the round will not delete.
-    if (ok && current && p.keys !== "clear" && p.keys.size > 0) this.#pending.put(p.id, { id: p.id, scope: p.scope, keys: p.keys });
-    return ok;
+    if (current && p.keys !== "clear" && p.keys.size > 0) this.#pending.put(p.id, { id: p.id, scope: p.scope, keys: p.keys, sending: false });
+    return true;
   }
 
   #receive(text: string): void {

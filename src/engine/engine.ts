@@ -330,8 +330,9 @@ export class Engine {
         this.#waitFor(running);
         return running.joinLate();
       }
+      // Before its L2 read tells hit from miss, the caller is counted with the others there.
       if (running.loading) this.#miss(ns, key, 1);
-      else running.callers++; // counted when its L2 read tells hit from miss
+      running.callers++;
       this.#waitFor(running);
       return running.promise;
     }
@@ -489,7 +490,8 @@ export class Engine {
       f.softTimer = this.clock.setTimeout(
         () => {
           // An invalidation while the loader ran makes the held value unservable.
-          if (f.settled || !f.clean || this.clock.now() >= until) return;
+          // Nobody waits (a refresh started by a stale read): there is nobody to answer early.
+          if (f.settled || !f.clean || !f.waited || this.clock.now() >= until) return;
           this.#staleHit(ns, key, "softTimeout", f.callers);
           f.servedStale = "softTimeout";
           f.staleUntil = until;

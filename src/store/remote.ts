@@ -296,6 +296,7 @@ export class RemoteLayer {
   async close(): Promise<void> {
     this.#pending.kick();
     await this.#pending.close();
+    this.#deadlines.close();
     try {
       // Not through the breaker: connections must be released even when L2 is failing.
       await withTimeout(this.#clock, Promise.resolve(this.store.close?.()), Math.max(this.#timeoutMs, 1000), () => new L2TimeoutError("close", this.#timeoutMs));

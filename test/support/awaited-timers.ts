@@ -3,7 +3,7 @@
  * else keeps the process alive): it must print the answer and exit 0 by itself, never end early
  * with code 13 (a top-level await that never settled). Argv: <scenario>.
  */
-import { LayerCache } from "../../src/index.js";
+import { LayerCache, systemClock } from "../../src/index.js";
 import { MapStore } from "./map-store.js";
 
 const scenario = process.argv[2];
@@ -29,6 +29,22 @@ if (scenario === "hard") {
   await sleep(60);
   const late = await withL2.getOrSet("k", never).catch((e: Error) => e.name);
   answer = `${stale}/${String(late)}`;
+} else if (scenario === "l2-deadline") {
+  // After close(), the store's call deadline (a 30-day timeout) must not hold the process.
+  const l2 = Object.assign(new MapStore(), { resilience: { timeoutMs: 30 * 24 * 3600 * 1000 } });
+  const withL2 = new LayerCache({ l2 });
+  await withL2.set("a", 1);
+  answer = await withL2.get("a");
+  await withL2.close();
+} else if (scenario === "background-refresh") {
+  // A refresh nobody waits for (its loader never settles) must not hold the process, with the
+  // default clock or with the exported systemClock passed in.
+  for (const clock of [undefined, systemClock]) {
+    const c = new LayerCache({ ...(clock ? { clock } : {}), ttl: 20, refresh: "background", hardTimeout: "1h" });
+    await c.getOrSet("k", () => "v");
+    await sleep(30);
+    answer = await c.getOrSet("k", never);
+  }
 } else {
   throw new Error(`unknown scenario ${scenario}`);
 }
