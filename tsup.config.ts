@@ -2,7 +2,7 @@ import { defineConfig } from "tsup";
 
 // One entry per public subpath; backend entries are added next to `index`.
 export default defineConfig({
-  entry: { index: "src/index.ts", redis: "src/redis.ts" },
+  entry: { index: "src/index.ts", backend: "src/backend.ts", redis: "src/backends/redis/index.ts" },
   format: ["esm", "cjs"],
   dts: true,
   sourcemap: true,

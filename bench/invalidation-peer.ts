@@ -6,7 +6,7 @@
  */
 import { Redis } from "ioredis";
 import { LayerCache } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/redis.js";
+import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
 
 const [url, prefix, mode] = process.argv.slice(2) as [string, string, string | undefined];
 const client = new Redis(url);

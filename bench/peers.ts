@@ -12,7 +12,7 @@ import { Redis } from "ioredis";
 import { Keyv } from "keyv";
 import { LRUCache } from "lru-cache";
 import { LayerCache } from "../src/index.js";
-import { RedisStore } from "../src/redis.js";
+import { RedisStore } from "../src/backends/redis/index.js";
 
 export type Loader = () => Promise<unknown>;
 

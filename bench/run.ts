@@ -12,7 +12,7 @@ import { join, resolve } from "node:path";
 import { Redis } from "ioredis";
 import { LRUCache } from "lru-cache";
 import { LayerCache } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/redis.js";
+import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
 import { RedisServer, ensureBinary } from "../test/support/servers.js";
 import { compare, fmtOps, OPTIONS, percentile, printRatios, QUICK, rng, sleep, zipf } from "./lib.js";
 import { bentoPeer, cacheablePeer, cacheManagerPeer, layercachePeer, lruBaseline, rawRedisBaseline, type Peer } from "./peers.js";

@@ -20,7 +20,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import ms from "ms";
-import { decodeRecord } from "../src/store/envelope.js";
+import { decodeRecord } from "../src/l2/envelope.js";
 import { rng } from "../bench/rng.js";
 import { RedisServer } from "../test/support/servers.js";
 import { check, type FaultWindow, type OpRecord, type Situations, type Violation, type WorkerReport } from "./checker.js";

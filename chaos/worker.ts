@@ -8,8 +8,8 @@
 import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/redis.js";
-import { sabotage } from "../src/engine/sabotage.js";
+import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
+import { sabotage } from "../src/core/sabotage.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
 import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, type LoaderMode, type WorkerConfig } from "./config.js";

@@ -7,7 +7,7 @@ import { fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { LayerCache } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/redis.js";
+import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
 
 const url = process.env.REDIS_URL!;
 const isPeer = process.argv[2] === "--peer";

@@ -4,7 +4,7 @@
  */
 import { Redis } from "ioredis";
 import { LayerCache } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/redis.js";
+import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
 
 const url = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const client = new Redis(url); // yours: layercache never closes a client you pass in

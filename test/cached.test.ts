@@ -1,8 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
 import { FakeClock, LayerCache } from "../src/index.js";
-import { deriveKey } from "../src/cached.js";
-import type { L2Store } from "../src/store/contract.js";
+import { deriveKey } from "../src/api/cached.js";
+import type { L2Store } from "../src/l2/contract.js";
 import { MapStore } from "./support/map-store.js";
 
 describe("cached functions (SPEC 1.2)", () => {

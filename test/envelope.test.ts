@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { CorruptRecordError, decodeRecord, encodeRecord, encodeTombstone, generationOf } from "../src/store/envelope.js";
+import { CorruptRecordError, decodeRecord, encodeRecord, encodeTombstone, generationOf } from "../src/l2/envelope.js";
 
 describe("L2 record format", () => {
   test("round trip, with whole, fractional and infinite durations", () => {

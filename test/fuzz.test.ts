@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, test } from "vitest";
 import { FakeClock, LayerCache, MemoryBus, SerializationError, jsonSerializer } from "../src/index.js";
 import { decodeMessage, encodeMessage, type BusMessage } from "../src/bus/codec.js";
-import { decodeRecord, encodeRecord } from "../src/store/envelope.js";
+import { decodeRecord, encodeRecord } from "../src/l2/envelope.js";
 import { flush } from "./support/helpers.js";
 import { MapStore } from "./support/map-store.js";
 

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import { LayerCache } from "../src/index.js";
-import { L1Partition, type SlotOwner } from "../src/memory/l1.js";
+import { L1Partition, type SlotOwner } from "../src/l1/partition.js";
 
 const times = (fresh = Infinity) => ({ born: 0, fresh, maxStale: 0, failSafe: 0 });
 const owner = (): SlotOwner => ({ slots: new Map(), ownerId: 0 });

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import { FakeClock, LayerCache } from "../src/index.js";
-import { parseDuration } from "../src/options.js";
+import { parseDuration } from "../src/api/options.js";
 
 describe("durations", () => {
   test.each([

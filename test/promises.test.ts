@@ -8,8 +8,8 @@ import { resolve } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, test } from "vitest";
 import { FakeClock, LayerCache, LoadTimeoutError, MemoryBus, systemClock, type Bus, type BusHandlers } from "../src/index.js";
-import { toTimerClock, MAX_TIMER_MS, type TimerClock } from "../src/clock.js";
-import { Deadlines } from "../src/resilience.js";
+import { toTimerClock, MAX_TIMER_MS, type TimerClock } from "../src/shared/clock.js";
+import { Deadlines } from "../src/shared/resilience.js";
 import { MapStore } from "./support/map-store.js";
 import { deferred, flush } from "./support/helpers.js";
 

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import { CacheClosedError, FakeClock, LayerCache, MemoryBus } from "../src/index.js";
-import { L1Partition, type SlotOwner } from "../src/memory/l1.js";
+import { L1Partition, type SlotOwner } from "../src/l1/partition.js";
 import { MapStore } from "./support/map-store.js";
 import { deferred, flush } from "./support/helpers.js";
 

@@ -2,7 +2,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { describe, expect, test } from "vitest";
 import { FakeClock, LayerCache, MemoryBus, type CacheScope } from "../src/index.js";
-import { namespaceOf } from "../src/scope.js";
+import { namespaceOf } from "../src/api/scope.js";
 import { deferred, flush } from "./support/helpers.js";
 import { MapStore } from "./support/map-store.js";
 

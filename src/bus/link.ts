@@ -1,8 +1,8 @@
-import type { TimerClock } from "../clock.js";
-import { LayerCacheError } from "../errors.js";
-import type { Counters, Emitter } from "../events.js";
-import { writeLog, type Logger } from "../logger.js";
-import { Breaker, RetryQueue, withTimeout } from "../resilience.js";
+import type { TimerClock } from "../shared/clock.js";
+import { LayerCacheError } from "../shared/errors.js";
+import type { Counters, Emitter } from "../telemetry/events.js";
+import { writeLog, type Logger } from "../telemetry/logger.js";
+import { Breaker, RetryQueue, withTimeout } from "../shared/resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
 import { BUS_RESILIENCE_DEFAULTS, type Bus, type BusConnection } from "./contract.js";
 

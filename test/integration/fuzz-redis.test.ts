@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, inject, test } from "vitest";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
-import { encodeRecord } from "../../src/store/envelope.js";
+import { encodeRecord } from "../../src/l2/envelope.js";
 import { closedAfterAll, eventually, rawClientClosedAfterAll, uniquePrefix, wire, type ClientKind } from "../support/redis-clients.js";
 
 /**

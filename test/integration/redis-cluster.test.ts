@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { Cluster, Redis } from "ioredis";
 import { createCluster } from "redis";
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisCluster } from "../support/servers.js";
 import { eventually, PATIENT, uniquePrefix } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";

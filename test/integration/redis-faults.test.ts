@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, test } from "vitest";
 import { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisServer } from "../support/servers.js";
 import { eventually, uniquePrefix } from "../support/redis-clients.js";
 

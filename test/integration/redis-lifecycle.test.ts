@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { join, resolve } from "node:path";
 import { afterEach, describe, expect, test } from "vitest";
 import { FakeClock, LayerCache, MemoryBus } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisServer } from "../support/servers.js";
 import { MapStore } from "../support/map-store.js";
 import { flush } from "../support/helpers.js";

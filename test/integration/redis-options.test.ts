@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 
 /**
  * The nested `circuitBreaker` option of RedisStore and RedisBus: a misspelled name is a TypeError

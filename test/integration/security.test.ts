@@ -2,8 +2,8 @@ import { afterAll, describe, expect, inject, test } from "vitest";
 import { Redis } from "ioredis";
 import { FakeClock, LayerCache } from "../../src/index.js";
 import { decodeMessage, encodeMessage } from "../../src/bus/codec.js";
-import { encodeRecord } from "../../src/store/envelope.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { encodeRecord } from "../../src/l2/envelope.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { eventually, PATIENT, rawClientClosedAfterAll, uniquePrefix } from "../support/redis-clients.js";
 
 /**

@@ -4,7 +4,7 @@
  * Argv: <scenario> <redis url>.
  */
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 
 const [scenario, url] = process.argv.slice(2) as [string, string];
 const cache = new LayerCache({

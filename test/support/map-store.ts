@@ -1,5 +1,5 @@
-import type { L2Store } from "../../src/store/contract.js";
-import { generationOf } from "../../src/store/envelope.js";
+import type { L2Store } from "../../src/l2/contract.js";
+import { generationOf } from "../../src/l2/envelope.js";
 
 /**
  * An in-process implementation of our own L2 contract, used to test the engine's L2 path under a

@@ -5,7 +5,7 @@ import { createClient } from "redis";
 import { createClient as createClient4 } from "redis-v4";
 import { afterAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
 
 export { PATIENT };

@@ -3,7 +3,7 @@
  * Argv: <redis url> <prefix>.
  */
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/redis.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
 
 const [url, prefix] = process.argv.slice(2) as [string, string];

@@ -2,12 +2,12 @@ import ms from "ms";
 
 // `ms` parses "500ms", "30s", "5m", "1h", "1d" (and long forms); undefined when it cannot.
 const parseMs = ms as unknown as (text: string) => number | undefined;
-import type { Clock } from "./clock.js";
-import type { Bus } from "./bus/contract.js";
-import type { L2Store } from "./store/contract.js";
-import type { Serializer } from "./store/serializer.js";
-import type { Logger } from "./logger.js";
-import { optionError, preview } from "./errors.js";
+import type { Clock } from "../shared/clock.js";
+import type { Bus } from "../bus/contract.js";
+import type { L2Store } from "../l2/contract.js";
+import type { Serializer } from "../l2/serializer.js";
+import type { Logger } from "../telemetry/logger.js";
+import { optionError, preview } from "../shared/errors.js";
 
 /** Milliseconds as a number, or a string such as `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"1d"`. */
 export type Duration = number | string;

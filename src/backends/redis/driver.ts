@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { optionError, RecordError } from "../errors.js";
+import { RecordError, optionError } from "../../backend.js";
 
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone

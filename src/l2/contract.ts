@@ -1,4 +1,4 @@
-import type { RecordError } from "../errors.js";
+import type { RecordError } from "../shared/errors.js";
 
 /**
  * The contract an L2 backend implements. It stores opaque text records written by layercache

@@ -1,11 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { systemClock } from "../clock.js";
-import { optionError } from "../errors.js";
-import { withTimeout } from "../resilience.js";
-import { parseDuration, type Duration } from "../options.js";
-import { checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "../redis/driver.js";
-import { parseResilience } from "../store/redis.js";
-import type { Bus, BusConnection, BusHandlers, BusResilience } from "./contract.js";
+import { checkOptions, optionError, parseDuration, parseResilience, systemClock, withTimeout, type CircuitBreakerOptions, type Bus, type BusConnection, type BusHandlers, type BusResilience, type Duration } from "../../backend.js";
+import { checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "./driver.js";
 
 export interface RedisBusOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster, used to publish. The bus opens its own subscriber connection from it. */
@@ -22,10 +17,10 @@ export interface RedisBusOptions {
   /** A publish taking longer counts as failed and is retried. Default `"1s"`. */
   timeout?: Duration;
   /** Circuit breaker on publishing: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"1s"`). While open, invalidations are queued for republishing instead of waited on. */
-  circuitBreaker?: { threshold?: number; cooldown?: Duration };
+  circuitBreaker?: CircuitBreakerOptions;
 }
 
-const KNOWN = new Set(["client", "url", "heartbeat", "timeout", "circuitBreaker"]);
+const KNOWN = ["client", "url", "heartbeat", "timeout", "circuitBreaker"];
 
 /**
  * Invalidation bus on Redis pub/sub (standalone or Cluster). Publishing uses the given client;
@@ -43,7 +38,7 @@ export class RedisBus implements Bus {
 
   constructor(options: RedisBusOptions) {
     if (options === null || typeof options !== "object") throw new TypeError("layercache/redis: RedisBus needs options: { client } or { url }");
-    for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisBus option (known: ${[...KNOWN].join(", ")})`);
+    checkOptions(options, KNOWN, "RedisBus");
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined) driverFor(options.client); // fail now on a wrong client
     else checkRedisUrl(options.url);

@@ -1,8 +1,5 @@
-import { optionError, preview, type RecordError } from "../errors.js";
-import { parseDuration, type Duration } from "../options.js";
-import { checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "../redis/driver.js";
-import type { L2Resilience, L2Store } from "./contract.js";
-import { RECORD_VERSION } from "./envelope.js";
+import { RECORD_VERSION, checkOptions, optionError, parseResilience, type CircuitBreakerOptions, type Duration, type L2Resilience, type L2Store, type RecordError } from "../../backend.js";
+import { checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "./driver.js";
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster. Not closed by the store. */
@@ -12,10 +9,10 @@ export interface RedisStoreOptions {
   /** An L2 call taking longer counts as failed. Default `"1s"`; `0` disables. */
   timeout?: Duration;
   /** Circuit breaker: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"5s"`). */
-  circuitBreaker?: { threshold?: number; cooldown?: Duration };
+  circuitBreaker?: CircuitBreakerOptions;
 }
 
-const KNOWN = new Set(["client", "url", "timeout", "circuitBreaker"]);
+const KNOWN = ["client", "url", "timeout", "circuitBreaker"];
 
 /**
  * A load's write-back: store ARGV[2] (expiring after ARGV[3] ms, or never when empty) only if the
@@ -40,25 +37,6 @@ if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2]) else redis.call('SET',
 return 1
 `);
 
-const BREAKER_OPTIONS = ["threshold", "cooldown"];
-
-/** The `timeout` and `circuitBreaker` options shared by RedisStore and RedisBus. */
-export function parseResilience(timeout: Duration | undefined, cb: { threshold?: number; cooldown?: Duration } | undefined, defaultCooldownMs: number): L2Resilience {
-  if (cb !== undefined) {
-    const proto: unknown = cb === null || typeof cb !== "object" ? undefined : Object.getPrototypeOf(cb);
-    if (proto !== Object.prototype && proto !== null) throw optionError("circuitBreaker", `must be a plain object { threshold?, cooldown? } (got ${preview(cb)})`);
-    // A misspelled name would otherwise leave its default silently in place.
-    for (const k of Object.keys(cb)) if (!BREAKER_OPTIONS.includes(k)) throw optionError(`circuitBreaker.${k}`, `is not a circuitBreaker option (known: ${BREAKER_OPTIONS.join(", ")})`);
-  }
-  const threshold = cb?.threshold ?? 3;
-  if (!Number.isInteger(threshold) || threshold < 0) throw optionError("circuitBreaker.threshold", "must be a non-negative integer");
-  return {
-    timeoutMs: timeout === undefined ? 1000 : parseDuration("timeout", timeout, false),
-    breakerThreshold: threshold,
-    breakerCooldownMs: cb?.cooldown === undefined ? defaultCooldownMs : parseDuration("circuitBreaker.cooldown", cb.cooldown, false),
-  };
-}
-
 /** Milliseconds for PX: a positive integer, or undefined for "no expiry". */
 function px(ttlMs: number): number | undefined {
   return ttlMs === Infinity ? undefined : Math.max(1, Math.ceil(ttlMs));
@@ -81,7 +59,7 @@ export class RedisStore implements L2Store {
 
   constructor(options: RedisStoreOptions) {
     if (options === null || typeof options !== "object") throw new TypeError("layercache/redis: RedisStore needs options: { client } or { url }");
-    for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw optionError(k, `is not a RedisStore option (known: ${[...KNOWN].join(", ")})`);
+    checkOptions(options, KNOWN, "RedisStore");
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined) this.#driver = driverFor(options.client);
     else checkRedisUrl(options.url);

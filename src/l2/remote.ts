@@ -1,9 +1,9 @@
-import type { TimerClock } from "../clock.js";
-import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../errors.js";
-import type { Counters, Emitter } from "../events.js";
-import { writeLog, type Logger } from "../logger.js";
-import type { EntryTimes } from "../memory/l1.js";
-import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../resilience.js";
+import type { TimerClock } from "../shared/clock.js";
+import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../shared/errors.js";
+import type { Counters, Emitter } from "../telemetry/events.js";
+import { writeLog, type Logger } from "../telemetry/logger.js";
+import type { EntryTimes } from "../l1/partition.js";
+import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../shared/resilience.js";
 import { RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
 import { decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
 import type { Serializer } from "./serializer.js";

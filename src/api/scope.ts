@@ -1,7 +1,7 @@
 import { isMethodContext, makeCached, methodDecorator, type CachedFunction, type CachedMethod } from "./cached.js";
-import type { Engine } from "./engine/engine.js";
-import type { Loader } from "./engine/flight.js";
-import type { Namespace } from "./engine/namespace.js";
+import type { Engine } from "../core/engine.js";
+import type { Loader } from "../core/flight.js";
+import type { Namespace } from "../core/namespace.js";
 import { checkOptionNames, derivePolicy, parseBounds, type CachedOptions, type EntryOptions, type Policy, type ScopeOptions } from "./options.js";
 
 /** What a scope view is made of; kept out of the public types. */

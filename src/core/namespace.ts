@@ -1,6 +1,6 @@
-import { L1Partition, type SlotOwner } from "../memory/l1.js";
-import { optionError } from "../errors.js";
-import type { L1Bounds } from "../options.js";
+import { L1Partition, type SlotOwner } from "../l1/partition.js";
+import { optionError } from "../shared/errors.js";
+import type { L1Bounds } from "../api/options.js";
 import type { Flight, Peek } from "./flight.js";
 
 /** Attached scopes (the root not counted) below which no sweep runs. */

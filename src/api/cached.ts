@@ -1,9 +1,9 @@
 import { createHash } from "node:crypto";
 import { configure } from "safe-stable-stringify";
-import { optionError, preview } from "./errors.js";
+import { optionError, preview } from "../shared/errors.js";
 import { checkOptionNames, derivePolicy, type CachedOptions, type Policy } from "./options.js";
-import type { Engine } from "./engine/engine.js";
-import type { Namespace } from "./engine/namespace.js";
+import type { Engine } from "../core/engine.js";
+import type { Namespace } from "../core/namespace.js";
 
 /** A function wrapped by `cache.cached(fn, options)`. */
 export type CachedFunction<A extends unknown[], R> = ((...args: A) => Promise<Awaited<R>>) & {

@@ -1,4 +1,4 @@
-import type { Policy } from "../options.js";
+import type { Policy } from "../api/options.js";
 import type { Namespace } from "./namespace.js";
 
 /** What a loader receives. */

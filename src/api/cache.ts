@@ -1,10 +1,10 @@
-import { toTimerClock } from "./clock.js";
-import { Engine } from "./engine/engine.js";
-import type { CacheEventListener, CacheEventName, Stats } from "./events.js";
+import { toTimerClock } from "../shared/clock.js";
+import { Engine } from "../core/engine.js";
+import type { CacheEventListener, CacheEventName, Stats } from "../telemetry/events.js";
 import { checkOptionNames, parseBounds, parseCacheSettings, parseEntryLayer, toPolicy, type CacheOptions } from "./options.js";
 import { CacheScope, ScopeCore } from "./scope.js";
-import { jsonSerializer } from "./store/serializer.js";
-import type { Logger } from "./logger.js";
+import { jsonSerializer } from "../l2/serializer.js";
+import type { Logger } from "../telemetry/logger.js";
 
 /**
  * A multi-tier cache: L1 in this process, an optional shared L2, an optional invalidation bus.
