@@ -91,6 +91,11 @@ export class BusLink {
     });
   }
 
+  /** A publish taking longer counts as failed. */
+  get timeoutMs(): number {
+    return this.#publishTimeoutMs;
+  }
+
   /** Bus messages waiting to be republished. */
   get pending(): number {
     return this.#pending.size;
@@ -169,12 +174,20 @@ export class BusLink {
    */
   async publish(op: BusOp, scope: readonly string[], keys: string[], gen?: string): Promise<void> {
     const conn = this.#conn;
-    if (conn === undefined || !this.#breaker.allow()) {
+    const gate = conn === undefined ? "shut" : this.#breaker.gate();
+    if (gate === "shut") {
       if (op !== "update") this.#queue(op, scope, keys);
       return;
     }
+    // The probe of a half-open breaker goes out in the background: no caller waits for it.
+    const sent = this.#sendGuarded(conn!, op, scope, keys, gen, gate === "probe");
+    if (gate === "pass") await sent;
+  }
+
+  /** Sends one message; its outcome tells the breaker, and a failed invalidation is queued. */
+  async #sendGuarded(conn: BusConnection, op: BusOp, scope: readonly string[], keys: string[], gen: string | undefined, background: boolean): Promise<void> {
     try {
-      await this.#send(conn, this.#encode(op, scope, keys, gen));
+      await this.#send(conn, this.#encode(op, scope, keys, gen), background);
       this.#breaker.success();
     } catch (error) {
       this.#breaker.failure();

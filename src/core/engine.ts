@@ -678,10 +678,29 @@ export class Engine {
     if (this.#ordered) {
       const l2 = toL2();
       await Promise.all([l2, toBus()]);
-    } else {
-      await toL2();
-      await toBus();
+      return;
     }
+    // The caller waits one timeout at most in all: what the L2 write used is not waited again for
+    // the bus — a publish still under way then finishes (or is queued) in the background.
+    const started = this.clock.now();
+    await toL2();
+    const bus = toBus();
+    if (bus === undefined) return;
+    const left = this.#invalidateBudget() - (this.clock.now() - started);
+    if (left === Infinity) return bus;
+    if (left <= 0) return this.#track(bus);
+    let timer: unknown;
+    const budget = new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, left)));
+    await Promise.race([bus, budget]);
+    this.clock.clearTimeout(timer);
+    this.#track(bus);
+  }
+
+  /** The longest an invalidation keeps its caller: the longer of the L2 and bus timeouts (0: no bound). */
+  #invalidateBudget(): number {
+    const l2 = this.remote?.timeoutMs ?? 0;
+    const bus = this.link?.timeoutMs ?? 0;
+    return l2 > 0 && bus > 0 ? Math.max(l2, bus) : Infinity;
   }
 
   async clear(ns: Namespace): Promise<void> {

@@ -158,6 +158,11 @@ export class RemoteLayer {
     });
   }
 
+  /** An L2 call taking longer counts as failed. */
+  get timeoutMs(): number {
+    return this.#timeoutMs;
+  }
+
   /** Failed writes waiting for retry. */
   get pending(): number {
     return this.#pending.size;
@@ -204,7 +209,7 @@ export class RemoteLayer {
    * is a result, not a failure of the call: the store answered, about that record alone.
    */
   #fetch(full: string): Promise<Fetched> {
-    if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full).catch(keepRecordError));
+    if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full).catch(keepRecordError), "read");
     let batch = this.#batch;
     if (batch === undefined || batch.keys.length >= MAX_READ_BATCH) {
       const b: ReadBatch = (batch = this.#batch = { keys: [], waiters: [] });
@@ -228,7 +233,7 @@ export class RemoteLayer {
             // A store that cannot tell which record of the batch it could not read: ask key by key.
             return this.#readEach(keys);
           });
-    void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run).then((values) => {
+    void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run, "read").then((values) => {
       for (let i = 0; i < waiters.length; i++) waiters[i]!(values === FAILED ? FAILED : values[i]);
     });
   }
@@ -305,12 +310,13 @@ export class RemoteLayer {
     }
   }
 
-  #tombstone(full: string, t: PendingTombstone): Promise<boolean | typeof FAILED | typeof REJECTED> {
-    return this.#write("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS));
+  #tombstone(full: string, t: PendingTombstone, kind: "write" | "background" = "write"): Promise<boolean | typeof FAILED | typeof REJECTED> {
+    return this.#write("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS), kind);
   }
 
   async #retry(full: string, t: PendingTombstone): Promise<boolean> {
-    const ok = await this.#tombstone(full, t);
+    // Background work: it may be the probe of a half-open breaker, and waits for it.
+    const ok = await this.#tombstone(full, t, "background");
     if (ok === FAILED) return false;
     if (ok !== REJECTED) this.#onRetried(t.ns, t.key);
     return true; // done (a refused record is not retried: it would be refused again)
@@ -321,21 +327,38 @@ export class RemoteLayer {
    * refused this record alone: reported as an `l2Error`, REJECTED, and not a backend failure (for
    * the breaker it is an answer, like any other).
    */
-  async #write(operation: string, ns: RemoteScope, key: string, run: () => Promise<boolean>): Promise<boolean | typeof FAILED | typeof REJECTED> {
-    const result = await this.#call(operation, ns, key, () => run().catch(keepRecordError));
+  async #write(operation: string, ns: RemoteScope, key: string, run: () => Promise<boolean>, kind: "write" | "background" = "write"): Promise<boolean | typeof FAILED | typeof REJECTED> {
+    const result = await this.#call(operation, ns, key, () => run().catch(keepRecordError), kind);
     if (result === FAILED || typeof result === "boolean") return result;
     if (!isRecordError(result)) return Boolean(result); // a store returning a truthy non-boolean
     this.#failed(operation, ns, key, result, "layercache: L2 refused one record (not counted as a backend failure)");
     return REJECTED;
   }
 
-  /** Runs one store call under the breaker and the timeout; FAILED (already reported) when it could not. */
-  #call<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
+  /**
+   * Runs one store call under the breaker and the timeout; FAILED (already reported) when it could
+   * not. No caller waits for the probe of a half-open breaker: a read that draws it is sent in the
+   * background (its answer only tells the breaker) and its caller is answered as if the breaker were
+   * still open; a write gives the probe back (a write's outcome must be known to its caller). Only
+   * `background` calls (retries) wait for a probe.
+   */
+  #call<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>, kind: "read" | "write" | "background" = "write"): Promise<T | typeof FAILED> {
     const breaker = this.#breaker;
-    if (breaker !== undefined && !breaker.allow()) {
+    const gate = breaker === undefined ? "pass" : breaker.gate();
+    if (gate === "shut" || (gate === "probe" && kind !== "background")) {
       this.#counters.l2ShortCircuits++;
+      if (gate === "probe") {
+        if (kind === "read") void this.#guarded(operation, ns, key, run);
+        else breaker!.skipProbe();
+      }
       return Promise.resolve(FAILED);
     }
+    return this.#guarded(operation, ns, key, run);
+  }
+
+  /** One store call under the timeout; its outcome tells the breaker. */
+  #guarded<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
+    const breaker = this.#breaker;
     let pending: Promise<T>;
     try {
       pending = run();

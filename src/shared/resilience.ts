@@ -24,17 +24,31 @@ export class Breaker {
     this.#onChange = onChange;
   }
 
-  /** Whether a call may go through now. */
+  /** Whether a call may go through now (the probe included: see `gate`). */
   allow(): boolean {
-    if (this.state === "closed") return true;
+    return this.gate() !== "shut";
+  }
+
+  /**
+   * What a call may do now: go through (`pass`, closed), fail at once (`shut`), or be the one probe
+   * of a half-open breaker (`probe`) — which the caller should not wait for: the facades send a
+   * probe in the background and answer their caller as if the breaker were still open.
+   */
+  gate(): "pass" | "probe" | "shut" {
+    if (this.state === "closed") return "pass";
     if (this.state === "open") {
-      if (this.#clock.now() < this.#openUntil) return false;
+      if (this.#clock.now() < this.#openUntil) return "shut";
       this.state = "halfOpen";
       this.#probing = false;
     }
-    if (this.#probing) return false;
+    if (this.#probing) return "shut";
     this.#probing = true;
-    return true;
+    return "probe";
+  }
+
+  /** Gives back a probe that was taken but not used (the next call may probe). */
+  skipProbe(): void {
+    this.#probing = false;
   }
 
   /** Whether `allow()` would let a call through now (without taking the probe). */

@@ -107,6 +107,37 @@ describe("Redis hangs (SIGSTOP) and resumes (SIGCONT)", () => {
   }, 60_000);
 });
 
+describe("a hung server's cost to callers (separate L2 and bus connections, default timeouts)", () => {
+  test("each remove waits one timeout (1 s) at most, and the breakers' probes are nobody's request", async () => {
+    const server = await RedisServer.start();
+    cleanup.push(() => server.stop());
+    const cache = new LayerCache({ prefix: uniquePrefix(), l2: new RedisStore({ url: server.url }), bus: new RedisBus({ url: server.url }) });
+    cleanup.push(() => cache.close());
+    await cache.ready();
+    await cache.set("k", 1);
+    server.pause();
+    const waits: number[] = [];
+    try {
+      // 8 s of removes, one every 400 ms: before the fix the first ones took L2 timeout + bus
+      // timeout (2 s), and every few seconds a breaker's half-open probe was one of them (1 s).
+      for (let i = 0; i < 20; i++) {
+        const started = performance.now();
+        await cache.remove(`k${i}`);
+        waits.push(performance.now() - started);
+        await new Promise((r) => setTimeout(r, 400));
+      }
+    } finally {
+      server.resume();
+    }
+    console.log(`remove waits during the hang (ms): ${waits.map((w) => Math.round(w)).join(" ")}`);
+    // Bound: one timeout plus generous scheduling slack, well under the two timeouts of before.
+    expect(Math.max(...waits), waits.map((w) => Math.round(w)).join(" ")).toBeLessThan(1_800);
+    // After the first removes opened the breakers, none waits for a probe.
+    expect(waits.slice(6).filter((w) => w > 500), waits.map((w) => Math.round(w)).join(" ")).toEqual([]);
+    await eventually(async () => cache.stats().l2Pending === 0 && cache.stats().busPending === 0, 20_000);
+  }, 60_000);
+});
+
 describe("connections killed (CLIENT KILL TYPE normal)", () => {
   test("operations go on and the cache keeps working", async () => {
     const { a, b, raw } = await setup();
