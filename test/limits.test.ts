@@ -3,6 +3,7 @@ import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "..
 import type { BusLimits, L2Limits } from "../src/backend.js";
 import { BusLink } from "../src/bus/link.js";
 import { decodeMessage } from "../src/bus/codec.js";
+import { cutToBytes, overBytes } from "../src/shared/limits.js";
 import { Counters, Emitter } from "../src/telemetry/events.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
@@ -131,13 +132,26 @@ describe("keys longer than the store's maxKeyBytes", () => {
 
   test("a key short in characters but long in UTF-8 bytes is hashed, and its head is cut between code points", async () => {
     const { store, a, b } = pair();
-    const key = "€".repeat(100) + "😀".repeat(20); // 140 characters, 380 bytes
+    const key = "😀".repeat(60) + "€".repeat(20); // 140 characters, 300 bytes
     await a.set(key, "euro");
     expect(await b.get(key)).toBe("euro");
     const [stored] = [...store.data.keys()];
     expect(bytes(stored!)).toBeLessThanOrEqual(250);
     expect(stored!.isWellFormed()).toBe(true);
     expect(Buffer.from(stored!, "utf8").toString("utf8")).toBe(stored);
+  });
+
+  test("cutting to a number of bytes never splits a character", () => {
+    const text = "a" + "é" + "€" + "😀".repeat(3) + "z";
+    for (let max = 0; max <= bytes(text) + 1; max++) {
+      const cut = cutToBytes(text, max);
+      expect(cut.isWellFormed()).toBe(true);
+      expect(bytes(cut)).toBeLessThanOrEqual(max);
+      expect(text.startsWith(cut)).toBe(true);
+      // The longest such start: one more character would not fit.
+      if (cut !== text) expect(bytes(text.slice(0, cut.length + (text.codePointAt(cut.length)! > 0xffff ? 2 : 1)))).toBeGreaterThan(max);
+      expect(overBytes(text, max)).toBe(bytes(text) > max);
+    }
   });
 
   test("no unhashed key can take a hashed key's place, even one spelled like it", async () => {

@@ -7,7 +7,7 @@ import { optionError, preview } from "./errors.js";
 
 /** A limit the backend behind `option` declares (`Infinity` when it declares none); a TypeError when it is not a number ≥ `min`. */
 export function declaredLimit(option: "l2" | "bus", limits: object | undefined, field: string, min: number): number {
-  const value: unknown = limits === undefined ? undefined : (limits as Record<string, unknown>)[field];
+  const value: unknown = limits === undefined || limits === null ? undefined : (limits as Record<string, unknown>)[field];
   if (value === undefined) return Infinity;
   if (typeof value !== "number" || Number.isNaN(value) || value < min) {
     throw optionError(option, `declares limits.${field} = ${preview(value)}; it must be a number of bytes, at least ${min}`);
