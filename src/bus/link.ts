@@ -36,7 +36,7 @@ const MAX_PENDING_KEYS = 10_000;
  * (Redis does at 32 MB of pending pub/sub output). A bus's own `limits.maxMessageBytes` can only
  * lower it.
  */
-export const MESSAGE_BUDGET_BYTES = 64 * 1024;
+const MESSAGE_BUDGET_BYTES = 64 * 1024;
 /** Most keys in one message, so that the work one message costs a peer stays small. */
 const MAX_KEYS_PER_MESSAGE = 500;
 /** A connect taking longer counts as failed (and is tried again). */
