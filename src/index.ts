@@ -12,5 +12,5 @@ export type { CacheOptions, ScopeOptions, EntryOptions, CachedOptions, Duration,
 export type { CacheEvents, CacheEventName, CacheEventListener, Stats, KeyEvent, HitLayer } from "./telemetry/events.js";
 export type { Logger } from "./telemetry/logger.js";
 export type { Serializer } from "./l2/serializer.js";
-export type { L2Store } from "./l2/contract.js";
-export type { Bus, BusConnection, BusHandlers } from "./bus/contract.js";
+export type { L2Store, L2Limits } from "./l2/contract.js";
+export type { Bus, BusConnection, BusHandlers, BusLimits } from "./bus/contract.js";

@@ -64,7 +64,7 @@ export interface CacheOptions extends ScopeOptions {
   refreshCooldown?: Duration;
   /** Longest key accepted. Default 1024. */
   maxKeyLength?: number;
-  /** Values whose serialized form is larger stay in L1 only. Default 1 MiB. */
+  /** Values whose serialized form is larger (UTF-8 bytes) stay in L1 only; the L2 store's record limit can lower it. Default 1 MiB. */
   maxValueBytes?: number;
   /** Encodes values for L2. Default: JSON, safe against prototype pollution. */
   serializer?: Serializer;

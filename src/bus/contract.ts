@@ -23,9 +23,27 @@ export interface Bus {
   readonly connection?: object;
   /** How the cache guards publishing (defaults below apply to any field left out). */
   readonly resilience?: BusResilience;
+  /** The largest message this bus carries (see `BusLimits`); left out: no limit of its own. */
+  readonly limits?: BusLimits;
   /** Subscribes to `channel`; resolves once messages published afterwards will be delivered. */
   connect(channel: string, handlers: BusHandlers): Promise<BusConnection>;
 }
+
+/**
+ * The size of message a bus can carry, in **UTF-8 bytes** of the text given to `publish` (what
+ * `Buffer.byteLength(text)` returns; a bus that wraps or encodes messages declares the limit of the
+ * text it is given). The cache splits an invalidation into as many messages as it needs so that
+ * each one — signature and scope included — fits in the smaller of this limit and its own budget
+ * (64 KiB). A key or scope too long for any message is sent as a `clear` of its scope (or of the
+ * nearest enclosing scope whose `clear` fits): peers drop more than they had to, never less.
+ */
+export interface BusLimits {
+  /** Longest message, in UTF-8 bytes. At least `BUS_LIMIT_MINIMUMS.maxMessageBytes`; default: no limit. */
+  readonly maxMessageBytes?: number;
+}
+
+/** The smallest message limit a bus may declare: room for a signed `clear` of the whole cache and a short key. */
+export const BUS_LIMIT_MINIMUMS: Required<BusLimits> = { maxMessageBytes: 512 };
 
 export interface BusResilience {
   /** A publish taking longer counts as failed (and is retried). Default 1000 ms. */

@@ -4,7 +4,8 @@ import type { Counters, Emitter } from "../telemetry/events.js";
 import { writeLog, type Logger } from "../telemetry/logger.js";
 import { Breaker, RetryQueue, withTimeout } from "../shared/resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
-import { BUS_RESILIENCE_DEFAULTS, type Bus, type BusConnection } from "./contract.js";
+import { BUS_LIMIT_MINIMUMS, BUS_RESILIENCE_DEFAULTS, type Bus, type BusConnection } from "./contract.js";
+import { declaredLimit, overBytes } from "../shared/limits.js";
 
 export interface PeerHandlers {
   onRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void;
@@ -29,8 +30,15 @@ interface PendingPublish {
 
 /** Most keys kept for republishing; beyond it everything collapses into one clear of the whole cache. */
 const MAX_PENDING_KEYS = 10_000;
-/** Keys per message when republishing. */
-const KEYS_PER_MESSAGE = 500;
+/**
+ * Most UTF-8 bytes in one message, whatever the bus allows: a peer parses and applies a message in
+ * one go on its event loop, and a server may cut off a subscriber that falls behind on big ones
+ * (Redis does at 32 MB of pending pub/sub output). A bus's own `limits.maxMessageBytes` can only
+ * lower it.
+ */
+const MESSAGE_BUDGET_BYTES = 64 * 1024;
+/** Most keys in one message, so that the work one message costs a peer stays small. */
+const MAX_KEYS_PER_MESSAGE = 500;
 /** A connect taking longer counts as failed (and is tried again). */
 const CONNECT_TIMEOUT_MS = 5_000;
 const CONNECT_FIRST_DELAY_MS = 500;
@@ -54,6 +62,8 @@ export class BusLink {
   readonly #pending: RetryQueue<PendingPublish>;
   readonly #breaker: Breaker;
   readonly #publishTimeoutMs: number;
+  /** Most UTF-8 bytes in one message: the bus's limit or MESSAGE_BUDGET_BYTES, the smaller. */
+  readonly #maxMessageBytes: number;
   #conn: BusConnection | undefined;
   #connectTimer: unknown;
   #connectDelay = CONNECT_FIRST_DELAY_MS;
@@ -79,6 +89,7 @@ export class BusLink {
     this.#logger = o.logger;
     this.#clock = o.clock;
     const r = { ...BUS_RESILIENCE_DEFAULTS, ...bus.resilience };
+    this.#maxMessageBytes = Math.min(declaredLimit("bus", bus.limits, "maxMessageBytes", BUS_LIMIT_MINIMUMS.maxMessageBytes), MESSAGE_BUDGET_BYTES);
     this.#publishTimeoutMs = r.timeoutMs;
     this.#breaker = new Breaker(r.breakerThreshold > 0 ? r.breakerThreshold : Infinity, r.breakerCooldownMs, o.clock, (state) => {
       if (state === "closed") this.#pending.kick();
@@ -187,7 +198,7 @@ export class BusLink {
   /** Sends one message; its outcome tells the breaker, and a failed invalidation is queued. */
   async #sendGuarded(conn: BusConnection, op: BusOp, scope: readonly string[], keys: string[], gen: string | undefined, background: boolean): Promise<void> {
     try {
-      await this.#send(conn, this.#encode(op, scope, keys, gen), background);
+      for (const text of this.#messages(op, scope, keys, gen)) await this.#send(conn, text, background);
       this.#breaker.success();
     } catch (error) {
       this.#breaker.failure();
@@ -215,9 +226,62 @@ export class BusLink {
     return withTimeout(this.#clock, conn.publish(text), this.#publishTimeoutMs, () => busTimeout("publish", this.#publishTimeoutMs), background);
   }
 
-  #encode(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string {
+  #encode(op: BusOp, scope: readonly string[], keys: string[], gen: string | undefined, at: number): string {
+    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at }, this.#secret);
+  }
+
+  /**
+   * The messages that carry an invalidation (or update), each at most #maxMessageBytes in UTF-8,
+   * signature and scope included, and at most MAX_KEYS_PER_MESSAGE keys. One message when it fits
+   * (measured only when its length leaves a doubt); otherwise the keys are split by their encoded
+   * size: the JSON array of keys is the only part that varies, so a message's size is exactly that
+   * of the message without keys plus each key's JSON text and the commas between them. A key too
+   * long for any message turns into a clear of its scope (see #clearMessage): peers drop more than
+   * needed, never less.
+   */
+  #messages(op: BusOp, scope: readonly string[], keys: string[], gen?: string): string[] {
     // Send time on the cache clock (the wall clock unless injected): receivers check it against replays.
-    return encodeMessage({ from: this.#id, op, scope: scope as string[], keys, gen, at: this.#clock.now() }, this.#secret);
+    const at = this.#clock.now();
+    const max = this.#maxMessageBytes;
+    if (op === "clear") return [this.#clearMessage(scope, at)];
+    if (keys.length <= MAX_KEYS_PER_MESSAGE) {
+      const text = this.#encode(op, scope, keys, gen, at);
+      if (!overBytes(text, max)) return [text];
+    }
+    const base = Buffer.byteLength(this.#encode(op, scope, [], gen, at));
+    const out: string[] = [];
+    let chunk: string[] = [];
+    let size = base;
+    let oversized = false;
+    for (const key of keys) {
+      const bytes = Buffer.byteLength(JSON.stringify(key));
+      if (base + bytes > max) {
+        oversized = true;
+        continue;
+      }
+      // A key after the first one of a message also takes a comma.
+      if (chunk.length === MAX_KEYS_PER_MESSAGE || (chunk.length > 0 && size + 1 + bytes > max)) {
+        out.push(this.#encode(op, scope, chunk, gen, at));
+        chunk = [];
+        size = base;
+      }
+      size += (chunk.length > 0 ? 1 : 0) + bytes;
+      chunk.push(key);
+    }
+    if (chunk.length > 0) out.push(this.#encode(op, scope, chunk, gen, at));
+    if (oversized) {
+      writeLog(this.#logger, "warn", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
+      out.push(this.#clearMessage(scope, at));
+    }
+    return out;
+  }
+
+  /** A clear of `scope`, or of the nearest enclosing scope whose message fits (the whole cache's always does). */
+  #clearMessage(scope: readonly string[], at: number): string {
+    for (let depth = scope.length; ; depth--) {
+      const text = this.#encode("clear", scope.slice(0, depth), [], undefined, at);
+      if (depth === 0 || !overBytes(text, this.#maxMessageBytes)) return text;
+    }
   }
 
   /** Queues an invalidation that could not be published; bounded by MAX_PENDING_KEYS. */
@@ -278,11 +342,8 @@ export class BusLink {
     const collapses = this.#collapses;
     let ok = true;
     try {
-      if (sending === "clear") await this.#send(conn, this.#encode("clear", p.scope, []), true);
-      else {
-        const keys = [...sending];
-        for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) await this.#send(conn, this.#encode("remove", p.scope, keys.slice(i, i + KEYS_PER_MESSAGE)), true);
-      }
+      const messages = sending === "clear" ? this.#messages("clear", p.scope, []) : this.#messages("remove", p.scope, [...sending]);
+      for (const text of messages) await this.#send(conn, text, true);
       this.#breaker.success();
     } catch (error) {
       this.#breaker.failure();

@@ -4,6 +4,7 @@ import type { Bus, BusConnection, BusHandlers } from "./contract.js";
  * A bus between `LayerCache` instances of one process: pass the same `MemoryBus` object to each.
  * Messages go through the same codec as the network buses and are delivered synchronously,
  * before `publish` returns, so a `remove` on one instance has reached the others when it resolves.
+ * It declares no `limits`: any message fits (the cache still keeps each one within 64 KiB).
  */
 export class MemoryBus implements Bus {
   readonly #channels = new Map<string, Set<BusHandlers>>();

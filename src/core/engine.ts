@@ -569,7 +569,12 @@ export class Engine {
     let gen: string | undefined;
     if (this.remote !== undefined && f.gen !== undefined && now - f.started < GENERATION_MEMORY_MS) {
       const enc = this.#encodeForL2(ns, key, value);
-      if (enc !== undefined) {
+      if (enc instanceof SerializationError) {
+        // An unserializable loaded value stays in L1 only, reported as an L2 error.
+        this.counters.l2Errors++;
+        writeLog(this.logger, "warn", { key, scope: ns.label, err: enc }, "layercache: value kept in L1 only");
+        if (this.emitter.l.l2Error) this.emitter.emit("l2Error", { operation: "serialize", key, scope: ns.label, error: enc });
+      } else {
         bytes = enc.bytes;
         if (!enc.tooLarge) {
           // A load keeps the generation it saw: concurrent loads of one value do not conflict.
@@ -598,17 +603,19 @@ export class Engine {
     f.settle(value);
   }
 
-  /** Serializes for L2 inside a load: an unserializable value stays in L1 only, reported as an L2 error. */
-  #encodeForL2(ns: Namespace, key: string, value: unknown): Encoded | undefined {
+  /**
+   * Serializes a value for L2 (a `set`'s or a load's). A value too large for L2 — over
+   * `maxValueBytes`, or over what the store's record limit leaves — is reported here and kept out
+   * of L2 by the caller; it never reaches the store, so it never counts as a failure of it.
+   */
+  #encodeForL2(ns: Namespace, key: string, value: unknown): Encoded | SerializationError {
+    const remote = this.remote!;
     try {
-      const enc = this.remote!.encode(key, value);
-      if (enc.tooLarge) this.#tooLarge(ns, key, enc.bytes, this.settings.maxValueBytes, "l2");
+      const enc = remote.encode(key, value);
+      if (enc.tooLarge) this.#tooLarge(ns, key, enc.bytes, remote.maxPayloadBytes, "l2");
       return enc;
     } catch (error) {
-      this.counters.l2Errors++;
-      writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: value kept in L1 only");
-      if (this.emitter.l.l2Error) this.emitter.emit("l2Error", { operation: "serialize", key, scope: ns.label, error });
-      return undefined;
+      return error as SerializationError;
     }
   }
 
@@ -644,12 +651,9 @@ export class Engine {
     let enc: Encoded | undefined;
     let failure: SerializationError | undefined;
     if (this.remote !== undefined) {
-      try {
-        enc = this.remote.encode(key, value);
-        if (enc.tooLarge) this.#tooLarge(ns, key, enc.bytes, this.settings.maxValueBytes, "l2");
-      } catch (error) {
-        failure = error as SerializationError;
-      }
+      const encoded = this.#encodeForL2(ns, key, value);
+      if (encoded instanceof SerializationError) failure = encoded;
+      else enc = encoded;
     }
     this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
     // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.

@@ -42,6 +42,12 @@ export interface L2Store {
   /** How the cache guards calls to this store (defaults below apply to any field left out). */
   readonly resilience?: L2Resilience;
   /**
+   * The largest key and record this store accepts. The cache never sends it more: a longer key is
+   * mapped to a shorter hashed form, a larger record is not written (its value stays in L1, see
+   * `L2Limits`). Leave it out, or leave a field out, for "no limit".
+   */
+  readonly limits?: L2Limits;
+  /**
    * The client object this store sends on, when it was given one. When the bus publishes on the
    * very same object (`Bus.connection`) and both write their commands in call order, an
    * invalidation's L2 write and its bus message are sent back to back — the server still runs them
@@ -58,5 +64,30 @@ export interface L2Resilience {
   /** How long the breaker stays open before one probe call is let through. Default 5000 ms. */
   breakerCooldownMs?: number;
 }
+
+/**
+ * Sizes a store cannot take, in **UTF-8 bytes** of the JavaScript strings passed to `get`, `getMany`
+ * and `set` (what `Buffer.byteLength(text)` returns). A store that transforms keys or records on the
+ * way (base64, a table row's overhead) declares the limit of the text it is given, not of what it
+ * sends. The cache keeps within them before calling the store, so a backend's hard limit never
+ * shows up as a failure of the backend (nothing counts toward the circuit breaker):
+ *
+ * - a key longer than `maxKeyBytes` (`<prefix>:<scope>:<key>`, as the store sees it) is replaced by
+ *   `<prefix>:<scope>%#<sha256>:<head of the key>`, cut to fit — deterministic, so every instance
+ *   with the same limit maps a key the same way, and never equal to an unhashed key ("%#" cannot
+ *   appear in an escaped prefix or scope);
+ * - a record longer than `maxRecordBytes` (envelope header plus payload; layercache counts the
+ *   header as `RECORD_HEADER_BYTES`) is not written: the value stays in L1 only, with a
+ *   `valueTooLarge` event, and a `set` leaves a tombstone in place of the old record instead.
+ */
+export interface L2Limits {
+  /** Longest key, in UTF-8 bytes. At least `L2_LIMIT_MINIMUMS.maxKeyBytes`; default: no limit. */
+  readonly maxKeyBytes?: number;
+  /** Longest record (the whole text given to `set`), in UTF-8 bytes. At least `L2_LIMIT_MINIMUMS.maxRecordBytes`; default: no limit. */
+  readonly maxRecordBytes?: number;
+}
+
+/** The smallest limits a store may declare: room for a hashed key, and for a tombstone and a small value. */
+export const L2_LIMIT_MINIMUMS: Required<L2Limits> = { maxKeyBytes: 64, maxRecordBytes: 1024 };
 
 export const RESILIENCE_DEFAULTS: Required<L2Resilience> = { timeoutMs: 1000, breakerThreshold: 3, breakerCooldownMs: 5000 };

@@ -25,6 +25,16 @@
 export const RECORD_VERSION = "LC1";
 const HEAD = RECORD_VERSION + "|";
 
+/** Longest generation (UTF-8 bytes) layercache writes into a record; its own are 24 characters at most. */
+export const MAX_GENERATION_BYTES = 128;
+
+/**
+ * Most UTF-8 bytes before the payload in a record layercache writes: "LC1|", a generation (at most
+ * `MAX_GENERATION_BYTES`), four numbers (at most 24 characters each, as JavaScript prints them) and
+ * six "|". A value is stored in L2 only when its payload fits in the store's `maxRecordBytes` less this.
+ */
+export const RECORD_HEADER_BYTES = 256;
+
 export interface RecordTimes {
   born: number;
   ttl: number;

@@ -1,11 +1,13 @@
+import { createHash } from "node:crypto";
 import type { TimerClock } from "../shared/clock.js";
 import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../shared/errors.js";
 import type { Counters, Emitter } from "../telemetry/events.js";
 import { writeLog, type Logger } from "../telemetry/logger.js";
 import type { EntryTimes } from "../l1/partition.js";
+import { cutToBytes, declaredLimit, overBytes } from "../shared/limits.js";
 import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../shared/resilience.js";
-import { RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
-import { decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
+import { L2_LIMIT_MINIMUMS, RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
+import { MAX_GENERATION_BYTES, RECORD_HEADER_BYTES, decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
 import type { Serializer } from "./serializer.js";
 
 /**
@@ -90,14 +92,38 @@ function keepRecordError(error: unknown): RecordError {
 
 /**
  * Escapes the separators of the L2 key layout in a prefix or scope name, so that no two
- * (prefix, scope, key) triples map to the same L2 key.
+ * (prefix, scope, key) triples map to the same L2 key. After escaping, "%" is always followed by
+ * "25", "3A" or "2F": the marker "%#" of hashed keys (`hashedKey`) never appears in a prefix or scope.
  */
 function escapePart(part: string): string {
   return part.replace(/[%:/]/g, (c) => (c === "%" ? "%25" : c === ":" ? "%3A" : "%2F"));
 }
 
+/** "%#", 43 characters of base64url SHA-256, ":". */
+const HASH_FORM_BYTES = 46;
+
 /**
- * The facade every L2 access goes through: key layout, envelope, serializer, size limit, and
+ * The form of an L2 key longer than the store's `maxKeyBytes`:
+ *
+ *   <prefix>:<scope/path>%#<sha256 of the whole key, base64url>:<head of the key>
+ *
+ * with `<prefix>:<scope/path>` and then the key cut (between code points) so that the whole fits
+ * in `max` bytes. The hash makes two long keys differ however long a start they share; the marker
+ * makes a hashed key differ from every unhashed one: in an unhashed key nothing before the second
+ * ":" (the escaped prefix and scope) contains "%#", in a hashed one the marker always comes before
+ * it. Deterministic: every instance whose store declares the same limit maps a key the same way.
+ */
+function hashedKey(full: string, scopeHead: string, max: number): string {
+  const hash = createHash("sha256").update(full).digest("base64url");
+  const room = max - HASH_FORM_BYTES;
+  const head = cutToBytes(scopeHead.slice(0, -1), room); // without the ":" that ends it
+  const key = cutToBytes(full.slice(scopeHead.length), room - Buffer.byteLength(head));
+  return `${head}%#${hash}:${key}`;
+}
+
+/**
+ * The facade every L2 access goes through: key layout, envelope, serializer, size limits (the
+ * store's `limits` and `maxValueBytes`, kept before the store is called, never a failure), and
  * resilience — a timeout on every call, a circuit breaker, and background retry of writes that
  * failed (newest per key wins). The engine above it never sees a store error, only "unavailable".
  */
@@ -105,7 +131,11 @@ export class RemoteLayer {
   readonly store: L2Store;
   readonly #serializer: Serializer;
   readonly #prefix: string;
-  readonly #maxValueBytes: number;
+  /** The store's `limits.maxKeyBytes` and `limits.maxRecordBytes` (`Infinity`: none). */
+  readonly #maxKeyBytes: number;
+  readonly #maxRecordBytes: number;
+  /** Largest payload written to L2: `maxValueBytes`, and the store's record limit less the record header. */
+  readonly maxPayloadBytes: number;
   readonly #emitter: Emitter;
   readonly #counters: Counters;
   readonly #logger: Logger | undefined;
@@ -136,7 +166,9 @@ export class RemoteLayer {
     this.store = store;
     this.#serializer = o.serializer;
     this.#prefix = escapePart(o.prefix);
-    this.#maxValueBytes = o.maxValueBytes;
+    this.#maxKeyBytes = declaredLimit("l2", store.limits, "maxKeyBytes", L2_LIMIT_MINIMUMS.maxKeyBytes);
+    this.#maxRecordBytes = declaredLimit("l2", store.limits, "maxRecordBytes", L2_LIMIT_MINIMUMS.maxRecordBytes);
+    this.maxPayloadBytes = Math.min(o.maxValueBytes, this.#maxRecordBytes - RECORD_HEADER_BYTES);
     this.#emitter = o.emitter;
     this.#counters = o.counters;
     this.#logger = o.logger;
@@ -168,10 +200,15 @@ export class RemoteLayer {
     return this.#pending.size;
   }
 
-  /** `<prefix>:<scope/path>:<key>` with prefix and scope names escaped; the key is kept as is. */
+  /**
+   * `<prefix>:<scope/path>:<key>` with prefix and scope names escaped; the key is kept as is. Past
+   * the store's `maxKeyBytes`, its hashed form (`hashedKey`). Measured only when its length in
+   * characters leaves a doubt, hashed only when it is over.
+   */
   keyOf(ns: RemoteScope, key: string): string {
     const p = (ns.l2Prefix ??= `${this.#prefix}:${ns.path.map(escapePart).join("/")}:`);
-    return p + key;
+    const full = p + key;
+    return overBytes(full, this.#maxKeyBytes) ? hashedKey(full, p, this.#maxKeyBytes) : full;
   }
 
   async connect(): Promise<void> {
@@ -242,7 +279,11 @@ export class RemoteLayer {
     return Promise.all(keys.map((k) => this.store.get(k).catch(keepRecordError)));
   }
 
-  /** Serializes a value; throws `SerializationError` when the serializer cannot. */
+  /**
+   * Serializes a value; throws `SerializationError` when the serializer cannot. `tooLarge` when the
+   * payload is over `maxPayloadBytes` (in UTF-8, measured only when its length leaves a doubt): the
+   * value is then kept out of L2 by the caller.
+   */
   encode(key: string, value: unknown): Encoded {
     let payload: string;
     try {
@@ -251,8 +292,8 @@ export class RemoteLayer {
     } catch (error) {
       throw new SerializationError(key, error);
     }
-    const bytes = payload.length <= this.#maxValueBytes / 3 ? payload.length : Buffer.byteLength(payload);
-    return { payload, bytes, tooLarge: bytes > this.#maxValueBytes };
+    const bytes = payload.length <= this.maxPayloadBytes / 3 ? payload.length : Buffer.byteLength(payload);
+    return { payload, bytes, tooLarge: bytes > this.maxPayloadBytes };
   }
 
   /**
@@ -270,6 +311,9 @@ export class RemoteLayer {
     const record = encodeRecord(gen, t, enc.payload);
     const full = this.keyOf(ns, key);
     if (ifGen !== undefined) {
+      // A write-back keeps the generation it saw; one that long was not written by layercache, and
+      // the record would outgrow the header room `encode` counted on: no write-back.
+      if (overBytes(gen, MAX_GENERATION_BYTES)) return "failed";
       const ok = await this.#write("set", ns, key, () => this.store.set(full, record, ttlMs, ifGen));
       return ok === FAILED || ok === REJECTED ? "failed" : ok ? "written" : "conflict";
     }

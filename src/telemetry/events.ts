@@ -29,7 +29,7 @@ export interface CacheEvents {
   refreshSkipped: KeyEvent & { reason: "poolFull" | "cooldown" };
   /** A loaded value was returned to its callers but not cached, because the key was invalidated while it loaded (or L2 holds a newer generation). */
   loadDiscarded: KeyEvent & { reason: "invalidated" | "conflict" };
-  /** A value too large for L2 (`maxValueBytes`) or for L1 (`maxBytes`) was kept out of that layer. */
+  /** A value too large for L2 (`maxValueBytes`, or the store's record limit) or for L1 (`maxBytes`) was kept out of that layer; `limit` is the one that applied. */
   valueTooLarge: KeyEvent & { bytes: number; limit: number; layer: HitLayer };
   /** An L2 operation failed (it is retried in the background where that makes sense). */
   l2Error: { operation: string; key?: string; scope?: string; error: unknown };

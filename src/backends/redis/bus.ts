@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { checkOptions, optionError, parseDuration, parseResilience, systemClock, withTimeout, type CircuitBreakerOptions, type Bus, type BusConnection, type BusHandlers, type BusResilience, type Duration } from "../../backend.js";
-import { checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "./driver.js";
+import { checkOptions, optionError, parseDuration, parseResilience, systemClock, withTimeout, type CircuitBreakerOptions, type Bus, type BusConnection, type BusHandlers, type BusLimits, type BusResilience, type Duration } from "../../backend.js";
+import { REDIS_MAX_BULK_BYTES, checkRedisUrl, driverFor, driverForUrl, type RedisDriver } from "./driver.js";
 
 export interface RedisBusOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster, used to publish. The bus opens its own subscriber connection from it. */
@@ -32,6 +32,12 @@ export class RedisBus implements Bus {
   /** The client passed in (see `L2Store.connection`). */
   readonly connection: object | undefined;
   readonly resilience: BusResilience;
+  /**
+   * Redis's own: a PUBLISH message is at most 512 MB (`proto-max-bulk-len`). The cache sends much
+   * smaller ones: it splits invalidations into messages of at most 64 KiB, well inside the output
+   * buffer Redis allows a subscriber (`client-output-buffer-limit pubsub`, 32 MB by default).
+   */
+  readonly limits: BusLimits = { maxMessageBytes: REDIS_MAX_BULK_BYTES };
   readonly #client: unknown;
   readonly #url: string | undefined;
   readonly #heartbeatMs: number;

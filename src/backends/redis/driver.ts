@@ -34,6 +34,12 @@ export interface RedisDriver {
   quit(): Promise<void>;
 }
 
+/**
+ * Longest string Redis takes as one argument — a key, a value, a message — by default
+ * (`proto-max-bulk-len`, 512 MB). What `RedisStore` and `RedisBus` declare as their limits.
+ */
+export const REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024;
+
 /** Longest a QUIT may wait before the connection is simply dropped (a hung server never answers). */
 const QUIT_TIMEOUT_MS = 1_000;
 

@@ -1,5 +1,5 @@
-import { RECORD_VERSION, checkOptions, optionError, parseResilience, type CircuitBreakerOptions, type Duration, type L2Resilience, type L2Store, type RecordError } from "../../backend.js";
-import { checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "./driver.js";
+import { RECORD_VERSION, checkOptions, optionError, parseResilience, type CircuitBreakerOptions, type Duration, type L2Limits, type L2Resilience, type L2Store, type RecordError } from "../../backend.js";
+import { REDIS_MAX_BULK_BYTES, checkRedisUrl, driverFor, driverForUrl, luaScript, type RedisDriver } from "./driver.js";
 
 export interface RedisStoreOptions {
   /** An ioredis `Redis` or `Cluster`, or a node-redis client or cluster. Not closed by the store. */
@@ -50,6 +50,13 @@ function px(ttlMs: number): number | undefined {
  */
 export class RedisStore implements L2Store {
   readonly resilience: L2Resilience;
+  /**
+   * Redis's own: a key and a value are each at most 512 MB (`proto-max-bulk-len`). A record is the
+   * envelope header plus the payload, and the cache counts the header, so `maxValueBytes` (1 MiB by
+   * default) is what limits values in practice; keys are hashed only past 512 MB, which the rules
+   * of keys never reach.
+   */
+  readonly limits: L2Limits = { maxKeyBytes: REDIS_MAX_BULK_BYTES, maxRecordBytes: REDIS_MAX_BULK_BYTES };
   /** The client passed in (L2 writes and a RedisBus on the same client are sent in order). */
   readonly connection: object | undefined;
   readonly #url: string | undefined;
