@@ -4,7 +4,7 @@ import type { BusLimits, L2Limits } from "../src/backend.js";
 import { BusLink } from "../src/bus/link.js";
 import { decodeMessage } from "../src/bus/codec.js";
 import { cutToBytes, overBytes } from "../src/shared/limits.js";
-import { Counters, Emitter } from "../src/telemetry/events.js";
+import { Reporter } from "../src/telemetry/reporter.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
 
@@ -290,15 +290,14 @@ describe("bus messages larger than the bus's maxMessageBytes", () => {
     const clock = new FakeClock(1_000_000);
     const bus = new TightBus(8000);
     const got: string[][] = [];
-    const counters = new Counters();
+    const report = new Reporter(undefined);
+    const counters = report.counters;
     const link = new BusLink(bus, {
       channel: "c",
       id: "sender",
       secret: new TextEncoder().encode("k"),
       peer: { onRemove: () => {}, onUpdate: () => {}, onClear: () => {}, onDeaf: () => {}, onHearing: () => {} },
-      emitter: new Emitter(undefined),
-      counters,
-      logger: undefined,
+      report,
       clock,
     });
     const secret = new TextEncoder().encode("k");

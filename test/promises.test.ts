@@ -168,11 +168,12 @@ describe("2. a caller waiting on a load keeps the process alive", () => {
   ] as const) {
     test(`${scenario}: the script gets its answer and exits 0 by itself`, async () => {
       const started = Date.now();
-      const { stdout } = await run(process.execPath, ["--import", "tsx", resolve(root, "test/support/awaited-timers.ts"), scenario], { cwd: root, timeout: 15_000 });
+      const { stdout } = await run(process.execPath, ["--import", "tsx", resolve(root, "test/support/awaited-timers.ts"), scenario], { cwd: root, timeout: 40_000 });
       expect(stdout.trim()).toBe(expected);
-      // Not a speed assertion: the timers involved are an hour or 30 days long.
-      expect(Date.now() - started).toBeLessThan(14_000);
-    });
+      // Not a speed assertion: the timers involved are an hour or 30 days long (a loaded machine
+      // may take seconds to start the script).
+      expect(Date.now() - started).toBeLessThan(40_000);
+    }, 60_000);
   }
 });
 

@@ -57,12 +57,12 @@ export class LayerCache extends CacheScope {
   }
 
   on<E extends CacheEventName>(event: E, listener: CacheEventListener<E>): this {
-    this.#engine.emitter.on(event, listener);
+    this.#engine.report.emitter.on(event, listener);
     return this;
   }
 
   off<E extends CacheEventName>(event: E, listener: CacheEventListener<E>): this {
-    this.#engine.emitter.off(event, listener);
+    this.#engine.report.emitter.off(event, listener);
     return this;
   }
 

@@ -1,7 +1,6 @@
 import type { TimerClock } from "../shared/clock.js";
 import { LayerCacheError } from "../shared/errors.js";
-import type { Counters, Emitter } from "../telemetry/events.js";
-import { writeLog, type Logger } from "../telemetry/logger.js";
+import type { Reporter } from "../telemetry/reporter.js";
 import { Breaker, RetryQueue, withTimeout } from "../shared/resilience.js";
 import { decodeMessage, encodeMessage, type BusMessage, type BusOp } from "./codec.js";
 import { BUS_LIMIT_MINIMUMS, BUS_RESILIENCE_DEFAULTS, type Bus, type BusConnection } from "./contract.js";
@@ -55,9 +54,7 @@ export class BusLink {
   readonly #id: string;
   readonly #secret: Uint8Array | undefined;
   readonly #peer: PeerHandlers;
-  readonly #emitter: Emitter;
-  readonly #counters: Counters;
-  readonly #logger: Logger | undefined;
+  readonly #report: Reporter;
   readonly #clock: TimerClock;
   readonly #pending: RetryQueue<PendingPublish>;
   readonly #breaker: Breaker;
@@ -77,16 +74,14 @@ export class BusLink {
 
   constructor(
     bus: Bus,
-    o: { channel: string; id: string; secret: Uint8Array | undefined; peer: PeerHandlers; emitter: Emitter; counters: Counters; logger: Logger | undefined; clock: TimerClock },
+    o: { channel: string; id: string; secret: Uint8Array | undefined; peer: PeerHandlers; report: Reporter; clock: TimerClock },
   ) {
     this.#bus = bus;
     this.#channel = o.channel;
     this.#id = o.id;
     this.#secret = o.secret;
     this.#peer = o.peer;
-    this.#emitter = o.emitter;
-    this.#counters = o.counters;
-    this.#logger = o.logger;
+    this.#report = o.report;
     this.#clock = o.clock;
     const r = { ...BUS_RESILIENCE_DEFAULTS, ...bus.resilience };
     this.#maxMessageBytes = Math.min(declaredLimit("bus", bus.limits, "maxMessageBytes", BUS_LIMIT_MINIMUMS.maxMessageBytes), MESSAGE_BUDGET_BYTES);
@@ -270,7 +265,7 @@ export class BusLink {
     }
     if (chunk.length > 0) out.push(this.#encode(op, scope, chunk, gen, at));
     if (oversized) {
-      writeLog(this.#logger, "warn", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
+      this.#report.note(undefined, "warn", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
       out.push(this.#clearMessage(scope, at));
     }
     return out;
@@ -289,8 +284,7 @@ export class BusLink {
     this.#add(JSON.stringify(scope), scope, op === "clear" ? "clear" : keys);
     if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
-      this.#counters.busPublishesCollapsed++;
-      writeLog(this.#logger, "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
+      this.#report.note("busPublishesCollapsed", "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
       for (const pid of this.#pending.keys()) this.#pending.delete(pid);
       this.#pending.put("[]", { id: "[]", scope: [], keys: "clear", sending: false });
       this.#pendingKeys = 1;
@@ -375,9 +369,7 @@ export class BusLink {
   #receive(text: string): void {
     const d = decodeMessage(text, this.#secret, this.#clock.now());
     if (!d.ok) {
-      this.#counters.busMessagesDropped++;
-      writeLog(this.#logger, "warn", { reason: d.reason }, "layercache: bus message dropped");
-      if (this.#emitter.l.busMessageDropped) this.#emitter.emit("busMessageDropped", { reason: d.reason });
+      this.#report.fact("busMessageDropped", { reason: d.reason });
       return;
     }
     const m: BusMessage = d.message;
@@ -388,9 +380,7 @@ export class BusLink {
   }
 
   #failed(operation: string, error: unknown): void {
-    this.#counters.busErrors++;
-    writeLog(this.#logger, "warn", { operation, err: error }, "layercache: bus operation failed");
-    if (this.#emitter.l.busError) this.#emitter.emit("busError", { operation, error });
+    this.#report.fact("busError", { operation, error });
   }
 }
 

@@ -4,8 +4,9 @@ import { BusLink } from "../bus/link.js";
 import type { Bus } from "../bus/contract.js";
 import type { BusOp } from "../bus/codec.js";
 import { CacheClosedError, LoadTimeoutError, SerializationError, keyError } from "../shared/errors.js";
-import { Counters, Emitter, type HitLayer, type Stats } from "../telemetry/events.js";
-import { writeLog, type Logger } from "../telemetry/logger.js";
+import type { Counters, Emitter, HitLayer, Stats } from "../telemetry/events.js";
+import type { Logger } from "../telemetry/logger.js";
+import { Reporter } from "../telemetry/reporter.js";
 import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../l1/partition.js";
 import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../api/options.js";
 import type { L2Store } from "../l2/contract.js";
@@ -83,8 +84,8 @@ export class Engine {
   readonly settings: CacheSettings;
   readonly logger: Logger | undefined;
   readonly serializer: Serializer;
-  readonly emitter: Emitter;
-  readonly counters = new Counters();
+  /** Where every fact is recorded (counters, events, logs). */
+  readonly report: Reporter;
   readonly root: Namespace;
   readonly remote: RemoteLayer | undefined;
   readonly link: BusLink | undefined;
@@ -106,10 +107,10 @@ export class Engine {
     this.settings = init.settings;
     this.logger = init.logger;
     this.serializer = init.serializer;
-    this.emitter = new Emitter(init.logger);
+    this.report = new Reporter(init.logger);
     const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
     this.root = new Namespace(undefined, "", part, init.bounds);
-    const common = { emitter: this.emitter, counters: this.counters, logger: init.logger };
+    const common = { report: this.report };
     this.remote =
       init.store &&
       new RemoteLayer(init.store, {
@@ -241,12 +242,12 @@ export class Engine {
       const flags = part.flags[idx]!;
       if (this.clock.now() < part.fresh[idx]! && (flags & REVALIDATE) === 0) {
         part.flags[idx] = flags | VISITED;
-        this.#hit(ns, key, "l1", 1);
+        this.report.hit(ns.label, key, "l1", 1);
         return Promise.resolve(part.values[idx]);
       }
     }
     if (this.remote === undefined) {
-      this.#miss(ns, key, 1);
+      this.report.miss(ns.label, key, 1);
       return RESOLVED_UNDEFINED;
     }
     return this.#getFromL2(ns, key);
@@ -273,10 +274,10 @@ export class Engine {
       if (e !== undefined && this.clock.now() < e.times.fresh) {
         // An invalidation that happened while L2 answered must not be undone by this fill.
         if (peek.accepts(found!.gen)) this.#fillL1(ns, key, e);
-        this.#hit(ns, key, "l2", peek.callers);
+        this.report.hit(ns.label, key, "l2", peek.callers);
         return e.value;
       }
-      this.#miss(ns, key, peek.callers);
+      this.report.miss(ns.label, key, peek.callers);
       return undefined;
     } finally {
       if (ns.peeks?.get(key) === peek) ns.peeks.delete(key);
@@ -298,7 +299,7 @@ export class Engine {
       const fresh = part.fresh[idx]!;
       if (now < fresh && (flags & REVALIDATE) === 0) {
         part.flags[idx] = flags | VISITED;
-        this.#hit(ns, key, "l1", 1);
+        this.report.hit(ns.label, key, "l1", 1);
         if (p.refreshAhead > 0) {
           const born = part.born[idx]!;
           if (now >= born + (fresh - born) * p.refreshAhead) this.#startRefresh(ns, key, p, fn, self, args, now);
@@ -307,7 +308,7 @@ export class Engine {
       }
       if (p.background && (flags & REVALIDATE) === 0 && now < fresh + Math.min(part.maxStale[idx]!, p.maxStale)) {
         part.flags[idx] = flags | VISITED;
-        this.#staleHit(ns, key, "background", 1);
+        this.report.staleHit(ns.label, key, "background", 1);
         this.#startRefresh(ns, key, p, fn, self, args, now);
         return Promise.resolve(part.values[idx]);
       }
@@ -322,16 +323,16 @@ export class Engine {
       if (running.settled) {
         // It answered early with a held value and goes on loading: that answer, while its window lasts.
         if (this.clock.now() < running.staleUntil || sabotage.staleJoin) {
-          this.#staleHit(ns, key, running.servedStale ?? "background", 1);
+          this.report.staleHit(ns.label, key, running.servedStale ?? "background", 1);
           return running.promise;
         }
         // Past that window the held value is too old for anybody (SPEC 4.2): wait for the load itself.
-        this.#miss(ns, key, 1);
+        this.report.miss(ns.label, key, 1);
         this.#waitFor(running);
         return running.joinLate();
       }
       // Before its L2 read tells hit from miss, the caller is counted with the others there.
-      if (running.loading) this.#miss(ns, key, 1);
+      if (running.loading) this.report.miss(ns.label, key, 1);
       running.callers++;
       this.#waitFor(running);
       return running.promise;
@@ -339,8 +340,7 @@ export class Engine {
     if (ns.throttles !== undefined) {
       const throttled = this.#throttledFallback(ns, key, p);
       if (throttled !== undefined) {
-        this.counters.failSafeHits++;
-        this.#staleHit(ns, key, "failSafe", 1);
+        this.report.staleHit(ns.label, key, "failSafe", 1);
         return Promise.resolve(throttled.value);
       }
     }
@@ -389,8 +389,7 @@ export class Engine {
       return false;
     }
     this.#refreshing++;
-    this.counters.refreshStarts++;
-    if (this.emitter.l.refreshStart) this.emitter.emit("refreshStart", { key, scope: ns.label });
+    this.report.fact("refreshStart", { key, scope: ns.label });
     return true;
   }
 
@@ -410,7 +409,7 @@ export class Engine {
             // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
             if (now < t.fresh && (!f.pooled || held === undefined || t.born > held.born)) {
               this.#fillL1(ns, key, e);
-              this.#hit(ns, key, "l2", f.callers);
+              this.report.hit(ns.label, key, "l2", f.callers);
               if (f.pooled) this.#refreshSucceeded(f);
               this.#done(f);
               f.settle(e.value);
@@ -421,7 +420,7 @@ export class Engine {
             if (!f.pooled && p.background && inL2 !== undefined && now < inL2.staleEnd) {
               // L1 had nothing usable but L2 holds a value in its stale window: serve it, refresh behind it.
               this.#fillL1(ns, key, e);
-              this.#staleHit(ns, key, "background", f.callers);
+              this.report.staleHit(ns.label, key, "background", f.callers);
               f.servedStale = "background";
               f.staleUntil = inL2.staleEnd;
               f.settle(e.value);
@@ -434,12 +433,12 @@ export class Engine {
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
       if (!f.clean && (f.settled || f.callers === 0)) return;
-      this.#miss(ns, key, f.settled ? 0 : f.callers);
+      this.report.miss(ns.label, key, f.settled ? 0 : f.callers);
       f.loading = true;
       await this.#callLoader(f, held);
     } catch (error) {
       // Only a bug gets here; the callers still get an answer.
-      writeLog(this.logger, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
+      this.report.note(undefined, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
       this.#done(f);
       f.fail(error);
     } finally {
@@ -465,8 +464,7 @@ export class Engine {
 
   async #callLoader(f: Flight, held: Held | undefined): Promise<void> {
     const { ns, key, policy: p } = f;
-    this.counters.loads++;
-    if (this.emitter.l.load) this.emitter.emit("load", { key, scope: ns.label });
+    this.report.fact("load", { key, scope: ns.label });
     let outcome = f.invoke(held?.value);
     // A timer keeps the process alive while a caller awaits the flight, not for a refresh alone.
     const background = !f.waited;
@@ -492,7 +490,7 @@ export class Engine {
           // An invalidation while the loader ran makes the held value unservable.
           // Nobody waits (a refresh started by a stale read): there is nobody to answer early.
           if (f.settled || !f.clean || !f.waited || this.clock.now() >= until) return;
-          this.#staleHit(ns, key, "softTimeout", f.callers);
+          this.report.staleHit(ns.label, key, "softTimeout", f.callers);
           f.servedStale = "softTimeout";
           f.staleUntil = until;
           f.settle(held.value);
@@ -523,26 +521,22 @@ export class Engine {
     const now = this.clock.now();
     const refresh = f.pooled;
     this.#done(f);
-    this.counters.loadErrors++;
-    if (this.emitter.l.loadError) this.emitter.emit("loadError", { key, scope: ns.label, error });
+    this.report.fact("loadError", { key, scope: ns.label, error });
     if (refresh) {
       stamp((ns.cooldowns ??= new Map()), key, now + this.settings.refreshCooldown, now);
-      this.counters.refreshFailures++;
-      writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: background refresh failed; keeping the stale value");
-      if (this.emitter.l.refreshFailure) this.emitter.emit("refreshFailure", { key, scope: ns.label, error });
+      this.report.fact("refreshFailure", { key, scope: ns.label, error });
     }
     if (held !== undefined && now < held.safeEnd && f.clean) {
       if (!refresh) {
         // Throttle: a down backend is not called again on every read while the fallback is served.
         if (held.remote !== undefined) this.#fillL1(ns, key, held.remote);
         stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
-        writeLog(this.logger, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
+        this.report.note(undefined, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
       // Those still waiting: every caller, or after an early answer the late joiners.
       const waiting = f.settled ? f.lateCallers : f.callers;
       if (waiting > 0) {
-        this.counters.failSafeHits += waiting;
-        this.#staleHit(ns, key, "failSafe", waiting);
+        this.report.staleHit(ns.label, key, "failSafe", waiting);
       }
       f.settle(held.value);
       return;
@@ -571,9 +565,7 @@ export class Engine {
       const enc = this.#encodeForL2(ns, key, value);
       if (enc instanceof SerializationError) {
         // An unserializable loaded value stays in L1 only, reported as an L2 error.
-        this.counters.l2Errors++;
-        writeLog(this.logger, "warn", { key, scope: ns.label, err: enc }, "layercache: value kept in L1 only");
-        if (this.emitter.l.l2Error) this.emitter.emit("l2Error", { operation: "serialize", key, scope: ns.label, error: enc });
+        this.report.fact("l2Error", { operation: "serialize", key, scope: ns.label, error: enc }, { message: "layercache: value kept in L1 only" });
       } else {
         bytes = enc.bytes;
         if (!enc.tooLarge) {
@@ -597,8 +589,7 @@ export class Engine {
   }
 
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
-    this.counters.loadsDiscarded++;
-    if (this.emitter.l.loadDiscarded) this.emitter.emit("loadDiscarded", { key: f.key, scope: f.ns.label, reason });
+    this.report.fact("loadDiscarded", { key: f.key, scope: f.ns.label, reason });
     this.#done(f);
     f.settle(value);
   }
@@ -793,9 +784,7 @@ export class Engine {
   }
 
   #peerInvalidated(op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void {
-    this.counters.peerInvalidations++;
-    this.counters.peerDropped += dropped;
-    if (this.emitter.l.peerInvalidation) this.emitter.emit("peerInvalidation", { op, scope: scope.join("/"), keys, dropped, from });
+    this.report.peerInvalidation({ op, scope: scope.join("/"), keys, dropped, from });
   }
 
   /**
@@ -807,17 +796,13 @@ export class Engine {
    */
   #busGap(edge: "disconnect" | "reconnect"): void {
     if (edge === "disconnect") {
-      this.counters.busDisconnects++;
-      writeLog(this.logger, "warn", {}, "layercache: bus subscription lost; invalidations from peers may be missed until it is back");
-      if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", {});
+      this.report.fact("busDisconnect", {});
       return;
     }
     this.#invalidateScope(this.root, false);
     let entries = 0;
     for (const part of this.#partitions()) entries += part.markAllRevalidate();
-    this.counters.busReconnects++;
-    writeLog(this.logger, "info", { entries }, "layercache: bus subscription back; L1 entries will revalidate");
-    if (this.emitter.l.busReconnect) this.emitter.emit("busReconnect", { entries });
+    this.report.fact("busReconnect", { entries });
   }
 
   // ---------------------------------------------------------------- helpers
@@ -870,7 +855,7 @@ export class Engine {
       evictions += part.evictions;
     }
     return {
-      ...this.counters,
+      ...this.report.counters,
       evictions,
       entries,
       bytes,
@@ -880,35 +865,15 @@ export class Engine {
     };
   }
 
-  /** Counts (and reports) `n` callers answered with a fresh value. */
-  #hit(ns: Namespace, key: string, layer: HitLayer, n: number): void {
-    this.counters.hits += n;
-    if (layer === "l2") this.counters.l2Hits += n;
-    if (this.emitter.l.hit) for (let i = 0; i < n; i++) this.emitter.emit("hit", { key, scope: ns.label, layer });
-  }
-
-  #miss(ns: Namespace, key: string, n: number): void {
-    this.counters.misses += n;
-    if (this.emitter.l.miss) for (let i = 0; i < n; i++) this.emitter.emit("miss", { key, scope: ns.label });
-  }
-
-  #staleHit(ns: Namespace, key: string, reason: "background" | "failSafe" | "softTimeout", n: number): void {
-    this.counters.staleHits += n;
-    if (this.emitter.l.staleHit) for (let i = 0; i < n; i++) this.emitter.emit("staleHit", { key, scope: ns.label, reason });
-  }
-
   #refreshSkipped(ns: Namespace, key: string, reason: "poolFull" | "cooldown"): void {
-    this.counters.refreshSkips++;
-    if (this.emitter.l.refreshSkipped) this.emitter.emit("refreshSkipped", { key, scope: ns.label, reason });
+    this.report.fact("refreshSkipped", { key, scope: ns.label, reason });
   }
 
   #refreshSucceeded(f: Flight): void {
-    this.counters.refreshSuccesses++;
-    if (this.emitter.l.refreshSuccess) this.emitter.emit("refreshSuccess", { key: f.key, scope: f.ns.label });
+    this.report.fact("refreshSuccess", { key: f.key, scope: f.ns.label });
   }
 
   #tooLarge(ns: Namespace, key: string, bytes: number, limit: number, layer: HitLayer): void {
-    this.counters.valuesTooLarge++;
-    if (this.emitter.l.valueTooLarge) this.emitter.emit("valueTooLarge", { key, scope: ns.label, bytes, limit, layer });
+    this.report.fact("valueTooLarge", { key, scope: ns.label, bytes, limit, layer });
   }
 }

@@ -1,8 +1,7 @@
 import { createHash } from "node:crypto";
 import type { TimerClock } from "../shared/clock.js";
 import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../shared/errors.js";
-import type { Counters, Emitter } from "../telemetry/events.js";
-import { writeLog, type Logger } from "../telemetry/logger.js";
+import type { Reporter } from "../telemetry/reporter.js";
 import type { EntryTimes } from "../l1/partition.js";
 import { cutToBytes, declaredLimit, overBytes } from "../shared/limits.js";
 import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../shared/resilience.js";
@@ -136,9 +135,7 @@ export class RemoteLayer {
   readonly #maxRecordBytes: number;
   /** Largest payload written to L2: `maxValueBytes`, and the store's record limit less the record header. */
   readonly maxPayloadBytes: number;
-  readonly #emitter: Emitter;
-  readonly #counters: Counters;
-  readonly #logger: Logger | undefined;
+  readonly #report: Reporter;
   readonly #clock: TimerClock;
   readonly #newGen: () => string;
   readonly #timeoutMs: number;
@@ -154,9 +151,7 @@ export class RemoteLayer {
       serializer: Serializer;
       prefix: string;
       maxValueBytes: number;
-      emitter: Emitter;
-      counters: Counters;
-      logger: Logger | undefined;
+      report: Reporter;
       clock: TimerClock;
       newGen: () => string;
       /** A queued tombstone reached L2: peers should drop what they read meanwhile. */
@@ -169,9 +164,7 @@ export class RemoteLayer {
     this.#maxKeyBytes = declaredLimit("l2", store.limits, "maxKeyBytes", L2_LIMIT_MINIMUMS.maxKeyBytes);
     this.#maxRecordBytes = declaredLimit("l2", store.limits, "maxRecordBytes", L2_LIMIT_MINIMUMS.maxRecordBytes);
     this.maxPayloadBytes = Math.min(o.maxValueBytes, this.#maxRecordBytes - RECORD_HEADER_BYTES);
-    this.#emitter = o.emitter;
-    this.#counters = o.counters;
-    this.#logger = o.logger;
+    this.#report = o.report;
     this.#clock = o.clock;
     this.#newGen = o.newGen;
     this.#onRetried = o.onRetried;
@@ -184,8 +177,7 @@ export class RemoteLayer {
       ready: () => this.#breaker?.ready() ?? true,
       attempt: (full, t) => this.#retry(full, t),
       onDrop: (key, t) => {
-        this.#counters.l2WritesDropped++;
-        writeLog(this.#logger, "warn", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
+        this.#report.note("l2WritesDropped", "warn", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
       },
     });
   }
@@ -390,7 +382,7 @@ export class RemoteLayer {
     const breaker = this.#breaker;
     const gate = breaker === undefined ? "pass" : breaker.gate();
     if (gate === "shut" || (gate === "probe" && kind !== "background")) {
-      this.#counters.l2ShortCircuits++;
+      this.#report.counters.l2ShortCircuits++;
       if (gate === "probe") {
         if (kind === "read") void this.#guarded(operation, ns, key, run);
         else breaker!.skipProbe();
@@ -423,9 +415,7 @@ export class RemoteLayer {
   }
 
   async #corrupt(ns: RemoteScope, key: string, error: unknown): Promise<RemoteRead | undefined> {
-    this.#counters.l2Corrupt++;
-    writeLog(this.#logger, "warn", { key, scope: ns.label, err: error }, "layercache: corrupt L2 record treated as a miss and removed");
-    if (this.#emitter.l.l2Corrupt) this.#emitter.emit("l2Corrupt", { key, scope: ns.label, error });
+    this.#report.fact("l2Corrupt", { key, scope: ns.label, error });
     const full = this.keyOf(ns, key);
     const t: PendingTombstone = { ns, key, gen: this.#newGen() };
     const ok = await this.#tombstone(full, t);
@@ -435,21 +425,16 @@ export class RemoteLayer {
     return undefined;
   }
 
-  #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown, message = "layercache: L2 operation failed"): void {
-    this.#counters.l2Errors++;
+  #failed(operation: string, ns: RemoteScope | undefined, key: string | undefined, error: unknown, message?: string): void {
     // While the breaker is open nothing reaches the store, so this logs a bounded burst, not a flood.
-    writeLog(this.#logger, "warn", { operation, key, scope: ns?.label, err: error }, message);
-    if (this.#emitter.l.l2Error) this.#emitter.emit("l2Error", { operation, key, scope: ns?.label, error });
+    this.#report.fact("l2Error", { operation, key, scope: ns?.label, error }, message === undefined ? undefined : { message });
   }
 
   #breakerChanged(state: BreakerState): void {
     if (state === "open") {
-      this.#counters.l2CircuitOpens++;
-      writeLog(this.#logger, "error", {}, "layercache: L2 circuit opened; reads fall back to L1 and the loader until it recovers");
-      if (this.#emitter.l.l2CircuitOpen) this.#emitter.emit("l2CircuitOpen", {});
+      this.#report.fact("l2CircuitOpen", {});
     } else {
-      writeLog(this.#logger, "info", { pendingRemovals: this.#pending.size }, "layercache: L2 circuit closed; retrying queued removals");
-      if (this.#emitter.l.l2CircuitClose) this.#emitter.emit("l2CircuitClose", {});
+      this.#report.fact("l2CircuitClose", {}, { fields: { pendingRemovals: this.#pending.size } });
       this.#pending.kick();
     }
   }
