@@ -2,7 +2,6 @@ import { randomBytes } from "node:crypto";
 import type { TimerClock } from "../shared/clock.js";
 import { BusLink } from "../bus/link.js";
 import type { Bus } from "../bus/contract.js";
-import type { BusOp } from "../bus/codec.js";
 import { CacheClosedError, LoadTimeoutError, SerializationError, keyError } from "../shared/errors.js";
 import type { Counters, Emitter, HitLayer, Stats } from "../telemetry/events.js";
 import type { Logger } from "../telemetry/logger.js";
@@ -12,8 +11,10 @@ import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../api
 import type { L2Store } from "../l2/contract.js";
 import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../l2/remote.js";
 import type { Serializer } from "../l2/serializer.js";
-import { Flight, Peek, type Fenced } from "./flight.js";
+import { Flight, Peek } from "./flight.js";
 import { Namespace } from "./namespace.js";
+import { invalidateKey, invalidateScope, partitionsOf, peerHandlers } from "./invalidation.js";
+import { RefreshPool, stamp } from "./refresh-pool.js";
 import { sabotage } from "./sabotage.js";
 
 /** How long `close()` waits for background work before aborting it. */
@@ -62,16 +63,6 @@ function heldValue(value: unknown, t: EntryTimes, p: Policy, now: number, remote
 const RESOLVED_UNDEFINED = Promise.resolve(undefined);
 
 /**
- * Records a key's "until" time. Expired stamps are removed when read; this sweep (at every power
- * of two past 1024 stamps) bounds the map for keys that failed once and were never read again.
- */
-function stamp(map: Map<string, number>, key: string, until: number, now: number): void {
-  const n = map.size;
-  if (n >= 1024 && (n & (n - 1)) === 0) for (const [k, t] of map) if (t <= now) map.delete(k);
-  map.set(key, until);
-}
-
-/**
  * The read/load/refresh state machine. One request goes one straight way:
  *   L1 (fresh → hit; stale window → serve and refresh) → single flight → L2 → loader →
  *   write-back (L2 conditional, then L1) → bus.
@@ -94,7 +85,7 @@ export class Engine {
   closed = false;
   #opening: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
-  #refreshing = 0;
+  readonly #pool: RefreshPool;
   #genSeq = 0;
   readonly #tasks = new Set<Promise<void>>();
   /** L2 and bus send on one connection that keeps call order: an invalidation needs no round trip in between. */
@@ -108,6 +99,7 @@ export class Engine {
     this.logger = init.logger;
     this.serializer = init.serializer;
     this.report = new Reporter(init.logger);
+    this.#pool = new RefreshPool(init.settings.refreshConcurrency, init.settings.refreshCooldown, this.report);
     const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
     this.root = new Namespace(undefined, "", part, init.bounds);
     const common = { report: this.report };
@@ -131,13 +123,7 @@ export class Engine {
         id: this.id,
         secret: init.settings.busSecret,
         clock: init.clock,
-        peer: {
-          onRemove: (scope, keys, from, gen) => this.#peerRemove(scope, keys, from, gen),
-          onUpdate: (scope, keys, from, gen) => this.#peerUpdate(scope, keys, from, gen),
-          onClear: (scope, from) => this.#peerClear(scope, from),
-          onDeaf: () => this.#busGap("disconnect"),
-          onHearing: () => this.#busGap("reconnect"),
-        },
+        peer: peerHandlers(this.root, this.report),
       });
     this.opened = this.remote === undefined && this.link === undefined;
     this.#ordered = init.store?.connection !== undefined && init.store.connection === init.bus?.connection;
@@ -369,28 +355,10 @@ export class Engine {
   /** Starts a background refresh unless one is running, the key is cooling down, or the pool is full. */
   #startRefresh(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined, now: number): void {
     if (ns.flights?.has(key)) return;
-    if (!this.#acquireRefresh(ns, key, now)) return;
+    if (!this.#pool.acquire(ns, key, now)) return;
     const f = this.#flight(ns, key, p, now, fn, self, args);
     f.pooled = true;
     this.#track(this.#run(f));
-  }
-
-  #acquireRefresh(ns: Namespace, key: string, now: number): boolean {
-    const until = ns.cooldowns?.get(key);
-    if (until !== undefined) {
-      if (now < until) {
-        this.#refreshSkipped(ns, key, "cooldown");
-        return false;
-      }
-      ns.cooldowns!.delete(key);
-    }
-    if (this.#refreshing >= this.settings.refreshConcurrency) {
-      this.#refreshSkipped(ns, key, "poolFull");
-      return false;
-    }
-    this.#refreshing++;
-    this.report.fact("refreshStart", { key, scope: ns.label });
-    return true;
   }
 
   /** One flight from start to end. Never rejects: every outcome settles the flight. */
@@ -410,7 +378,7 @@ export class Engine {
             if (now < t.fresh && (!f.pooled || held === undefined || t.born > held.born)) {
               this.#fillL1(ns, key, e);
               this.report.hit(ns.label, key, "l2", f.callers);
-              if (f.pooled) this.#refreshSucceeded(f);
+              if (f.pooled) this.#pool.succeeded(ns, key);
               this.#done(f);
               f.settle(e.value);
               return;
@@ -424,7 +392,7 @@ export class Engine {
               f.servedStale = "background";
               f.staleUntil = inL2.staleEnd;
               f.settle(e.value);
-              if (!this.#acquireRefresh(ns, key, now)) return;
+              if (!this.#pool.acquire(ns, key, now)) return;
               f.pooled = true;
               f.waited = false; // a refresh now: nobody waits for it, unless a caller joins late
             }
@@ -458,7 +426,7 @@ export class Engine {
     this.#flights.delete(f);
     if (f.pooled) {
       f.pooled = false;
-      this.#refreshing--;
+      this.#pool.release();
     }
   }
 
@@ -523,8 +491,7 @@ export class Engine {
     this.#done(f);
     this.report.fact("loadError", { key, scope: ns.label, error });
     if (refresh) {
-      stamp((ns.cooldowns ??= new Map()), key, now + this.settings.refreshCooldown, now);
-      this.report.fact("refreshFailure", { key, scope: ns.label, error });
+      this.#pool.failed(ns, key, error, now);
     }
     if (held !== undefined && now < held.safeEnd && f.clean) {
       if (!refresh) {
@@ -549,7 +516,7 @@ export class Engine {
     const { ns, key, policy: p } = f;
     if (value === undefined) {
       // Documented: `undefined` is returned but never cached.
-      if (f.pooled) this.#refreshSucceeded(f);
+      if (f.pooled) this.#pool.succeeded(ns, key);
       this.#done(f);
       f.settle(undefined);
       return;
@@ -583,7 +550,7 @@ export class Engine {
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
     if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key], gen));
-    if (f.pooled) this.#refreshSucceeded(f);
+    if (f.pooled) this.#pool.succeeded(ns, key);
     this.#done(f);
     f.settle(value);
   }
@@ -637,7 +604,7 @@ export class Engine {
   async set(ns: Namespace, key: string, value: unknown, p: Policy): Promise<void> {
     if (!this.opened) await this.#afterOpen(async () => {});
     if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
-    this.#invalidate(ns, key, false);
+    invalidateKey(ns, key, false);
     const times = this.#times(p, this.clock.now());
     let enc: Encoded | undefined;
     let failure: SerializationError | undefined;
@@ -658,7 +625,7 @@ export class Engine {
 
   async remove(ns: Namespace, key: string): Promise<void> {
     if (!this.opened) await this.#afterOpen(async () => {});
-    this.#invalidate(ns, key, true);
+    invalidateKey(ns, key, true);
     await this.#invalidateOut(
       () => this.remote?.remove(ns, key),
       () => this.link?.publish("remove", ns.path, [key]),
@@ -700,109 +667,16 @@ export class Engine {
 
   async clear(ns: Namespace): Promise<void> {
     if (!this.opened) await this.#afterOpen(async () => {});
-    this.#invalidateScope(ns, true);
+    invalidateScope(ns, true);
     await this.link?.publish("clear", ns.path, []);
   }
 
   removeLocal(ns: Namespace, key: string): void {
-    this.#invalidate(ns, key, true);
+    invalidateKey(ns, key, true);
   }
 
   clearLocal(ns: Namespace): void {
-    this.#invalidateScope(ns, true);
-  }
-
-  /**
-   * Every invalidation of one key goes through here: its in-flight load and L2 read are fenced and
-   * detached (`gen`: the L2 generation of the write that replaced the value, which they may still
-   * take from L2).
-   */
-  #invalidate(ns: Namespace, key: string, drop: boolean, gen?: string): boolean {
-    const f = ns.flights?.get(key);
-    if (f !== undefined) {
-      f.fence(gen);
-      ns.flights!.delete(key);
-    }
-    const peek = ns.peeks?.get(key);
-    if (peek !== undefined) {
-      peek.fence(gen);
-      ns.peeks!.delete(key);
-    }
-    ns.throttles?.delete(key);
-    ns.cooldowns?.delete(key);
-    const dropped = drop && ns.part.delete(ns, key);
-    ns.settle();
-    return dropped;
-  }
-
-  /** Fences and detaches everything in flight in a scope and its nested scopes; clears their L1 entries when `drop`. */
-  #invalidateScope(ns: Namespace, drop: boolean): number {
-    let dropped = 0;
-    for (const n of ns.subtree()) {
-      for (const map of [n.flights, n.peeks] as (Map<string, Fenced> | undefined)[]) {
-        if (map === undefined) continue;
-        for (const op of map.values()) op.fence();
-        map.clear();
-      }
-      n.throttles = undefined;
-      n.cooldowns = undefined;
-      if (drop) dropped += n.part.clearOwner(n);
-    }
-    return dropped;
-  }
-
-  // ---------------------------------------------------------------- peers
-
-  #peerRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void {
-    const ns = this.root.find(scope);
-    let dropped = 0;
-    if (ns !== undefined) for (const key of keys) if (this.#invalidate(ns, key, true, gen)) dropped++;
-    this.#peerInvalidated("remove", scope, keys, dropped, from);
-  }
-
-  /** A peer's load wrote a newer value to L2: drop the L1 copies (loads in flight are not invalidated). */
-  #peerUpdate(scope: string[], keys: string[], from: string, gen: string | undefined): void {
-    const ns = this.root.find(scope);
-    let dropped = 0;
-    if (ns !== undefined) {
-      for (const key of keys) {
-        // A get reading L2 may only fill L1 with this newer write, not with what it read before.
-        const peek = ns.peeks?.get(key);
-        if (peek !== undefined) {
-          peek.fence(gen);
-          ns.peeks!.delete(key);
-        }
-        if (ns.part.delete(ns, key)) dropped++;
-      }
-    }
-    this.#peerInvalidated("update", scope, keys, dropped, from);
-  }
-
-  #peerClear(scope: string[], from: string): void {
-    const ns = this.root.find(scope);
-    this.#peerInvalidated("clear", scope, [], ns === undefined ? 0 : this.#invalidateScope(ns, true), from);
-  }
-
-  #peerInvalidated(op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void {
-    this.report.peerInvalidation({ op, scope: scope.join("/"), keys, dropped, from });
-  }
-
-  /**
-   * The bus lost its subscription, or has it again. While it is deaf, L1 keeps serving (that is
-   * what it is for when Redis is down). Once it hears again, invalidations sent in the gap may
-   * have been missed: entries written before now are no longer served as fresh or stale — the
-   * next read revalidates (L2, then the loader), keeping them only as fail-safe fallbacks — and
-   * loads in flight will not write back.
-   */
-  #busGap(edge: "disconnect" | "reconnect"): void {
-    if (edge === "disconnect") {
-      this.report.fact("busDisconnect", {});
-      return;
-    }
-    this.#invalidateScope(this.root, false);
-    let entries = 0;
-    for (const part of this.#partitions()) entries += part.markAllRevalidate();
-    this.report.fact("busReconnect", { entries });
+    invalidateScope(ns, true);
   }
 
   // ---------------------------------------------------------------- helpers
@@ -839,17 +713,11 @@ export class Engine {
     }
   }
 
-  #partitions(): Set<L1Partition> {
-    const parts = new Set<L1Partition>();
-    for (const ns of this.root.subtree()) parts.add(ns.part);
-    return parts;
-  }
-
   stats(): Stats {
     let entries = 0;
     let bytes = 0;
     let evictions = 0;
-    for (const part of this.#partitions()) {
+    for (const part of partitionsOf(this.root)) {
       entries += part.size;
       bytes += part.bytes;
       evictions += part.evictions;
@@ -859,18 +727,10 @@ export class Engine {
       evictions,
       entries,
       bytes,
-      refreshing: this.#refreshing,
+      refreshing: this.#pool.running,
       l2Pending: this.remote?.pending ?? 0,
       busPending: this.link?.pending ?? 0,
     };
-  }
-
-  #refreshSkipped(ns: Namespace, key: string, reason: "poolFull" | "cooldown"): void {
-    this.report.fact("refreshSkipped", { key, scope: ns.label, reason });
-  }
-
-  #refreshSucceeded(f: Flight): void {
-    this.report.fact("refreshSuccess", { key: f.key, scope: f.ns.label });
   }
 
   #tooLarge(ns: Namespace, key: string, bytes: number, limit: number, layer: HitLayer): void {

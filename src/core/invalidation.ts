@@ -1,0 +1,106 @@
+import type { BusOp } from "../bus/codec.js";
+import type { PeerHandlers } from "../bus/link.js";
+import type { L1Partition } from "../l1/partition.js";
+import type { Reporter } from "../telemetry/reporter.js";
+import type { Fenced } from "./flight.js";
+import type { Namespace } from "./namespace.js";
+
+/**
+ * Every invalidation of one key goes through here: its in-flight load and L2 read are fenced and
+ * detached (`gen`: the L2 generation of the write that replaced the value, which they may still
+ * take from L2), its cooldown and throttle end, and with `drop` its L1 entry goes. True when an
+ * entry was dropped.
+ */
+export function invalidateKey(ns: Namespace, key: string, drop: boolean, gen?: string): boolean {
+  const f = ns.flights?.get(key);
+  if (f !== undefined) {
+    f.fence(gen);
+    ns.flights!.delete(key);
+  }
+  const peek = ns.peeks?.get(key);
+  if (peek !== undefined) {
+    peek.fence(gen);
+    ns.peeks!.delete(key);
+  }
+  ns.throttles?.delete(key);
+  ns.cooldowns?.delete(key);
+  const dropped = drop && ns.part.delete(ns, key);
+  ns.settle();
+  return dropped;
+}
+
+/** Fences and detaches everything in flight in a scope and its nested scopes; clears their L1 entries when `drop`. */
+export function invalidateScope(ns: Namespace, drop: boolean): number {
+  let dropped = 0;
+  for (const n of ns.subtree()) {
+    for (const map of [n.flights, n.peeks] as (Map<string, Fenced> | undefined)[]) {
+      if (map === undefined) continue;
+      for (const op of map.values()) op.fence();
+      map.clear();
+    }
+    n.throttles = undefined;
+    n.cooldowns = undefined;
+    if (drop) dropped += n.part.clearOwner(n);
+  }
+  return dropped;
+}
+
+/** The L1 partitions of a scope and its nested scopes. */
+export function partitionsOf(root: Namespace): Set<L1Partition> {
+  const parts = new Set<L1Partition>();
+  for (const ns of root.subtree()) parts.add(ns.part);
+  return parts;
+}
+
+/**
+ * What peers tell this instance, through the bus facade: their invalidations, and the bus's own
+ * gaps. One handler per operation; each reports what it dropped.
+ */
+export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
+  const reported = (op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void =>
+    report.peerInvalidation({ op, scope: scope.join("/"), keys, dropped, from });
+  return {
+    onRemove(scope, keys, from, gen) {
+      const ns = root.find(scope);
+      let dropped = 0;
+      if (ns !== undefined) for (const key of keys) if (invalidateKey(ns, key, true, gen)) dropped++;
+      reported("remove", scope, keys, dropped, from);
+    },
+    /** A peer's load wrote a newer value to L2: drop the L1 copies (loads in flight are not invalidated). */
+    onUpdate(scope, keys, from, gen) {
+      const ns = root.find(scope);
+      let dropped = 0;
+      if (ns !== undefined) {
+        for (const key of keys) {
+          // A get reading L2 may only fill L1 with this newer write, not with what it read before.
+          const peek = ns.peeks?.get(key);
+          if (peek !== undefined) {
+            peek.fence(gen);
+            ns.peeks!.delete(key);
+          }
+          if (ns.part.delete(ns, key)) dropped++;
+        }
+      }
+      reported("update", scope, keys, dropped, from);
+    },
+    onClear(scope, from) {
+      const ns = root.find(scope);
+      reported("clear", scope, [], ns === undefined ? 0 : invalidateScope(ns, true), from);
+    },
+    onDeaf() {
+      report.fact("busDisconnect", {});
+    },
+    /**
+     * The bus hears again after a gap: invalidations sent in the gap may have been missed. While it
+     * was deaf, L1 kept serving (that is what it is for when Redis is down); now entries written
+     * before are no longer served as fresh or stale — the next read revalidates (L2, then the
+     * loader), keeping them only as fail-safe fallbacks — and loads in flight will not write back.
+     */
+    onHearing() {
+      invalidateScope(root, false);
+      let entries = 0;
+      for (const part of partitionsOf(root)) entries += part.markAllRevalidate();
+      report.fact("busReconnect", { entries });
+    },
+  };
+}
