@@ -14,13 +14,10 @@ import type { Serializer } from "../l2/serializer.js";
 import { Flight, Peek } from "./flight.js";
 import { Namespace } from "./namespace.js";
 import { invalidateKey, invalidateScope, partitionsOf, peerHandlers } from "./invalidation.js";
+import { Lifecycle } from "./lifecycle.js";
 import { RefreshPool, stamp } from "./refresh-pool.js";
 import { sabotage } from "./sabotage.js";
 
-/** How long `close()` waits for background work before aborting it. */
-const CLOSE_WAIT_MS = 5_000;
-/** How long the first operations wait for L2 and the bus to connect before going on without them. */
-const OPEN_WAIT_MS = 1_000;
 
 export interface EngineInit {
   settings: CacheSettings;
@@ -80,14 +77,10 @@ export class Engine {
   readonly root: Namespace;
   readonly remote: RemoteLayer | undefined;
   readonly link: BusLink | undefined;
-  /** True once L2 and bus are connected (at once when there are none); false again after close. */
-  opened: boolean;
-  closed = false;
-  #opening: Promise<void> | undefined;
-  #closing: Promise<void> | undefined;
+  /** Opening, background work, closing. */
+  readonly life: Lifecycle;
   readonly #pool: RefreshPool;
   #genSeq = 0;
-  readonly #tasks = new Set<Promise<void>>();
   /** L2 and bus send on one connection that keeps call order: an invalidation needs no round trip in between. */
   readonly #ordered: boolean;
   /** Every flight not yet done, detached ones included (for close). */
@@ -125,7 +118,30 @@ export class Engine {
         clock: init.clock,
         peer: peerHandlers(this.root, this.report),
       });
-    this.opened = this.remote === undefined && this.link === undefined;
+    this.life = new Lifecycle(
+      {
+        connect: async () => {
+          await this.remote?.connect();
+          await this.link?.connect();
+        },
+        stopWaiting: () => this.link?.stopWaiting(),
+        // What is still running is aborted; whoever still waits for it gets CacheClosedError.
+        abortAll: () => {
+          for (const f of [...this.#flights]) {
+            const error = new CacheClosedError();
+            f.abort(error);
+            f.fence();
+            this.#done(f);
+            f.fail(error);
+          }
+        },
+        release: async () => {
+          await this.link?.close();
+          await this.remote?.close();
+        },
+      },
+      this.remote === undefined && this.link === undefined,
+    );
     this.#ordered = init.store?.connection !== undefined && init.store.connection === init.bus?.connection;
   }
 
@@ -133,76 +149,19 @@ export class Engine {
 
   /** Connects L2 and the bus (each bounded by its own timeouts); `cache.ready()`. */
   open(): Promise<void> {
-    if (this.closed) return Promise.reject(new CacheClosedError());
-    return (this.#opening ??= this.#connect());
-  }
-
-  async #connect(): Promise<void> {
-    await this.remote?.connect();
-    await this.link?.connect();
-    if (!this.closed) this.opened = true;
-  }
-
-  /**
-   * The first operations wait for the connections, but at most OPEN_WAIT_MS: with Redis down at
-   * start-up they go on degraded at once rather than hang. A bus that connects later repairs L1.
-   */
-  #afterOpen<T>(op: () => Promise<T>): Promise<T> {
-    if (this.closed) return Promise.reject(new CacheClosedError());
-    const opening = this.open();
-    return new Promise<void>((resolve, reject) => {
-      // Not unref'd: a caller waits for it.
-      const timer = setTimeout(() => {
-        this.link?.stopWaiting();
-        if (!this.closed) this.opened = true;
-        resolve();
-      }, OPEN_WAIT_MS);
-      opening.then(
-        () => {
-          clearTimeout(timer);
-          resolve();
-        },
-        (error: unknown) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      );
-    }).then(() => (this.closed ? Promise.reject(new CacheClosedError()) : op()));
+    return this.life.open();
   }
 
   close(): Promise<void> {
-    if (this.#closing) return this.#closing;
-    this.closed = true;
-    this.opened = false;
-    return (this.#closing = this.#shutdown());
+    return this.life.close();
   }
 
-  async #shutdown(): Promise<void> {
-    // Connections still being opened are closed once open (their facades see `closed`).
-    const waitFor = [...this.#tasks, ...(this.#opening ? [this.#opening] : [])];
-    if (waitFor.length > 0) {
-      // Not unref'd: close() must resolve even when nothing else keeps the process alive.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)));
-      await Promise.race([Promise.allSettled(waitFor), bound]);
-      clearTimeout(timer);
-    }
-    // What is still running is aborted; whoever still waits for it gets CacheClosedError.
-    for (const f of [...this.#flights]) {
-      const error = new CacheClosedError();
-      f.abort(error);
-      f.fence();
-      this.#done(f);
-      f.fail(error);
-    }
-    await this.link?.close();
-    await this.remote?.close();
+  get opened(): boolean {
+    return this.life.opened;
   }
 
-  #track(task: Promise<void>): void {
-    this.#tasks.add(task);
-    const done = (): void => void this.#tasks.delete(task);
-    task.then(done, done);
+  get closed(): boolean {
+    return this.life.closed;
   }
 
   // ---------------------------------------------------------------- keys
@@ -221,7 +180,7 @@ export class Engine {
 
   /** A fresh value from L1 or L2, else undefined. Never loads, never serves stale. */
   get(ns: Namespace, key: string): Promise<unknown> {
-    if (!this.opened) return this.#afterOpen(() => this.get(ns, key));
+    if (!this.opened) return this.life.afterOpen(() => this.get(ns, key));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -276,7 +235,7 @@ export class Engine {
    * `args` is given, the cached function (called with `args`).
    */
   read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
-    if (!this.opened) return this.#afterOpen(() => this.read(ns, key, p, fn, self, args));
+    if (!this.opened) return this.life.afterOpen(() => this.read(ns, key, p, fn, self, args));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -333,7 +292,7 @@ export class Engine {
     const f = this.#flight(ns, key, p, this.clock.now(), fn, self, args);
     f.callers = 1;
     f.waited = true;
-    this.#track(this.#run(f));
+    this.life.track(this.#run(f));
     return f.promise;
   }
 
@@ -358,7 +317,7 @@ export class Engine {
     if (!this.#pool.acquire(ns, key, now)) return;
     const f = this.#flight(ns, key, p, now, fn, self, args);
     f.pooled = true;
-    this.#track(this.#run(f));
+    this.life.track(this.#run(f));
   }
 
   /** One flight from start to end. Never rejects: every outcome settles the flight. */
@@ -549,7 +508,7 @@ export class Engine {
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
-    if (published && this.link !== undefined) this.#track(this.link.publish("update", ns.path, [key], gen));
+    if (published && this.link !== undefined) this.life.track(this.link.publish("update", ns.path, [key], gen));
     if (f.pooled) this.#pool.succeeded(ns, key);
     this.#done(f);
     f.settle(value);
@@ -602,7 +561,7 @@ export class Engine {
   // ---------------------------------------------------------------- writes
 
   async set(ns: Namespace, key: string, value: unknown, p: Policy): Promise<void> {
-    if (!this.opened) await this.#afterOpen(async () => {});
+    if (!this.opened) await this.life.afterOpen(async () => {});
     if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
     invalidateKey(ns, key, false);
     const times = this.#times(p, this.clock.now());
@@ -624,7 +583,7 @@ export class Engine {
   }
 
   async remove(ns: Namespace, key: string): Promise<void> {
-    if (!this.opened) await this.#afterOpen(async () => {});
+    if (!this.opened) await this.life.afterOpen(async () => {});
     invalidateKey(ns, key, true);
     await this.#invalidateOut(
       () => this.remote?.remove(ns, key),
@@ -650,12 +609,12 @@ export class Engine {
     if (bus === undefined) return;
     const left = this.#invalidateBudget() - (this.clock.now() - started);
     if (left === Infinity) return bus;
-    if (left <= 0) return this.#track(bus);
+    if (left <= 0) return this.life.track(bus);
     let timer: unknown;
     const budget = new Promise<void>((resolve) => (timer = this.clock.setTimeout(resolve, left)));
     await Promise.race([bus, budget]);
     this.clock.clearTimeout(timer);
-    this.#track(bus);
+    this.life.track(bus);
   }
 
   /** The longest an invalidation keeps its caller: the longer of the L2 and bus timeouts (0: no bound). */
@@ -666,7 +625,7 @@ export class Engine {
   }
 
   async clear(ns: Namespace): Promise<void> {
-    if (!this.opened) await this.#afterOpen(async () => {});
+    if (!this.opened) await this.life.afterOpen(async () => {});
     invalidateScope(ns, true);
     await this.link?.publish("clear", ns.path, []);
   }
