@@ -46,7 +46,8 @@ function runnerOf(options: ContractOptions, suite: string): TestRunner {
   const g = globalThis as { describe?: unknown; test?: unknown; it?: unknown };
   const globalTest = g.test ?? g.it;
   if (typeof g.describe === "function" && typeof globalTest === "function") return { describe: g.describe as TestRunner["describe"], test: globalTest as TestRunner["test"] };
-  if (process.env.VITEST !== undefined) {
+  // Inside a vitest worker (not the environment variable VITEST: child processes inherit it).
+  if ((globalThis as { __vitest_worker__?: unknown }).__vitest_worker__ !== undefined) {
     throw new TypeError(`layercache/testing: under vitest, pass the runner: ${suite}(make, { describe, test }) with describe and test imported from "vitest" (or turn on vitest's \`globals\`)`);
   }
   // Loaded only now, and only when no other runner is there: importing this module never starts node:test.
