@@ -51,6 +51,8 @@ export class MemoryStore implements L2Store {
   readonly limits?: { readonly maxKeyBytes?: number; readonly maxRecordBytes?: number };
   readonly #now: () => number;
   #writesSinceSweep = 0;
+  /** Writes until the next sweep: as many as records were left by the last one, so a sweep costs a constant per write. */
+  #sweepAfter = 1024;
 
   constructor(options: MemoryStoreOptions = {}) {
     checkOptions(options, KNOWN, "MemoryStore");
@@ -79,8 +81,8 @@ export class MemoryStore implements L2Store {
       if ((current === undefined ? "" : generationOf(current)) !== ifGeneration) return false;
     }
     this.records.set(key, { record, expires: this.#now() + ttlMs });
-    // Expired records nobody reads again are dropped once in a while: amortized, a constant cost per write.
-    if (++this.#writesSinceSweep >= Math.max(1024, this.records.size)) this.#sweep();
+    // Expired records nobody reads again are dropped once in a while.
+    if (++this.#writesSinceSweep >= this.#sweepAfter) this.#sweep();
     return true;
   }
 
@@ -100,6 +102,7 @@ export class MemoryStore implements L2Store {
     this.#writesSinceSweep = 0;
     const now = this.#now();
     for (const [key, stored] of this.records) if (now >= stored.expires) this.records.delete(key);
+    this.#sweepAfter = Math.max(1024, this.records.size);
   }
 
   #checkLimits(key: string, record: string): void {
