@@ -61,8 +61,13 @@ export interface ContractCase {
   run: (skip: () => void) => Promise<void>;
 }
 
-/** Registers `cases` in a `describe` block named `title` (or `options.name`) with the runner of `options`. */
-export function register(suite: string, title: string, cases: ContractCase[], options: ContractOptions): void {
+/**
+ * Registers the cases `build` makes for `make` in a `describe` block named `title` (or
+ * `options.name`), with the runner of `options`.
+ */
+export function register<M, O extends ContractOptions>(suite: string, title: string, make: M, build: (make: M, options: O) => ContractCase[], options: O): void {
+  if (typeof make !== "function") throw new TypeError(`layercache/testing: ${suite}() needs a function that makes what it tests`);
+  const cases = build(make, options);
   const names = new Set(cases.map((c) => c.name));
   const skip = new Set(options.skip ?? []);
   for (const name of skip) if (!names.has(name)) throw new TypeError(`layercache/testing: ${suite} has no test named ${JSON.stringify(name)} to skip (its tests: ${[...names].map((n) => JSON.stringify(n)).join(", ")})`);
@@ -117,6 +122,14 @@ export class Opened<T> {
       }
     }
   }
+}
+
+/** The names of the tests `build` makes, in order (`build` is not given anything to call). */
+export function testNames<M, O>(build: (make: M, options: O) => ContractCase[]): readonly string[] {
+  const unused = (() => {
+    throw new Error("not called");
+  }) as M;
+  return build(unused, {} as O).map((c) => c.name);
 }
 
 /** A fresh, unique name part, so that tests sharing one server never see each other's keys or channels. */

@@ -1,7 +1,7 @@
 import type { L2Store } from "../l2/contract.js";
 import { encodeRecord, encodeTombstone } from "../l2/envelope.js";
 import { isRecordError } from "../shared/errors.js";
-import { check, checkText, eventually, Opened, register, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
+import { check, checkText, eventually, Opened, register, testNames, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
 
 export interface L2StoreContractOptions extends ContractOptions {
   /** First part of every key the suite writes (each test adds a unique part after it). Default `"layercache-contract"`. */
@@ -319,11 +319,8 @@ function cases(make: MakeStore, options: L2StoreContractOptions): ContractCase[]
  * is connected with `connect()` (if it has one) and closed with `close()` at the test's end.
  */
 export function l2StoreContract(makeStore: MakeStore, options: L2StoreContractOptions = {}): void {
-  if (typeof makeStore !== "function") throw new TypeError("layercache/testing: l2StoreContract(makeStore) needs a function that makes a store");
-  register("l2StoreContract", "L2Store contract", cases(makeStore, options), options);
+  register("l2StoreContract", "L2Store contract", makeStore, cases, options);
 }
 
 /** The names of the contract's tests (for `skip`). */
-export const L2_STORE_CONTRACT_TESTS: readonly string[] = cases(() => {
-  throw new Error("not called");
-}, {}).map((c) => c.name);
+export const L2_STORE_CONTRACT_TESTS: readonly string[] = testNames(cases);
