@@ -1,5 +1,5 @@
 import type { Bus, BusConnection, BusHandlers } from "../bus/contract.js";
-import { check, checkText, eventually, Opened, register, testNames, sleep, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
+import { check, checkText, eventually, Opened, register, sleep, testNames, TEXTS, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
 
 export interface BusContractOptions extends ContractOptions {
   /** First part of every channel the suite uses (each test adds a unique part after it). Default `"layercache-contract"`. */
@@ -76,11 +76,7 @@ const DEFAULT_LONG_BYTES = 64 * 1024;
 const MESSAGES = [
   '[1,"a1b2c3","remove",["users"],["user:1","user:2"],"a1b2c3.5",1700000000000]',
   '[1,"a1b2c3","clear",["tenant-ü","键"],[],null,1700000000000,"c2lnbmF0dXJl"]',
-  "ünïcødé ключ 键 🔑 👩‍👩‍👧 e\u0301 \u2028\u2029 \uFEFF",
-  "|a|b||c|",
-  "line 1\nline 2\r\nline 3\r",
-  "\"double\" 'single' `back` \\ \\n %s %_ * ? [x] {y} $1 ; -- /* */ <tag>&amp;",
-  "  padded\t ",
+  ...TEXTS.map(([, text]) => text),
 ];
 
 function cases(make: MakeBus, options: BusContractOptions): ContractCase[] {

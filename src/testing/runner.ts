@@ -132,6 +132,15 @@ export function testNames<M, O>(build: (make: M, options: O) => ContractCase[]):
   return build(unused, {} as O).map((c) => c.name);
 }
 
+/** Text a store or bus must carry exactly as given: what a serializer may produce, and stranger. */
+export const TEXTS: readonly (readonly [name: string, text: string])[] = [
+  ["unicode", "ünïcødé ключ 键 🔑 👩‍👩‍👧 e\u0301 \u2028\u2029 \uFEFF"],
+  ["bars", "|a|b||c|"],
+  ["newlines", "line 1\nline 2\r\nline 3\r"],
+  ["quotes and escapes", "\"double\" 'single' `back` \\ \\n %s %_ * ? [x] {y} $1 ; -- /* */ <tag>&amp;"],
+  ["spaces", "  padded\t "],
+];
+
 /** A fresh, unique name part, so that tests sharing one server never see each other's keys or channels. */
 export function uniqueId(): string {
   return randomBytes(6).toString("hex");

@@ -1,7 +1,7 @@
 import type { L2Store } from "../l2/contract.js";
 import { encodeRecord, encodeTombstone } from "../l2/envelope.js";
 import { isRecordError } from "../shared/errors.js";
-import { check, checkText, eventually, Opened, register, testNames, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
+import { check, checkText, eventually, Opened, register, testNames, TEXTS, textOfBytes, uniqueId, type ContractCase, type ContractOptions } from "./runner.js";
 
 export interface L2StoreContractOptions extends ContractOptions {
   /** First part of every key the suite writes (each test adds a unique part after it). Default `"layercache-contract"`. */
@@ -27,15 +27,7 @@ function record(gen: string, payload: string): string {
 }
 
 /** Payloads a serializer may produce (and a custom one may make stranger still). */
-const PAYLOADS: [string, string][] = [
-  ["json", '{"id":1,"name":"Ada","tags":["a","b"],"nested":{"n":null}}'],
-  ["unicode", "ünïcødé ключ 键 🔑 👩‍👩‍👧 e\u0301 \u2028\u2029 \uFEFF"],
-  ["bars", "|a|b||c|"],
-  ["newlines", "line 1\nline 2\r\nline 3\r"],
-  ["quotes and escapes", "\"double\" 'single' `back` \\ \\n %s %_ * ? [x] {y} $1 ; -- /* */ <tag>&amp;"],
-  ["spaces", "  padded\t "],
-  ["empty", ""],
-];
+const PAYLOADS: (readonly [string, string])[] = [["json", '{"id":1,"name":"Ada","tags":["a","b"],"nested":{"n":null}}'], ...TEXTS, ["empty", ""]];
 
 /** Keys of every shape a cache may use (prefix, scope and key, all well-formed Unicode). */
 const KEY_NAMES = ["plain", "ünï 键 🔑", "with space", "a:b:c", "{tag}x", "*?[]", "%_", "quote'\"", "back\\slash", "line\nbreak\ttab"];
