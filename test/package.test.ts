@@ -3,6 +3,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join, posix, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
+import { BUS_CONTRACT_TESTS, L2_STORE_CONTRACT_TESTS } from "../src/testing.js";
 
 /**
  * The published shape: `npm pack`, installed into a clean folder, imported both ways and
@@ -136,6 +137,29 @@ describe("npm pack output", () => {
     const name = "redis-" + file;
     writeFileSync(join(dir, name), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
     expect(JSON.parse(run("node", [name], dir))).toEqual([{ n: 1 }, true, 0]);
+  });
+
+  test.each([
+    ["contracts.test.mjs", `import { MemoryBus } from "layercache"; import { busContract, l2StoreContract, FakeClock, MemoryStore } from "layercache/testing";`],
+    ["contracts.test.cjs", `const { MemoryBus } = require("layercache"); const { busContract, l2StoreContract, FakeClock, MemoryStore } = require("layercache/testing");`],
+  ])("%s: layercache/testing runs the contract suites under node --test, finding node:test by itself", (file, imports) => {
+    writeFileSync(
+      join(dir, file),
+      `${imports}
+      const clock = new FakeClock();
+      const store = new MemoryStore({ clock });
+      l2StoreContract(() => store, { advanceTime: (ms) => clock.advance(ms) });
+      const bus = new MemoryBus();
+      busContract(() => bus, { quietMs: 20 });`,
+    );
+    const out = run("node", ["--test", "--test-reporter=tap", file], dir);
+    expect(out).toMatch(/^# fail 0$/m);
+    expect(out).toMatch(new RegExp(`^# pass ${L2_STORE_CONTRACT_TESTS.length + BUS_CONTRACT_TESTS.length}$`, "m"));
+  });
+
+  test("importing layercache/testing starts no test runner", () => {
+    writeFileSync(join(dir, "import-testing.mjs"), `const t = await import("layercache/testing"); console.log(typeof t.l2StoreContract, typeof t.busContract, typeof t.MemoryStore, typeof t.FakeClock);`);
+    expect(run("node", ["import-testing.mjs"], dir).trim()).toBe("function function function function");
   });
 
   const ts = `

@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { Cluster, Redis } from "ioredis";
-import { createCluster } from "redis";
+import { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisCluster } from "../support/servers.js";
-import { eventually, PATIENT, uniquePrefix } from "../support/redis-clients.js";
+import { connectCluster, eventually, PATIENT, uniquePrefix, type ClusterKind } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 /** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
@@ -18,23 +17,13 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-type Kind = "ioredis-cluster" | "node-redis-cluster";
-
-async function clusterClient(kind: Kind): Promise<unknown> {
-  if (kind === "ioredis-cluster") {
-    const c = new Cluster(cluster.startupNodes);
-    c.on("error", () => {});
-    closers.push(() => c.quit());
-    return c;
-  }
-  const c = createCluster({ rootNodes: cluster.startupNodes.map((n) => ({ url: `redis://${n.host}:${n.port}` })) });
-  c.on("error", () => {});
-  await c.connect();
-  closers.push(() => c.close());
-  return c;
+async function clusterClient(kind: ClusterKind): Promise<unknown> {
+  const { options, close } = await connectCluster(kind, cluster);
+  closers.push(close);
+  return (options as { client: unknown }).client;
 }
 
-async function instances(kind: Kind, n: number) {
+async function instances(kind: ClusterKind, n: number) {
   const prefix = uniquePrefix();
   const out: LayerCache[] = [];
   for (let i = 0; i < n; i++) {

@@ -1,39 +1,36 @@
 import type { L2Store } from "../../src/l2/contract.js";
-import { generationOf } from "../../src/l2/envelope.js";
+import { MemoryStore, type StoredRecord } from "../../src/l2/memory.js";
 
 /**
- * An in-process implementation of our own L2 contract, used to test the engine's L2 path under a
- * fake clock. (Redis itself is tested against a real redis-server in test/integration.)
+ * The exported `MemoryStore`, instrumented for the engine's tests under a fake clock: counts its
+ * calls, fails on demand, and has no `getMany` (so every read is one `get`). (Redis itself is
+ * tested against a real redis-server in test/integration.)
+ *
+ * Fields, not private (#) ones: tests derive stores from it with `Object.create`.
  */
 export class MapStore implements L2Store {
-  readonly data = new Map<string, { record: string; expires: number }>();
+  readonly memory: MemoryStore;
   failing = false;
   gets = 0;
   sets = 0;
-  constructor(readonly now: () => number = () => Date.now()) {}
-
-  async get(key: string): Promise<string | undefined> {
-    this.gets++;
-    if (this.failing) throw new Error("store down");
-    const e = this.data.get(key);
-    if (!e) return undefined;
-    if (this.now() >= e.expires) {
-      this.data.delete(key);
-      return undefined;
-    }
-    return e.record;
+  constructor(readonly now: () => number = () => Date.now()) {
+    this.memory = new MemoryStore({ clock: { now: () => this.now() } });
   }
 
-  async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+  get data(): Map<string, StoredRecord> {
+    return this.memory.records;
+  }
+
+  get(key: string): Promise<string | undefined> {
+    this.gets++;
+    if (this.failing) return Promise.reject(new Error("store down"));
+    return this.memory.get(key);
+  }
+
+  set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
     this.sets++;
-    if (this.failing) throw new Error("store down");
-    if (ifGeneration !== undefined) {
-      const cur = await this.get(key);
-      this.gets--;
-      if ((cur === undefined ? "" : generationOf(cur)) !== ifGeneration) return false;
-    }
-    this.data.set(key, { record, expires: this.now() + ttlMs });
-    return true;
+    if (this.failing) return Promise.reject(new Error("store down"));
+    return this.memory.set(key, record, ttlMs, ifGeneration);
   }
 
   /** Raw write, for corrupt-payload tests. */

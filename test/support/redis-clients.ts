@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import { Redis as Redis6 } from "ioredis-v6";
-import { createClient } from "redis";
+import { createClient, createCluster } from "redis";
 import { createClient as createClient4 } from "redis-v4";
 import { afterAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
+import type { RedisCluster } from "./servers.js";
 
 export { PATIENT };
 
@@ -25,27 +26,61 @@ export interface Wiring {
   close(): Promise<void>;
 }
 
+/** How a store or bus reaches Redis: `{ client }` (closed by `close`) or `{ url }` (each opens its own). */
+export interface Connected {
+  options: { client: unknown } | { url: string };
+  close(): Promise<void>;
+}
 
-/** A RedisStore and a RedisBus built the way a user would with `kind` (with PATIENT timeouts). */
-export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
-  if (kind === "url") {
-    return { store: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), close: async () => {} };
-  }
+/** A client of `kind`, connected the way a user would connect it. */
+export async function connect(kind: ClientKind, url: string): Promise<Connected> {
+  if (kind === "url") return { options: { url }, close: async () => {} };
   if (kind === "ioredis" || kind === "ioredis@6") {
     const client = kind === "ioredis" ? new Redis(url) : new Redis6(url);
-    return {
-      store: new RedisStore({ client, ...PATIENT }),
-      bus: new RedisBus({ client, ...PATIENT }),
-      close: async () => void (await client.quit()),
-    };
+    return { options: { client }, close: async () => void (await client.quit()) };
   }
   const client = kind === "node-redis" ? createClient({ url }) : createClient4({ url });
   client.on("error", () => {});
   await client.connect();
+  return { options: { client }, close: async () => void (await client.quit()) };
+}
+
+export type ClusterKind = "ioredis-cluster" | "node-redis-cluster";
+
+/** A client of `kind` on `cluster`, connected the way a user would connect it. */
+export async function connectCluster(kind: ClusterKind, cluster: RedisCluster): Promise<Connected> {
+  if (kind === "ioredis-cluster") {
+    const client = new Cluster(cluster.startupNodes);
+    client.on("error", () => {});
+    return { options: { client }, close: async () => void (await client.quit()) };
+  }
+  const client = createCluster({ rootNodes: cluster.startupNodes.map((n) => ({ url: `redis://${n.host}:${n.port}` })) });
+  client.on("error", () => {});
+  await client.connect();
+  return { options: { client }, close: async () => void (await client.close()) };
+}
+
+/** A RedisStore and a RedisBus built the way a user would with `kind` (with PATIENT timeouts). */
+export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
+  const { options, close } = await connect(kind, url);
+  return { store: new RedisStore({ ...options, ...PATIENT }), bus: new RedisBus({ ...options, ...PATIENT }), close };
+}
+
+/**
+ * Stores and buses for the contract suites, which make a new one for every instance a test needs:
+ * on two clients taken in turn (so that two instances use two connections), or from the URL each
+ * time. The clients are closed after the tests of the file (or `describe`).
+ */
+export function contractBackends(open: () => Promise<Connected>): { store(): Promise<RedisStore>; bus(): Promise<RedisBus> } {
+  const clients: Promise<Connected>[] = [];
+  let turn = 0;
+  const next = (): Promise<Connected> => (clients[turn++ % 2] ??= open());
+  afterAll(async () => {
+    for (const c of clients) await (await c).close();
+  });
   return {
-    store: new RedisStore({ client, ...PATIENT }),
-    bus: new RedisBus({ client, ...PATIENT }),
-    close: async () => void (await client.quit()),
+    store: async () => new RedisStore({ ...(await next()).options, ...PATIENT }),
+    bus: async () => new RedisBus({ ...(await next()).options, ...PATIENT }),
   };
 }
 

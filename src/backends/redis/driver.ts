@@ -131,6 +131,19 @@ export async function driverForUrl(url: string): Promise<RedisDriver> {
   return new NodeRedisDriver(client, false, true);
 }
 
+/**
+ * The master a cluster client publishes through: the first by `name`, the same for every publish
+ * and every publisher while the cluster's masters stay the same. PUBLISH names no key, so both
+ * client libraries would send each one to a random node, and two messages published one after the
+ * other through two nodes can reach a subscriber in the other order, each node forwarding on its
+ * own; through one node they keep their order. The cluster still delivers each to every node.
+ */
+function publisherOf<T>(masters: T[] | undefined, name: (node: T) => string): T | undefined {
+  let pick: T | undefined;
+  for (const node of masters ?? []) if (pick === undefined || name(node) < name(pick)) pick = node;
+  return pick;
+}
+
 class IoredisDriver implements RedisDriver {
   readonly kind: "ioredis" | "ioredis-cluster";
   readonly #c: AnyClient;
@@ -204,8 +217,14 @@ class IoredisDriver implements RedisDriver {
     );
   }
 
+  /** On a cluster, through one master (see `publisherOf`). */
   publish(channel: string, message: string): Promise<void> {
-    return this.#whenReady(() => this.#c.publish(channel, message)).then(noop);
+    return this.#whenReady(() => this.#publisher().publish(channel, message)).then(noop);
+  }
+
+  #publisher(): AnyClient {
+    if (this.kind !== "ioredis-cluster") return this.#c;
+    return publisherOf(this.#c.nodes("master") as AnyClient[], (node) => `${node.options?.host}:${node.options?.port}`) ?? this.#c;
   }
 
   duplicate(): RedisDriver {
@@ -288,7 +307,12 @@ class NodeRedisDriver implements RedisDriver {
     });
   }
 
+  /** On a cluster, through one master (see `publisherOf`). */
   publish(channel: string, message: string): Promise<void> {
+    if (this.#cluster) {
+      const master = publisherOf(this.#c.masters as AnyClient[] | undefined, (node) => `${node.host}:${node.port}`);
+      if (master !== undefined) return Promise.resolve(this.#c.nodeClient(master)).then((client: AnyClient) => client.publish(channel, message)).then(noop);
+    }
     const wait = this.#ready();
     const issue = (): Promise<void> => this.#c.publish(channel, message).then(noop);
     return wait ? wait.then(issue) : issue();
