@@ -31,10 +31,12 @@ describe("MemoryStore", () => {
     expect(await store.set("k".repeat(20), "x".repeat(200), 1000)).toBe(true);
     expect(new MemoryStore({ limits: { maxRecordBytes: 10 } }).limits?.maxKeyBytes).toBeUndefined();
 
-    // Whether the cache finds out from the store's RecordError or from the stated limit, the value stays in L1.
-    const cache = new LayerCache({ l2: store, prefix: "p" });
-    await cache.set("big", "y".repeat(300));
-    expect(await cache.get("big")).toBe("y".repeat(300));
+    // Under a cache (whose limits must leave room for a record header: at least 64 / 1024 bytes), a
+    // value over the stated record limit stays in L1.
+    const bounded = new MemoryStore({ limits: { maxKeyBytes: 64, maxRecordBytes: 1024 } });
+    const cache = new LayerCache({ l2: bounded, prefix: "p" });
+    await cache.set("big", "y".repeat(3000));
+    expect(await cache.get("big")).toBe("y".repeat(3000));
     expect(cache.stats()).toMatchObject({ l2CircuitOpens: 0 });
     await cache.close();
   });
