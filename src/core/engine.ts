@@ -136,6 +136,7 @@ export class Engine {
           onClear: (scope, from) => this.#peerClear(scope, from),
           onDeaf: () => this.#busGap("disconnect"),
           onHearing: () => this.#busGap("reconnect"),
+          onCaughtUp: () => this.#busGap("caughtUp"),
         },
       });
     this.opened = this.remote === undefined && this.link === undefined;
@@ -782,11 +783,17 @@ export class Engine {
    * next read revalidates (L2, then the loader), keeping them only as fail-safe fallbacks — and
    * loads in flight will not write back.
    */
-  #busGap(edge: "disconnect" | "reconnect"): void {
+  #busGap(edge: "disconnect" | "reconnect" | "caughtUp"): void {
     if (edge === "disconnect") {
       this.counters.busDisconnects++;
       writeLog(this.logger, "warn", {}, "layercache: bus subscription lost; invalidations from peers may be missed until it is back");
       if (this.emitter.l.busDisconnect) this.emitter.emit("busDisconnect", {});
+      return;
+    }
+    if (edge === "caughtUp") {
+      this.counters.busCatchUps++;
+      writeLog(this.logger, "info", {}, "layercache: bus back; it delivered what peers published meanwhile, nothing to revalidate");
+      if (this.emitter.l.busCaughtUp) this.emitter.emit("busCaughtUp", {});
       return;
     }
     this.#invalidateScope(this.root, false);
