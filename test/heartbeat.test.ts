@@ -226,16 +226,18 @@ describe("a bus gets the cache's clock", () => {
 });
 
 describe("Streams: when catching up from a position is possible", () => {
-  const at = (first: string, last: string, hasAt: boolean) => ({ first, last, hasAt });
+  const pos = (id: string, message?: string) => ({ id, message });
+  const at = (first: string, last: string, entry?: { id: string; message: string | undefined }) => ({ first, last, at: entry });
   test.each([
-    ["the entry read last is still there", "100-1", at("50-0", "200-0", true), true],
-    ["it was trimmed, and the oldest entry is the very next id", "100-1", at("100-2", "200-0", false), true],
-    ["it was trimmed, and the oldest entry is later: something between may be lost", "100-1", at("150-0", "200-0", false), false],
-    ["the stream is gone (flushed, restarted without persistence)", "100-1", undefined, false],
-    ["its newest id went backwards (flush, failover)", "100-1", at("10-0", "90-0", false), false],
-    ["it is gone though older entries remain (a failover rewrote the history)", "100-1", at("50-0", "300-0", false), false],
-    ["a reader that has seen nothing cannot tell", "0-0", at("100-0", "200-0", false), false],
-    ["ids compare as numbers, not text", "9-5", at("9-5", "10-0", true), true],
+    ["the entry read last is still there", pos("100-1", "m"), at("50-0", "200-0", pos("100-1", "m")), true],
+    ["an entry of that id is there, but another one (flushed and written again in the same millisecond)", pos("100-1", "m"), at("100-0", "100-1", pos("100-1", "other")), false],
+    ["it was trimmed, and the oldest entry is the very next id", pos("100-1", "m"), at("100-2", "200-0"), true],
+    ["it was trimmed, and the oldest entry is later: something between may be lost", pos("100-1", "m"), at("150-0", "200-0"), false],
+    ["the stream is gone (flushed, restarted without persistence)", pos("100-1", "m"), undefined, false],
+    ["its newest id went backwards (flush, failover)", pos("100-1", "m"), at("10-0", "90-0"), false],
+    ["it is gone though older entries remain (a failover rewrote the history)", pos("100-1", "m"), at("50-0", "300-0"), false],
+    ["a reader that has seen nothing cannot tell", pos("0-0"), at("100-0", "200-0"), false],
+    ["ids compare as numbers, not text", pos("9-5", "m"), at("9-5", "10-0", pos("9-5", "m")), true],
   ] as const)("%s", (_what, after, bounds, expected) => {
     expect(intactAfter(after, bounds)).toBe(expected);
   });

@@ -5,7 +5,7 @@ import { createClient } from "redis";
 import { createClient as createClient4 } from "redis-v4";
 import { afterAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { RedisBus, RedisStore, RedisStreamsBus } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
 
 export { PATIENT };
@@ -21,21 +21,29 @@ export function uniquePrefix(): string {
 
 export interface Wiring {
   store: RedisStore;
-  bus: RedisBus;
+  bus: RedisBus | RedisStreamsBus;
   close(): Promise<void>;
 }
 
+/** The Redis buses: pub/sub (`RedisBus`) and Streams (`RedisStreamsBus`). */
+export type BusKind = "pubsub" | "streams";
+export const BUS_KINDS: BusKind[] = ["pubsub", "streams"];
 
-/** A RedisStore and a RedisBus built the way a user would with `kind` (with PATIENT timeouts). */
-export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
+/** A bus of `kind` on `connection` (`{ client }` or `{ url }`), with PATIENT timeouts and `extra` options. */
+export function busOf(kind: BusKind, connection: { client: unknown } | { url: string }, extra: Record<string, unknown> = {}): RedisBus | RedisStreamsBus {
+  return kind === "streams" ? new RedisStreamsBus({ ...connection, ...PATIENT, ...extra }) : new RedisBus({ ...connection, ...PATIENT, ...extra });
+}
+
+/** A RedisStore and a bus (a RedisBus unless `bus` says otherwise) built the way a user would with `kind` (with PATIENT timeouts). */
+export async function wire(kind: ClientKind, url: string, bus: BusKind = "pubsub", busOptions: Record<string, unknown> = {}): Promise<Wiring> {
   if (kind === "url") {
-    return { store: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), close: async () => {} };
+    return { store: new RedisStore({ url, ...PATIENT }), bus: busOf(bus, { url }, busOptions), close: async () => {} };
   }
   if (kind === "ioredis" || kind === "ioredis@6") {
     const client = kind === "ioredis" ? new Redis(url) : new Redis6(url);
     return {
       store: new RedisStore({ client, ...PATIENT }),
-      bus: new RedisBus({ client, ...PATIENT }),
+      bus: busOf(bus, { client }, busOptions),
       close: async () => void (await client.quit()),
     };
   }
@@ -44,9 +52,15 @@ export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
   await client.connect();
   return {
     store: new RedisStore({ client, ...PATIENT }),
-    bus: new RedisBus({ client, ...PATIENT }),
+    bus: busOf(bus, { client }, busOptions),
     close: async () => void (await client.quit()),
   };
+}
+
+/** Puts `message` on the bus of `prefix` as a peer (or an intruder) would: PUBLISH, or XADD to the stream. */
+export async function sendRaw(raw: Redis, kind: BusKind, prefix: string, message: string | Buffer): Promise<void> {
+  if (kind === "streams") await raw.xadd(`${prefix}:bus`, "*", "m", message);
+  else await raw.publish(`${prefix}:bus`, message);
 }
 
 /**

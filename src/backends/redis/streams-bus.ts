@@ -27,15 +27,23 @@ const MAX_BLOCK_MS = 10_000;
 const RETRY_MS = [50, 2_000] as const;
 
 /**
- * The oldest and newest entry ids of the stream, and whether the entry `ARGV[1]` is still there:
- * in one script, so the three describe one moment. An empty table when the stream is empty or gone.
+ * The oldest and newest entry ids of the stream, and the entry `ARGV[1]` (its id and message, or
+ * false when it is gone; "$": the newest entry): in one script, so that they describe one moment.
+ * An empty table when the stream is empty or gone.
  */
 const BOUNDS = luaScript(`
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first == 0 then return {} end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local at = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-return {first[1][1], last[1][1], #at}
+local at = last
+if ARGV[1] ~= '$' then at = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) end
+if #at == 0 then return {first[1][1], last[1][1], false, false} end
+local message = false
+local fields = at[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 'm' then message = fields[i + 1] end
+end
+return {first[1][1], last[1][1], at[1][1], message}
 `);
 
 /**
@@ -78,14 +86,16 @@ class StreamReader {
   readonly #conn: Listening;
   readonly #count: number;
   readonly #blockMs: number;
-  /** The id of the last entry delivered ("0-0": none yet, the stream was empty). */
-  #pos = "0-0";
+  /** The last entry delivered (id "0-0": none yet, the stream was empty). */
+  #pos: Position = NOWHERE;
   /** Where the reader was when it went deaf: catching up must cover everything after it. */
-  #lostAt = "0-0";
-  /** What the check after a loss found: catching up was impossible, L1 must be repaired. */
+  #lostAt: Position = NOWHERE;
+  /** What the checks since the loss found: catching up was impossible, L1 must be repaired. */
   #gap = false;
   /** The heartbeat's latest probe: an answer to a read started after it proves the reader hears. */
   #probe = 0;
+  /** Connection losses and failed reads so far: a read during which one happened proves nothing. */
+  #drops = 0;
 
   constructor(pub: RedisDriver, key: string, handlers: BusHandlers, clock: TimerClock, heartbeatMs: number, maxLen: number) {
     this.#key = key;
@@ -106,6 +116,7 @@ class StreamReader {
       },
       onLost: () => {
         this.#lostAt = this.#pos;
+        this.#gap = false;
         handlers.onDisconnect();
       },
       onRegained: () => {
@@ -116,11 +127,8 @@ class StreamReader {
       onError: (error) => handlers.onError(error, "read"),
     });
     this.#conn = new Listening(pub, {
-      onDown: (error) => {
-        if (error !== undefined && !this.#heartbeat.deaf) handlers.onError(error, "read");
-        // The client reconnects by itself; the next answer is followed by a check of the position.
-        this.#heartbeat.lost();
-      },
+      // The client reconnects by itself; the next answer is followed by a check of the position.
+      onDown: (error) => this.#dropped(error),
       onUp: () => {},
       onReplaced: (conn) => void this.#run(conn),
       onError: (error, operation) => handlers.onError(error, operation),
@@ -131,7 +139,8 @@ class StreamReader {
     const conn = await this.#conn.start();
     try {
       // Messages published from now on have ids after the newest one.
-      this.#pos = (await this.#bounds(conn, "0-0"))?.last ?? "0-0";
+      const bounds = await this.#bounds(conn, "$");
+      this.#pos = bounds?.at ?? NOWHERE;
     } catch (error) {
       await this.#conn.stop();
       throw error;
@@ -154,9 +163,7 @@ class StreamReader {
         delay = 0;
       } catch (error) {
         if (!this.#conn.current(conn)) return;
-        // One report per loss: while Redis is away, the retries fail the same way.
-        if (!this.#heartbeat.deaf) this.#handlers.onError(error, "read");
-        this.#heartbeat.lost();
+        this.#dropped(error);
         delay = Math.min(Math.max(delay * 2, RETRY_MS[0]), RETRY_MS[1]);
         await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delay, true));
       }
@@ -172,18 +179,29 @@ class StreamReader {
    */
   async #read(conn: RedisDriver): Promise<void> {
     const probe = this.#probe;
+    const drops = this.#drops;
     const after = this.#pos;
-    const entries = await conn.xread(this.#key, after, this.#count, this.#blockMs);
+    const entries = await conn.xread(this.#key, after.id, this.#count, this.#blockMs);
     if (!this.#conn.current(conn)) return;
     this.#deliver(entries);
-    if (this.#heartbeat.deaf) this.#gap = !(await this.#intact(conn, this.#lostAt));
+    // (Once a check of this loss found a gap, it stays found.)
+    if (this.#heartbeat.deaf) this.#gap = !(await this.#intact(conn, this.#lostAt)) || this.#gap;
     else if (entries.length === this.#count && !(await this.#intact(conn, after))) this.#handlers.onReconnect();
-    if (this.#conn.current(conn)) this.#heartbeat.heard(probe);
+    // Lost again meanwhile (a client may resend the read after reconnecting): the next read checks.
+    if (this.#conn.current(conn) && this.#drops === drops) this.#heartbeat.heard(probe);
+  }
+
+  /** The reader's connection was lost or a read failed: deaf until a read and a check succeed. */
+  #dropped(error: unknown): void {
+    this.#drops++;
+    // One report per loss: while Redis is away, the retries fail the same way.
+    if (error !== undefined && !this.#heartbeat.deaf) this.#handlers.onError(error, "read");
+    this.#heartbeat.lost();
   }
 
   #deliver(entries: StreamEntry[]): void {
     for (const [id, message] of entries) {
-      this.#pos = id;
+      this.#pos = { id, message };
       if (message === undefined) continue;
       try {
         this.#handlers.onMessage(message);
@@ -194,23 +212,33 @@ class StreamReader {
   }
 
   /** Whether every entry after `after` that was ever added is still in the stream (or was read). */
-  async #intact(conn: RedisDriver, after: string): Promise<boolean> {
-    return intactAfter(after, await this.#bounds(conn, after));
+  async #intact(conn: RedisDriver, after: Position): Promise<boolean> {
+    return intactAfter(after, await this.#bounds(conn, after.id));
   }
 
   async #bounds(conn: RedisDriver, at: string): Promise<StreamBounds | undefined> {
-    const reply = (await conn.eval(BOUNDS, [this.#key], [at])) as [unknown, unknown, unknown] | [];
-    return reply.length === 0 ? undefined : { first: String(reply[0]), last: String(reply[1]), hasAt: Number(reply[2]) > 0 };
+    const reply = (await conn.eval(BOUNDS, [this.#key], [at])) as unknown[];
+    if (reply.length === 0) return undefined;
+    const [first, last, atId, atMessage] = reply.map((v) => (v === null || v === undefined || v === false ? undefined : String(v)));
+    return { first: first!, last: last!, at: atId === undefined ? undefined : { id: atId, message: atMessage } };
   }
 }
+
+/** An entry of the stream: where a reader is. */
+export interface Position {
+  id: string;
+  message: string | undefined;
+}
+
+const NOWHERE: Position = { id: "0-0", message: undefined };
 
 export interface StreamBounds {
   /** The oldest entry's id. */
   first: string;
   /** The newest entry's id. */
   last: string;
-  /** Whether the entry the reader asked about is still there. */
-  hasAt: boolean;
+  /** The entry asked about, when it is still there. */
+  at: Position | undefined;
 }
 
 /**
@@ -220,17 +248,18 @@ export interface StreamBounds {
  * - the stream is gone or empty: it was flushed, deleted or lost in a restart — no;
  * - its newest id is before `after`: it went backwards (a flush, a failover to a replica that had
  *   not received it) — no;
- * - `after` itself is still there: nothing after it was trimmed — yes;
+ * - `after` itself is still there: nothing after it was trimmed — yes, if it is the same entry
+ *   (a stream flushed and written again within the same millisecond can reuse an id);
  * - it is gone though older entries remain: the history was rewritten (a failover) — no;
  * - it was trimmed: yes only if the oldest entry is the very next id (nothing could lie between).
  * A reader that has seen nothing ("0-0") cannot prove anything and repairs.
  */
-export function intactAfter(after: string, bounds: StreamBounds | undefined): boolean {
+export function intactAfter(after: Position, bounds: StreamBounds | undefined): boolean {
   if (bounds === undefined) return false;
-  if (compareIds(bounds.last, after) < 0) return false;
-  if (bounds.hasAt) return true;
-  if (compareIds(bounds.first, after) <= 0) return false;
-  const [ms, seq] = parseId(after);
+  if (compareIds(bounds.last, after.id) < 0) return false;
+  if (bounds.at !== undefined) return bounds.at.id === after.id && bounds.at.message === after.message;
+  if (compareIds(bounds.first, after.id) <= 0) return false;
+  const [ms, seq] = parseId(after.id);
   return compareIds(bounds.first, `${ms}-${seq + 1n}`) === 0;
 }
 
