@@ -86,6 +86,8 @@ export interface ListeningHooks {
   onUp(): void;
   /** A connection replaced the silent one. */
   onReplaced?(conn: RedisDriver): void;
+  /** Report the loss of any node's connection of a cluster client (see `RedisDriver.onState`). */
+  everyNode?: boolean;
   onError(error: unknown, operation: string): void;
 }
 
@@ -149,7 +151,7 @@ export class Listening {
       if (!this.current(conn)) return;
       if (state === "down") this.#hooks.onDown(error);
       else this.#hooks.onUp();
-    });
+    }, this.#hooks.everyNode);
     try {
       await conn.open();
       await this.#hooks.setUp?.(conn);

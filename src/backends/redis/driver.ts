@@ -38,8 +38,12 @@ export interface RedisDriver {
    * connection of its own (`duplicate()`). Entries without a field `m` read as `undefined`.
    */
   xread(key: string, after: string, count: number, blockMs: number): Promise<StreamEntry[]>;
-  /** Connection state changes: `down` when the connection is lost, `up` when it is usable again. */
-  onState(listener: (state: "up" | "down", error?: unknown) => void): void;
+  /**
+   * Connection state changes: `down` when the connection is lost, `up` when it is usable again.
+   * `everyNode`: on a cluster client, also the loss of one node's connection (ioredis resends a
+   * command that was in flight on it once the node is back, with nothing else to tell).
+   */
+  onState(listener: (state: "up" | "down", error?: unknown) => void, everyNode?: boolean): void;
   /**
    * Closes the connection: QUIT, or a hard disconnect when the server does not answer in time.
    * `now`: a hard disconnect at once (a connection blocked in XREAD would answer QUIT only after it).
@@ -256,8 +260,9 @@ class IoredisDriver implements RedisDriver {
     return this.#whenReady(() => this.#c.xread(...xreadArgs(key, after, count, blockMs)) as Promise<unknown>).then(streamEntries);
   }
 
-  onState(listener: (state: "up" | "down", error?: unknown) => void): void {
-    watchState(this.#c, ["close", "end"], listener);
+  onState(listener: (state: "up" | "down", error?: unknown) => void, everyNode = false): void {
+    if (everyNode && this.kind === "ioredis-cluster") watchState(this.#c, ["close", "end", "-node"], listener, ["ready", "+node"]);
+    else watchState(this.#c, ["close", "end"], listener);
   }
 
   async quit(now = false): Promise<void> {
@@ -372,8 +377,8 @@ class NodeRedisDriver implements RedisDriver {
   }
 }
 
-/** Reports "down" on the first error or `downEvents` event, and "up" on the next "ready" after it. */
-function watchState(client: AnyClient, downEvents: string[], listener: (state: "up" | "down", error?: unknown) => void): void {
+/** Reports "down" on the first error or `downEvents` event, and "up" on the next `upEvents` event after it. */
+function watchState(client: AnyClient, downEvents: string[], listener: (state: "up" | "down", error?: unknown) => void, upEvents = ["ready"]): void {
   let down = false;
   const lost = (error?: unknown): void => {
     if (down) return;
@@ -382,11 +387,12 @@ function watchState(client: AnyClient, downEvents: string[], listener: (state: "
   };
   client.on("error", (error: unknown) => lost(error));
   for (const event of downEvents) client.on(event, () => lost());
-  client.on("ready", () => {
+  const back = (): void => {
     if (!down) return;
     down = false;
     listener("up");
-  });
+  };
+  for (const event of upEvents) client.on(event, back);
 }
 
 /** A polite close, or a hard one when the polite one fails or takes longer than QUIT_TIMEOUT_MS. */

@@ -131,6 +131,8 @@ class StreamReader {
       onDown: (error) => this.#dropped(error),
       onUp: () => {},
       onReplaced: (conn) => void this.#run(conn),
+      // A read resent on a cluster node's new connection must still be followed by a check.
+      everyNode: true,
       onError: (error, operation) => handlers.onError(error, operation),
     });
   }
