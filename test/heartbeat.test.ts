@@ -182,15 +182,22 @@ class EchoBus implements Bus {
   }
 }
 
+/** A cache on an EchoBus and a FakeClock, recording its bus events. */
+async function onEchoBus() {
+  const clock = new FakeClock(1_000);
+  const bus = new EchoBus();
+  const cache = new LayerCache({ bus, clock, ttl: "1h" });
+  const events: string[] = [];
+  cache.on("busDisconnect", () => events.push("disconnect"));
+  cache.on("busReconnect", (e) => events.push(`reconnect ${e.entries}`));
+  cache.on("busCaughtUp", () => events.push("caughtUp"));
+  await cache.ready();
+  return { clock, bus, cache, events };
+}
+
 describe("a bus gets the cache's clock", () => {
   test("connect() receives the injected clock; the cache repairs L1 after a gap its heartbeat found, driven by FakeClock", async () => {
-    const clock = new FakeClock(1_000);
-    const bus = new EchoBus();
-    const cache = new LayerCache({ bus, clock, ttl: "1h" });
-    const events: string[] = [];
-    cache.on("busDisconnect", () => events.push("disconnect"));
-    cache.on("busReconnect", (e) => events.push(`reconnect ${e.entries}`));
-    await cache.ready();
+    const { clock, bus, cache, events } = await onEchoBus();
     expect(bus.clocks[0]?.clock).toBe(clock);
     await cache.set("k", "before");
     await clock.advanceAsync(2_000);
@@ -207,18 +214,12 @@ describe("a bus gets the cache's clock", () => {
     await cache.close();
   });
 
-  test("a bus reporting it caught up: no repair, L1 stays fresh; a handler set without onCaughtUp still works", async () => {
-    const clock = new FakeClock(1_000);
-    const bus = new EchoBus();
-    const cache = new LayerCache({ bus, clock, ttl: "1h" });
-    const events: string[] = [];
-    cache.on("busReconnect", () => events.push("reconnect"));
-    cache.on("busCaughtUp", () => events.push("caughtUp"));
-    await cache.ready();
+  test("a bus reporting it caught up: no repair, L1 stays fresh", async () => {
+    const { bus, cache, events } = await onEchoBus();
     await cache.set("k", "v");
     bus.handlers!.onDisconnect();
     bus.handlers!.onCaughtUp!();
-    expect(events).toEqual(["caughtUp"]);
+    expect(events).toEqual(["disconnect", "caughtUp"]);
     expect(cache.stats()).toMatchObject({ busDisconnects: 1, busCatchUps: 1, busReconnects: 0 });
     expect(await cache.get("k")).toBe("v");
     await cache.close();

@@ -18,10 +18,11 @@ export interface RedisStreamsBusOptions extends RedisBusBaseOptions {
   heartbeat?: RedisBusBaseOptions["heartbeat"];
 }
 
-export const STREAM_MAX_LEN = 10_000;
+/** The default `maxLen`. */
+const STREAM_MAX_LEN = 10_000;
 /** Entries read at once (at most `maxLen`: see #read for why). */
 const BATCH = 256;
-/** Longest a blocking read waits: a reader blocked for long would hold up `close()` of a client's connection for no gain. */
+/** Longest a blocking read waits, whatever the heartbeat: a reader that answers every few seconds keeps its connection busy enough for proxies that close idle ones. */
 const MAX_BLOCK_MS = 10_000;
 /** Pause after a failed read, doubling up to the second figure. */
 const RETRY_MS = [50, 2_000] as const;
