@@ -1,6 +1,18 @@
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { defineConfig } from "tsup";
+
+/**
+ * An entry whose code all lives in shared chunks (`backend` only re-exports) gets a source map that
+ * names no sources and has no `sourcesContent`: give it the empty one, so that every shipped map
+ * carries the text of its sources (none here), as the package test checks.
+ */
+function completeEmptySourceMaps(): void {
+  for (const file of readdirSync("dist").filter((f) => f.endsWith(".map"))) {
+    const map = JSON.parse(readFileSync(`dist/${file}`, "utf8")) as { sources: string[]; sourcesContent?: string[] };
+    if (map.sources.length > 0 || map.sourcesContent !== undefined) continue;
+    writeFileSync(`dist/${file}`, JSON.stringify({ ...map, sourcesContent: [] }));
+  }
+}
 
 // One entry per public subpath; backend entries are added next to `index`.
 export default defineConfig({
@@ -15,12 +27,5 @@ export default defineConfig({
   treeshake: true,
   // Client libraries are optional peers, loaded at run time only when `{ url }` needs one: never bundled.
   external: ["ioredis", "redis"],
-  // An entry that only re-exports shared chunks (`backend`) gets a source map without sources and
-  // without `sourcesContent`; give it the (empty) `sourcesContent`, as every other map has one.
-  async onSuccess() {
-    for (const file of readdirSync("dist").filter((f) => f.endsWith(".map"))) {
-      const map = JSON.parse(readFileSync(join("dist", file), "utf8")) as { sources: string[]; sourcesContent?: unknown[] };
-      if (map.sources.length === 0 && map.sourcesContent === undefined) writeFileSync(join("dist", file), JSON.stringify({ ...map, sourcesContent: [] }));
-    }
-  },
+  onSuccess: async () => completeEmptySourceMaps(),
 });

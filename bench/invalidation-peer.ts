@@ -1,12 +1,13 @@
 /**
  * Process B of scenario 6: holds keys in its L1 and reports (with the machine's monotonic clock,
  * shared by all processes) the moment a peer's invalidation dropped each one.
- * Argv: <redis url> <prefix> [raw]. With "raw", the same thing with plain ioredis (a Map as L1,
- * a SUBSCRIBE callback as bus): the floor this machine allows.
+ * Argv: <redis url> <prefix> [layercache|streams|raw]. "streams": layercache on RedisStreamsBus
+ * instead of RedisBus. With "raw", the same thing with plain ioredis (a Map as L1, a SUBSCRIBE
+ * callback as bus): the floor this machine allows.
  */
 import { Redis } from "ioredis";
 import { LayerCache } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
+import { RedisBus, RedisStore, RedisStreamsBus } from "../src/backends/redis/index.js";
 
 const [url, prefix, mode] = process.argv.slice(2) as [string, string, string | undefined];
 const client = new Redis(url);
@@ -20,7 +21,8 @@ interface Side {
 }
 
 async function layercacheSide(): Promise<Side> {
-  const cache = new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus: new RedisBus({ client }) });
+  const bus = mode === "streams" ? new RedisStreamsBus({ client }) : new RedisBus({ client });
+  const cache = new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus });
   cache.on("peerInvalidation", (e) => {
     const t = process.hrtime.bigint();
     if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) send({ dropped: key, t: t.toString() });

@@ -22,7 +22,12 @@ export interface WorkerConfig {
   coldKeys?: number;
   /** The L1 bound of this process (undefined: the library's default); see l1Bound. */
   maxEntries?: number;
+  /** The invalidation bus: Redis pub/sub (`RedisBus`, the default) or a Redis stream (`RedisStreamsBus`). */
+  bus?: BusKind;
 }
+
+export const BUS_KINDS = ["pubsub", "streams"] as const;
+export type BusKind = (typeof BUS_KINDS)[number];
 
 export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join"] as const;
 export type Sabotage = (typeof SABOTAGES)[number];

@@ -6,7 +6,10 @@
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
  *                    [--fault-gap 4000-8000] [--fault-kinds redis-kill,loader-slow,...] [--cold-keys 5]
- *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--dump history.json]
+ *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--bus pubsub|streams] [--dump history.json]
+ *
+ * `--bus streams` runs the caches on `RedisStreamsBus` instead of `RedisBus`; its "pubsub-kill" fault
+ * then cuts the stream readers (the connections blocked in XREAD).
  *
  * Prints operations done, faults injected, how often each rule's situation came up, violations
  * (must be 0), unhandled rejections (must be 0), peak memory and stalls per process; exits 1 on any
@@ -24,7 +27,7 @@ import { decodeRecord } from "../src/l2/envelope.js";
 import { rng } from "../bench/rng.js";
 import { RedisServer } from "../test/support/servers.js";
 import { check, type FaultWindow, type OpRecord, type Situations, type Violation, type WorkerReport } from "./checker.js";
-import { KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
+import { BUS_KINDS, KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type BusKind, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
 
 export interface ChaosOptions {
   durationMs: number;
@@ -40,6 +43,8 @@ export interface ChaosOptions {
   coldKeys?: number;
   /** Only these kinds of fault (default: all seven). */
   faultKinds?: FaultKind[];
+  /** The invalidation bus: Redis pub/sub (default) or a Redis stream. */
+  bus?: BusKind;
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
   log?: (line: string) => void;
@@ -140,7 +145,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   try {
     for (let id = 0; id < o.workers; id++) {
-      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id) };
+      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id), bus: o.bus };
       const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
       child.on("message", (m: { type: string; req?: number; id?: string }) => {
         if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
@@ -159,7 +164,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       workers.push(child);
     }
     await Promise.all(workers.map((_, i) => expect(i, "ready")));
-    log(`chaos: seed ${o.seed}, ${o.workers} processes × ${o.concurrency} actors, ${Math.round(o.durationMs / 1000)} s, redis ${server.url}${o.sabotage ? `, SABOTAGE ${o.sabotage}` : ""}`);
+    log(`chaos: seed ${o.seed}, ${o.workers} processes × ${o.concurrency} actors, ${Math.round(o.durationMs / 1000)} s, redis ${server.url}, bus ${o.bus ?? "pubsub"}${o.sabotage ? `, SABOTAGE ${o.sabotage}` : ""}`);
     const started = now();
     for (const w of workers) w.send({ type: "start" });
 
@@ -182,6 +187,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         server.pause();
         await sleep(300 + random() * 900);
         server.resume();
+      } else if (kind === "pubsub-kill" && o.bus === "streams") {
+        // The listening connections of a Streams bus are normal clients blocked in XREAD: cut those.
+        await killReaders(admin).catch(() => {});
       } else if (kind === "pubsub-kill" || kind === "normal-kill") {
         await admin.call("CLIENT", "KILL", "TYPE", kind === "pubsub-kill" ? "pubsub" : "normal", "SKIPME", "yes").catch(() => {});
       } else if (kind === "loader-outlast") {
@@ -250,6 +258,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   }
 }
 
+/** CLIENT KILL of every connection whose last command is XREAD (the readers of Streams buses). */
+async function killReaders(admin: Redis): Promise<void> {
+  const list = (await admin.call("CLIENT", "LIST")) as string;
+  for (const line of list.split("\n")) {
+    const id = / cmd=xread\b/.test(line) ? /\bid=(\d+)/.exec(line)?.[1] : undefined;
+    if (id !== undefined) await admin.call("CLIENT", "KILL", "ID", id).catch(() => {});
+  }
+}
+
 export function summarize(r: ChaosResult): string {
   const lines = [
     `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
@@ -274,6 +291,7 @@ function situationLines(r: ChaosResult): string[] {
   return [
     `reads checked against their window (staleWindow): ${s.windowChecked}, of them ${s.duringFaults} during Redis faults or ${RULES.grace} ms after; served past ttl: ${s.stale} in the stale window, ${s.failSafe} fail-safe, ${s.softTimeout} after a soft timeout`,
     `refreshes started from a stale value found in L2: ${s.l2Refreshes}, ${s.l2RefreshesPastWindow} of them still running when that value left its window; reads during them: ${s.duringL2Refresh}, ${s.pastWindowDuringL2Refresh} of them after the value's window had closed`,
+    `bus (${r.options.bus ?? "pubsub"}): disconnects ${e("busDisconnect")}, reconnects with L1 repair ${e("busReconnect")}, caught up without repair ${e("busCaughtUp")}`,
     `cache events: hits l1 ${e("hit l1")}, l2 ${e("hit l2")}; stale hits background ${e("staleHit background")}, failSafe ${e("staleHit failSafe")}, softTimeout ${e("staleHit softTimeout")}; refreshes from L1 ${e("refreshStart from L1")}, from L2 ${e("refreshStart from L2")}, failed ${e("refreshFailure")}, skipped (pool full ${e("refreshSkipped poolFull")}, cooldown ${e("refreshSkipped cooldown")}); load errors ${e("loadError")}; L1 evictions ${e("evictions")}`,
   ];
 }
@@ -286,6 +304,7 @@ export function replayCommand(o: ChaosOptions): string {
   if (o.faultKinds) args.push(`--fault-kinds ${o.faultKinds.join(",")}`);
   if (o.coldKeys !== undefined) args.push(`--cold-keys ${o.coldKeys}`);
   if (o.sabotage) args.push(`--sabotage ${o.sabotage}`);
+  if (o.bus) args.push(`--bus ${o.bus}`);
   return `npm run chaos -- ${args.join(" ")}`;
 }
 
@@ -306,6 +325,12 @@ function faultKinds(text: string): FaultKind[] {
   const unknown = kinds.filter((k) => !(FAULT_KINDS as readonly string[]).includes(k));
   if (kinds.length === 0 || unknown.length > 0) throw new Error(`--fault-kinds takes a comma-separated list of ${FAULT_KINDS.join(", ")} (unknown: ${unknown.join(", ")})`);
   return kinds as FaultKind[];
+}
+
+function busArg(text: string | undefined): BusKind | undefined {
+  if (text === undefined) return undefined;
+  if (!(BUS_KINDS as readonly string[]).includes(text)) throw new Error(`--bus takes one of ${BUS_KINDS.join(", ")} (got ${text})`);
+  return text as BusKind;
 }
 
 function sabotageArg(text: string | undefined): Sabotage | undefined {
@@ -333,6 +358,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     workers: Number(arg("workers") ?? 3),
     concurrency: Number(arg("concurrency") ?? 6),
     sabotage: sabotageArg(arg("sabotage")),
+    bus: busArg(arg("bus")),
     faults: arg("faults") !== "off",
     ...(arg("cold-keys") !== undefined ? { coldKeys: coldKeys(arg("cold-keys")!) } : {}),
     ...(arg("fault-gap") !== undefined ? { faultGapMs: faultGap(arg("fault-gap")!) } : {}),

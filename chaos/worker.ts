@@ -8,7 +8,7 @@
 import { createWriteStream, writeFileSync } from "node:fs";
 import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
-import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
+import { RedisBus, RedisStore, RedisStreamsBus } from "../src/backends/redis/index.js";
 import { sabotage } from "../src/core/sabotage.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
@@ -51,7 +51,7 @@ const storeOptions = { client, timeout: CHAOS_POLICY.storeTimeout, circuitBreake
 const cache = new LayerCache({
   prefix: config.prefix,
   l2: config.sabotage === "no-cas" ? new CarelessStore(storeOptions) : new RedisStore(storeOptions),
-  ...(config.sabotage === "no-bus" ? {} : { bus: new RedisBus({ client, heartbeat: "250ms" }) }),
+  ...(config.sabotage === "no-bus" ? {} : { bus: config.bus === "streams" ? new RedisStreamsBus({ client, heartbeat: "250ms" }) : new RedisBus({ client, heartbeat: "250ms" }) }),
   // Sabotage "big-pool": the cache may run more refreshes than the checker's bound.
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency * (config.sabotage === "big-pool" ? 4 : 1),
   refreshCooldown: CHAOS_POLICY.refreshCooldown,
@@ -84,9 +84,12 @@ cache.on("peerInvalidation", (e) => {
   else if (e.op === "remove") for (const key of e.keys) bump(`${e.scope}/${key}`);
 });
 cache.on("busReconnect", () => {
+  count("busReconnect");
   bumpScope("fg");
   bumpScope("bg");
 });
+cache.on("busDisconnect", () => count("busDisconnect"));
+cache.on("busCaughtUp", () => count("busCaughtUp"));
 const report: WorkerReport = { worker: config.id, maxLoadsPerKey: 0, maxRefreshing: 0, unhandledRejections: 0, peakRssBytes: 0, peakHeapBytes: 0, stalls: [], events: {} };
 const count = (name: string): void => void (report.events![name] = (report.events![name] ?? 0) + 1);
 

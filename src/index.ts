@@ -13,4 +13,4 @@ export type { CacheEvents, CacheEventName, CacheEventListener, Stats, KeyEvent, 
 export type { Logger } from "./telemetry/logger.js";
 export type { Serializer } from "./l2/serializer.js";
 export type { L2Store, L2Limits } from "./l2/contract.js";
-export type { Bus, BusConnection, BusHandlers, BusLimits } from "./bus/contract.js";
+export type { Bus, BusConnection, BusContext, BusHandlers, BusLimits } from "./bus/contract.js";

@@ -119,13 +119,11 @@ describe("npm pack output", () => {
     expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null, "function", "function"]);
   });
 
-  test.each([
-    ["esm.mjs", `import { LayerCache } from "layercache"; import { RedisStore, RedisBus } from "layercache/redis";`],
-    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore, RedisBus } = require("layercache/redis");`],
-  ])("%s: RedisStore and RedisBus from { url } share values and invalidations through a real redis-server", (file, imports) => {
+  /** Two caches of the installed package on a real redis-server, with the bus class `bus`: a value and a removal go across. */
+  function redisRoundTrip(file: string, imports: string, bus: string): void {
     const url = inject("redisUrl");
     const body = `
-      const opts = () => ({ prefix: "pack-${file}", l2: new RedisStore({ url: ${JSON.stringify(url)} }), bus: new RedisBus({ url: ${JSON.stringify(url)} }) });
+      const opts = () => ({ prefix: "pack-${file}-${bus}", l2: new RedisStore({ url: ${JSON.stringify(url)} }), bus: new ${bus}({ url: ${JSON.stringify(url)} }) });
       const a = new LayerCache(opts()); const b = new LayerCache(opts());
       await a.set("k", { n: 1 });
       const seen = await b.get("k");
@@ -134,10 +132,20 @@ describe("npm pack output", () => {
       const after = await b.get("k");
       await a.close(); await b.close();
       console.log(JSON.stringify([seen, after === undefined, a.stats().l2Errors + b.stats().l2Errors]));`;
-    const name = "redis-" + file;
+    const name = `redis-${bus}-${file}`;
     writeFileSync(join(dir, name), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
     expect(JSON.parse(run("node", [name], dir))).toEqual([{ n: 1 }, true, 0]);
-  });
+  }
+
+  test.each([
+    ["esm.mjs", `import { LayerCache } from "layercache"; import { RedisStore, RedisBus } from "layercache/redis";`],
+    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore, RedisBus } = require("layercache/redis");`],
+  ])("%s: RedisStore and RedisBus from { url } share values and invalidations through a real redis-server", (file, imports) => redisRoundTrip(file, imports, "RedisBus"));
+
+  test.each([
+    ["esm.mjs", `import { LayerCache } from "layercache"; import { RedisStore, RedisStreamsBus } from "layercache/redis";`],
+    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore, RedisStreamsBus } = require("layercache/redis");`],
+  ])("%s: RedisStore and RedisStreamsBus from { url } share values and invalidations through a real redis-server", (file, imports) => redisRoundTrip(file, imports, "RedisStreamsBus"));
 
   test.each([
     ["contracts.test.mjs", `import { MemoryBus } from "layercache"; import { busContract, l2StoreContract, FakeClock, MemoryStore } from "layercache/testing";`],

@@ -1,3 +1,5 @@
+import type { TimerClock } from "../shared/clock.js";
+
 /**
  * The contract an invalidation bus implements. It moves opaque text messages (see `codec.ts`)
  * between the instances connected to the same channel; it never carries values.
@@ -7,8 +9,15 @@ export interface BusHandlers {
   onMessage(message: string): void;
   /** The subscription was lost: messages published from now on may be missed. */
   onDisconnect(): void;
-  /** The subscription is back: messages may have been missed in between. */
+  /** The subscription is back: messages may have been missed in between (the cache repairs its L1). */
   onReconnect(): void;
+  /**
+   * The subscription is back and the bus has delivered every message published while it was away
+   * (a durable log read on from its last position): nothing was missed, nothing to repair. A bus
+   * that cannot tell calls `onReconnect`; a bus given handlers without this method calls
+   * `onReconnect` instead.
+   */
+  onCaughtUp?(): void;
   /** Something failed in the background (connection, subscription); the bus keeps trying. */
   onError(error: unknown, operation: string): void;
 }
@@ -25,8 +34,18 @@ export interface Bus {
   readonly resilience?: BusResilience;
   /** The largest message this bus carries (see `BusLimits`); left out: no limit of its own. */
   readonly limits?: BusLimits;
-  /** Subscribes to `channel`; resolves once messages published afterwards will be delivered. */
-  connect(channel: string, handlers: BusHandlers): Promise<BusConnection>;
+  /**
+   * Subscribes to `channel`; resolves once messages published afterwards will be delivered.
+   * `context` carries what the cache lends the bus (its clock); a bus may ignore it, and must work
+   * without it (then on the real clock).
+   */
+  connect(channel: string, handlers: BusHandlers, context?: BusContext): Promise<BusConnection>;
+}
+
+/** What the cache hands a bus when it connects. */
+export interface BusContext {
+  /** The cache's clock: a bus's own timers (a heartbeat) run on it, so tests drive them with a `FakeClock`. */
+  clock: TimerClock;
 }
 
 /**

@@ -14,6 +14,8 @@ export interface PeerHandlers {
   onDeaf(): void;
   /** The bus hears again after being deaf (or after connecting late): what was missed must be repaired. */
   onHearing(): void;
+  /** The bus hears again and has delivered what it missed (a durable log caught up): nothing to repair. */
+  onCaughtUp(): void;
 }
 
 /** Invalidations that could not be published yet, merged per scope. */
@@ -125,12 +127,17 @@ export class BusLink {
 
   /** `background`: a reconnect attempt nobody waits for (its timeout does not keep the process alive). */
   async #tryConnect(background = false): Promise<boolean> {
-    const attempt = this.#bus.connect(this.#channel, {
-      onMessage: (text) => this.#receive(text),
-      onDisconnect: () => this.#peer.onDeaf(),
-      onReconnect: () => this.#heard(),
-      onError: (error, operation) => this.#failed(operation, error),
-    });
+    const attempt = this.#bus.connect(
+      this.#channel,
+      {
+        onMessage: (text) => this.#receive(text),
+        onDisconnect: () => this.#peer.onDeaf(),
+        onReconnect: () => this.#heard(),
+        onCaughtUp: () => this.#heard(false),
+        onError: (error, operation) => this.#failed(operation, error),
+      },
+      { clock: this.#clock },
+    );
     let conn: BusConnection;
     try {
       conn = await withTimeout(this.#clock, attempt, CONNECT_TIMEOUT_MS, () => busTimeout("connect", CONNECT_TIMEOUT_MS), background);
@@ -148,9 +155,11 @@ export class BusLink {
     return true;
   }
 
-  #heard(): void {
+  /** `repair`: false when the bus caught up on what it missed (a first connection made late repairs anyway). */
+  #heard(repair = true): void {
+    if (repair || this.#late) this.#peer.onHearing();
+    else this.#peer.onCaughtUp();
     this.#late = false;
-    this.#peer.onHearing();
     // Hearing the channel again means the server is back: publish without waiting out the breaker.
     this.#breaker.success();
     this.#pending.kick();

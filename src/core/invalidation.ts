@@ -90,6 +90,10 @@ export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
     onDeaf() {
       report.fact("busDisconnect", {});
     },
+    /** A durable bus is back and delivered what it missed: nothing to repair. */
+    onCaughtUp() {
+      report.fact("busCaughtUp", {});
+    },
     /**
      * The bus hears again after a gap: invalidations sent in the gap may have been missed. While it
      * was deaf, L1 kept serving (that is what it is for when Redis is down); now entries written

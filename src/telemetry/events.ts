@@ -45,6 +45,8 @@ export interface CacheEvents {
   busDisconnect: Record<string, never>;
   /** The bus regained its subscription after a gap; L1 entries written before it revalidate. */
   busReconnect: { entries: number };
+  /** A durable bus (Redis Streams) is back and delivered every message published while it was away: no L1 repair needed. */
+  busCaughtUp: Record<string, never>;
   /** A peer's message dropped entries here ("update": a peer loaded a newer value into L2). */
   peerInvalidation: { op: "remove" | "clear" | "update"; scope: string; keys: string[]; dropped: number; from: string };
   /** A bus message was malformed, of another version, unsigned or forged, and was ignored. */
@@ -75,6 +77,8 @@ export class Counters {
   busErrors = 0;
   busDisconnects = 0;
   busReconnects = 0;
+  /** Reconnects after which the bus caught up on what it missed (no L1 repair). */
+  busCatchUps = 0;
   /** Publishes dropped because too many were waiting for retry (replaced by a clear of everything). */
   busPublishesCollapsed = 0;
   l2Errors = 0;

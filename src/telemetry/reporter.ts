@@ -25,6 +25,7 @@ const FACTS = {
   busError: { counter: "busErrors", level: "warn", message: "layercache: bus operation failed" },
   busDisconnect: { counter: "busDisconnects", level: "warn", message: "layercache: bus subscription lost; invalidations from peers may be missed until it is back" },
   busReconnect: { counter: "busReconnects", level: "info", message: "layercache: bus subscription back; L1 entries will revalidate" },
+  busCaughtUp: { counter: "busCatchUps", level: "info", message: "layercache: bus back; it delivered what peers published meanwhile, nothing to revalidate" },
   busMessageDropped: { counter: "busMessagesDropped", level: "warn", message: "layercache: bus message dropped" },
   peerInvalidation: { counter: "peerInvalidations" },
 } satisfies { [E in CacheEventName]?: FactSpec };

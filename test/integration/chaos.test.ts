@@ -34,6 +34,19 @@ describe("chaos (multi-process history check)", () => {
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 
+  test("15 s on the Streams bus with Redis killed, paused and cut (readers and all connections): no violation; the bus catches up", async () => {
+    const redisFaults = FAULT_KINDS.filter((k) => k.startsWith("redis-") || k.endsWith("-kill"));
+    const result = await runChaos({ durationMs: 15_000, seed: seed(), workers: 3, concurrency: 4, bus: "streams", faultKinds: redisFaults, faultGapMs: [500, 1500] });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.faults.length, summary).toBeGreaterThanOrEqual(redisFaults.length);
+    expect(result.checkedReads, summary).toBeGreaterThan(500);
+    // Cut readers and a paused server: the readers went on from their position, without repair.
+    expect(result.events.busCaughtUp ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
   test("sabotaged (no invalidation bus): the checker finds stale reads", async () => {
     const result = await runChaos({ durationMs: 8_000, seed: seed(), workers: 3, concurrency: 4, faults: false, sabotage: "no-bus" });
     const summary = summarize(result);

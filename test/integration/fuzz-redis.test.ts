@@ -3,7 +3,7 @@ import { describe, expect, inject, test } from "vitest";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
 import { encodeRecord } from "../../src/l2/envelope.js";
-import { closedAfterAll, eventually, rawClientClosedAfterAll, uniquePrefix, wire, type ClientKind } from "../support/redis-clients.js";
+import { BUS_KINDS, closedAfterAll, eventually, rawClientClosedAfterAll, sendRaw, uniquePrefix, wire, type BusKind, type ClientKind } from "../support/redis-clients.js";
 
 /**
  * The L2 and bus fuzzers of test/fuzz.test.ts again, through a real redis-server and both client
@@ -19,8 +19,8 @@ const replay = `FUZZ_SEED=${SEED}`;
 const raw = rawClientClosedAfterAll(url);
 const { caches, wirings } = closedAfterAll();
 
-async function instance(kind: ClientKind, prefix: string, extra: Record<string, unknown> = {}): Promise<LayerCache> {
-  const w = await wire(kind, url);
+async function instance(kind: ClientKind, prefix: string, extra: Record<string, unknown> = {}, bus: BusKind = "pubsub"): Promise<LayerCache> {
+  const w = await wire(kind, url, bus);
   wirings.push(w);
   const cache = new LayerCache({ prefix, l2: w.store, bus: w.bus, ...extra });
   caches.push(cache);
@@ -65,9 +65,9 @@ describe.each(["ioredis", "node-redis"] as const)("fuzz through redis-server wit
     expect(Object.prototype).not.toHaveProperty("polluted");
   }, 60_000);
 
-  test("junk and forged messages on the channel of a cache with a secret: all dropped and counted", async () => {
+  test.each(BUS_KINDS)("junk and forged messages on the channel of a cache with a secret: all dropped and counted (%s)", async (bus) => {
     const prefix = uniquePrefix();
-    const cache = await instance(kind, prefix, { busSecret: "s" });
+    const cache = await instance(kind, prefix, { busSecret: "s" }, bus);
     await cache.set("k", "kept");
     const junk = fc.oneof(
       fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
@@ -76,7 +76,7 @@ describe.each(["ioredis", "node-redis"] as const)("fuzz through redis-server wit
       fc.constantFrom(encodeMessage({ from: "x", op: "clear", scope: [], keys: [], at: Date.now() })),
     );
     const sent = fc.sample(junk, params);
-    for (const m of sent) await raw.publish(`${prefix}:bus`, m);
+    for (const m of sent) await sendRaw(raw, bus, prefix, m);
     await eventually(() => cache.stats().busMessagesDropped === sent.length, 10_000).catch((e: Error) => {
       throw new Error(`${e.message}: ${cache.stats().busMessagesDropped} of ${sent.length} dropped (${replay})`);
     });

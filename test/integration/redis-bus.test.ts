@@ -3,17 +3,17 @@ import type { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
 import { RedisServer } from "../support/servers.js";
-import { CLIENT_KINDS, closedAfterAll, eventually, rawClient, rawClientClosedAfterAll, uniquePrefix, wire } from "../support/redis-clients.js";
+import { BUS_KINDS, CLIENT_KINDS, closedAfterAll, eventually, rawClient, rawClientClosedAfterAll, sendRaw, uniquePrefix, wire, type BusKind } from "../support/redis-clients.js";
 
 const url = inject("redisUrl");
 const raw = rawClientClosedAfterAll(url);
 const { caches, wirings } = closedAfterAll();
 
-async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true, on = url) {
+async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: Record<string, unknown> = {}, withL2 = true, on = url, bus: BusKind = "pubsub") {
   const prefix = uniquePrefix();
   const out: LayerCache[] = [];
   for (let i = 0; i < n; i++) {
-    const w = await wire(kind, on);
+    const w = await wire(kind, on, bus);
     wirings.push(w);
     const c = new LayerCache({ prefix, bus: w.bus, ...(withL2 ? { l2: w.store } : {}), ...extra });
     caches.push(c);
@@ -23,9 +23,12 @@ async function instances(kind: (typeof CLIENT_KINDS)[number], n: number, extra: 
   return { caches: out, prefix };
 }
 
-describe.each(CLIENT_KINDS)("RedisBus with %s", (kind) => {
+/** Every Redis bus (pub/sub, Streams) with every client library. */
+const BUS_AND_CLIENT = BUS_KINDS.flatMap((bus) => CLIENT_KINDS.map((kind) => [bus === "streams" ? "RedisStreamsBus" : "RedisBus", kind, bus] as const));
+
+describe.each(BUS_AND_CLIENT)("%s with %s", (_name, kind, bus) => {
   test("remove, set and clear (cache and scope) reach every peer's L1", async () => {
-    const { caches: [a, b, c] } = await instances(kind, 3, {}, false);
+    const { caches: [a, b, c] } = await instances(kind, 3, {}, false, url, bus);
     for (const x of [b!, c!]) {
       // getOrSet without an L2 publishes nothing, so each keeps its own copy.
       await x.getOrSet("k", () => "mine");
@@ -45,11 +48,11 @@ describe.each(CLIENT_KINDS)("RedisBus with %s", (kind) => {
   });
 
   test("with a busSecret, unsigned and forged messages change nothing and are counted", async () => {
-    const { caches: [a, b], prefix } = await instances(kind, 2, { busSecret: "s3cret" }, false);
+    const { caches: [a, b], prefix } = await instances(kind, 2, { busSecret: "s3cret" }, false, url, bus);
     await b!.set("k", "kept");
-    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }));
-    await raw.publish(`${prefix}:bus`, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }, new TextEncoder().encode("guess")));
-    await raw.publish(`${prefix}:bus`, "garbage");
+    await sendRaw(raw, bus, prefix, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }));
+    await sendRaw(raw, bus, prefix, encodeMessage({ from: "intruder", op: "remove", scope: [], keys: ["k"], at: Date.now() }, new TextEncoder().encode("guess")));
+    await sendRaw(raw, bus, prefix, "garbage");
     await eventually(() => b!.stats().busMessagesDropped === 3);
     expect(await b!.get("k")).toBe("kept");
     await a!.remove("k");
@@ -102,14 +105,39 @@ describe("bus repair after a lost subscription", () => {
   });
 });
 
-describe("order of an invalidation: L2 first, then the bus", () => {
+/** Calls `onMessage` with each message of the bus of `prefix`, as a peer hears it: SUBSCRIBE, or XREAD from the stream's end. */
+async function listenRaw(bus: BusKind, prefix: string, onMessage: (message: string) => void): Promise<() => void> {
+  const sub = rawClient(url);
+  if (bus === "pubsub") {
+    await sub.subscribe(`${prefix}:bus`);
+    sub.on("message", (_channel, message: string) => onMessage(message));
+    return () => sub.disconnect();
+  }
+  let stopped = false;
+  void (async () => {
+    let last = "$";
+    while (!stopped) {
+      const reply = (await sub.xread("BLOCK", 100, "STREAMS", `${prefix}:bus`, last).catch(() => null)) as [string, [string, string[]][]][] | null;
+      for (const [id, fields] of reply?.[0]?.[1] ?? []) {
+        last = id;
+        onMessage(fields[1]!);
+      }
+    }
+  })();
+  // The first XREAD (from "$", the end) is on its way before anything is published.
+  await new Promise((r) => setTimeout(r, 50));
+  return () => {
+    stopped = true;
+    sub.disconnect();
+  };
+}
+
+describe.each(BUS_KINDS)("order of an invalidation: L2 first, then the bus (%s)", (bus) => {
   test.each(["ioredis", "node-redis", "url"] as const)("with %s, a peer that re-reads L2 when the message arrives finds the new state", async (kind) => {
-    const { caches: [a], prefix } = await instances(kind, 1);
-    const sub = rawClient(url);
+    const { caches: [a], prefix } = await instances(kind, 1, {}, true, url, bus);
     const reader = rawClient(url);
     const seen: string[] = [];
-    await sub.subscribe(`${prefix}:bus`);
-    sub.on("message", (_channel, message) => {
+    const stop = await listenRaw(bus, prefix, (message) => {
       const [, , op, , keys] = JSON.parse(message) as [number, string, string, string[], string[]];
       if (op === "remove") void reader.get(`${prefix}::${keys[0]}`).then((v) => seen.push(`${keys[0]}=${v}`));
     });
@@ -122,7 +150,7 @@ describe("order of an invalidation: L2 first, then the bus", () => {
     // found the new record (or, read a moment later, the remove that followed it).
     expect(seen.filter((_, i) => i % 2 === 1).every((s) => /\|-$/.test(s))).toBe(true);
     expect(seen.filter((_, i) => i % 2 === 0).every((s) => /\|"old"$|\|-$/.test(s))).toBe(true);
-    sub.disconnect();
+    stop();
     reader.disconnect();
   });
 });

@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { RedisStore } from "../../src/backends/redis/index.js";
+import { encodeMessage } from "../../src/bus/codec.js";
 import { RedisCluster } from "../support/servers.js";
-import { connectCluster, eventually, PATIENT, uniquePrefix, type ClusterKind } from "../support/redis-clients.js";
+import { BUS_KINDS, busOf, connectCluster, eventually, PATIENT, uniquePrefix, type BusKind, type ClusterKind } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 /** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
@@ -17,18 +18,20 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
+type Kind = ClusterKind;
+
 async function clusterClient(kind: ClusterKind): Promise<unknown> {
   const { options, close } = await connectCluster(kind, cluster);
   closers.push(close);
   return (options as { client: unknown }).client;
 }
 
-async function instances(kind: ClusterKind, n: number) {
+async function instances(kind: Kind, n: number, bus: BusKind = "pubsub") {
   const prefix = uniquePrefix();
   const out: LayerCache[] = [];
   for (let i = 0; i < n; i++) {
     const client = await clusterClient(kind);
-    const cache = new LayerCache({ prefix, l2: new RedisStore({ client, ...PATIENT }), bus: new RedisBus({ client, ...PATIENT }) });
+    const cache = new LayerCache({ prefix, l2: new RedisStore({ client, ...PATIENT }), bus: busOf(bus, { client }) });
     closers.push(() => cache.close());
     out.push(cache);
   }
@@ -65,8 +68,8 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster
     expect(spread.filter((n) => n > 0).length).toBe(3);
   });
 
-  test("remove and scope clear reach the peer over cluster pub/sub", async () => {
-    const { caches: [a, b] } = await instances(kind, 2);
+  test.each(BUS_KINDS)("remove and scope clear reach the peer over the cluster (%s)", async (bus) => {
+    const { caches: [a, b] } = await instances(kind, 2, bus);
     await a!.set("k", 1);
     expect(await b!.get("k")).toBe(1);
     await a!.remove("k");
@@ -90,5 +93,38 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster
     a!.clearMemory();
     expect(await a!.get("k")).toBe("newer");
     await eventually(async () => (await b!.get("k")) === "newer");
+  });
+
+  test("Streams: readers cut off on the node holding the stream catch up on what they missed, and keep their L1", async () => {
+    const { caches: [a, b], prefix } = await instances(kind, 2, "streams");
+    const events: string[] = [];
+    b!.on("busCaughtUp", () => events.push("caughtUp"));
+    b!.on("busReconnect", () => events.push("reconnect"));
+    await a!.set("k", "v1");
+    expect(await b!.get("k")).toBe("v1");
+    await b!.getOrSet("held", async () => "b's own");
+    // The stream is one key, on one master: cut the readers there, and publish while they are away.
+    let owner: Redis | undefined;
+    for (const node of cluster.nodes) {
+      const r = new Redis(node.url);
+      if ((await r.exists(`${prefix}:bus`).catch(() => 0)) === 1) owner = r; // elsewhere: MOVED
+      else r.disconnect();
+    }
+    const readers = ((await owner!.call("CLIENT", "LIST")) as string).split("\n").filter((l) => / cmd=xread\b/.test(l)).map((l) => /\bid=(\d+)/.exec(l)![1]!);
+    // A peer's removal: L2 first (on whichever master holds the key), then the bus message.
+    const any = new Cluster(cluster.startupNodes);
+    await any.del(`${prefix}::k`);
+    any.disconnect();
+    const cut = owner!.multi();
+    for (const id of readers) cut.client("KILL", "ID", id);
+    await cut
+      .xadd(`${prefix}:bus`, "*", "m", encodeMessage({ from: "peer-x", op: "remove", scope: [], keys: ["k"], at: Date.now() }))
+      .exec();
+    owner!.disconnect();
+    await eventually(() => events.includes("caughtUp"), 15_000);
+    expect(events).toEqual(["caughtUp"]);
+    expect(await b!.get("k")).toBeUndefined();
+    expect(b!.stats().busReconnects).toBe(0);
+    expect(await b!.get("held")).toBe("b's own");
   });
 });

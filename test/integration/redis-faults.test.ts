@@ -3,7 +3,7 @@ import { Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisServer } from "../support/servers.js";
-import { eventually, uniquePrefix } from "../support/redis-clients.js";
+import { BUS_KINDS, busOf, eventually, uniquePrefix, type BusKind } from "../support/redis-clients.js";
 
 /**
  * Faults on a real redis-server of the test's own: SIGKILL and restart, SIGSTOP/SIGCONT (a hang),
@@ -14,7 +14,7 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
 });
 
-async function setup() {
+async function setup(bus: BusKind = "pubsub") {
   const server = await RedisServer.start();
   cleanup.push(() => server.stop());
   const prefix = uniquePrefix();
@@ -25,7 +25,7 @@ async function setup() {
     const cache = new LayerCache({
       prefix,
       l2: new RedisStore({ client, timeout: "200ms", circuitBreaker: { threshold: 2, cooldown: "300ms" } }),
-      bus: new RedisBus({ client, heartbeat: "200ms" }),
+      bus: busOf(bus, { client }, { heartbeat: "200ms", timeout: "1s" }),
     });
     cleanup.push(() => cache.close());
     return cache;
@@ -39,9 +39,9 @@ async function setup() {
   return { server, prefix, a, b, raw };
 }
 
-describe("Redis killed and restarted", () => {
+describe.each(BUS_KINDS)("Redis killed and restarted (%s bus)", (bus) => {
   test("reads fall back to L1 and the loader; writes that missed L2 become removals there, so nobody reads the old value", async () => {
-    const { server, prefix, a, b, raw } = await setup();
+    const { server, prefix, a, b, raw } = await setup(bus);
     const events: string[] = [];
     a.on("l2CircuitOpen", () => events.push("open"));
     a.on("l2CircuitClose", () => events.push("close"));
@@ -138,9 +138,9 @@ describe("a hung server's cost to callers (separate L2 and bus connections, defa
   }, 60_000);
 });
 
-describe("connections killed (CLIENT KILL TYPE normal)", () => {
+describe.each(BUS_KINDS)("connections killed (CLIENT KILL TYPE normal, %s bus)", (bus) => {
   test("operations go on and the cache keeps working", async () => {
-    const { a, b, raw } = await setup();
+    const { a, b, raw } = await setup(bus);
     await raw.connect();
     await a.set("k", "v1");
     await raw.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes");
@@ -149,5 +149,34 @@ describe("connections killed (CLIENT KILL TYPE normal)", () => {
       await a.set("k", "v2");
       return (await b.get("k")) === "v2";
     }, 15_000);
+  }, 60_000);
+});
+
+describe("Redis hangs (SIGSTOP) and resumes, Streams bus", () => {
+  test("the heartbeat notices the silence; after the resume the reader catches up instead of repairing", async () => {
+    const { server, prefix, a, b, raw } = await setup("streams");
+    await raw.connect();
+    await a.set("k", "v1");
+    expect(await b.get("k")).toBe("v1");
+    await b.getOrSet("held", async () => "b's own");
+    const deaf: string[] = [];
+    b.on("busDisconnect", () => deaf.push("disconnect"));
+    b.on("busReconnect", () => deaf.push("reconnect"));
+    b.on("busCaughtUp", () => deaf.push("caughtUp"));
+
+    server.pause();
+    try {
+      const results = await Promise.all([b.get("k"), a.getOrSet("other", async () => "loaded"), a.set("k", "v2")]);
+      expect(results.slice(0, 2)).toEqual(["v1", "loaded"]);
+      await eventually(() => deaf.includes("disconnect"), 10_000);
+    } finally {
+      server.resume();
+    }
+    await eventually(() => deaf.includes("caughtUp"), 15_000);
+    expect(deaf).not.toContain("reconnect");
+    await eventually(async () => a.stats().l2Pending === 0 && a.stats().busPending === 0, 15_000);
+    expect(await raw.get(`${prefix}::k`)).toMatch(/\|-$/);
+    await eventually(async () => (await b.get("k")) === undefined, 15_000);
+    expect(await b.get("held")).toBe("b's own"); // no repair: still fresh in L1
   }, 60_000);
 });

@@ -6,6 +6,7 @@ import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { RedisServer } from "../support/servers.js";
 import { MapStore } from "../support/map-store.js";
 import { flush } from "../support/helpers.js";
+import { BUS_KINDS, type BusKind } from "../support/redis-clients.js";
 
 const root = resolve(import.meta.dirname, "..", "..");
 const cleanup: (() => Promise<unknown>)[] = [];
@@ -13,9 +14,9 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f().catch(() => {});
 });
 
-/** Runs a close scenario in its own process; resolves with its exit code once it exits by itself. */
-function runScenario(name: string, url: string, onReady?: () => Promise<void>): Promise<{ code: number | null; out: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(root, "test/support/close-scenario.ts"), name, url], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
+/** Runs a close scenario in its own process (on the `bus` kind); resolves with its exit code once it exits by itself. */
+function runScenario(name: string, url: string, onReady?: () => Promise<void>, bus: BusKind = "pubsub"): Promise<{ code: number | null; out: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(root, "test/support/close-scenario.ts"), name, url, bus], { cwd: root, stdio: ["pipe", "pipe", "inherit"] });
   let out = "";
   child.stdout.on("data", async (d) => {
     out += d.toString();
@@ -35,18 +36,18 @@ function runScenario(name: string, url: string, onReady?: () => Promise<void>): 
   );
 }
 
-describe("close() releases what the cache opened", () => {
+describe.each(BUS_KINDS)("close() releases what the cache opened (%s bus)", (bus) => {
   test("when close() is called while the connections are still opening", async () => {
     const server = await RedisServer.start();
     cleanup.push(() => server.stop());
-    const r = await runScenario("close-while-opening", server.url);
+    const r = await runScenario("close-while-opening", server.url, undefined, bus);
     expect(r).toEqual({ code: 0, out: "closed\n" });
   }, 60_000);
 
   test("after Redis died and the breaker opened", async () => {
     const server = await RedisServer.start();
     cleanup.push(() => server.stop());
-    const r = await runScenario("close-after-breaker-opened", server.url, () => server.kill("SIGKILL"));
+    const r = await runScenario("close-after-breaker-opened", server.url, () => server.kill("SIGKILL"), bus);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/closed/);
   }, 60_000);
@@ -54,7 +55,7 @@ describe("close() releases what the cache opened", () => {
   test("while Redis hangs (SIGSTOP)", async () => {
     const server = await RedisServer.start();
     cleanup.push(() => server.stop());
-    const r = await runScenario("close-while-hung", server.url, async () => server.pause());
+    const r = await runScenario("close-while-hung", server.url, async () => server.pause(), bus);
     server.resume();
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/closed/);

@@ -1,16 +1,16 @@
 /**
  * A process that sets up a cache against a redis-server in a given state, closes it, and must
  * then exit on its own: anything the cache left open (a connection, a timer) would keep it alive.
- * Argv: <scenario> <redis url>.
+ * Argv: <scenario> <redis url> [pubsub|streams].
  */
 import { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { RedisBus, RedisStore, RedisStreamsBus } from "../../src/backends/redis/index.js";
 
-const [scenario, url] = process.argv.slice(2) as [string, string];
+const [scenario, url, bus] = process.argv.slice(2) as [string, string, string | undefined];
 const cache = new LayerCache({
   prefix: "close-scenario",
   l2: new RedisStore({ url, timeout: "200ms", circuitBreaker: { threshold: 2, cooldown: "300ms" } }),
-  bus: new RedisBus({ url, heartbeat: "200ms" }),
+  bus: bus === "streams" ? new RedisStreamsBus({ url, heartbeat: "200ms" }) : new RedisBus({ url, heartbeat: "200ms" }),
 });
 process.on("unhandledRejection", (e) => {
   console.error("unhandled rejection", e);

@@ -5,7 +5,7 @@ import { createClient, createCluster } from "redis";
 import { createClient as createClient4 } from "redis-v4";
 import { afterAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
-import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { RedisBus, RedisStore, RedisStreamsBus } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
 import type { RedisCluster } from "./servers.js";
 
@@ -22,7 +22,7 @@ export function uniquePrefix(): string {
 
 export interface Wiring {
   store: RedisStore;
-  bus: RedisBus;
+  bus: RedisBus | RedisStreamsBus;
   close(): Promise<void>;
 }
 
@@ -60,10 +60,19 @@ export async function connectCluster(kind: ClusterKind, cluster: RedisCluster): 
   return { options: { client }, close: async () => void (await client.close()) };
 }
 
-/** A RedisStore and a RedisBus built the way a user would with `kind` (with PATIENT timeouts). */
-export async function wire(kind: ClientKind, url: string): Promise<Wiring> {
+/** The Redis buses: pub/sub (`RedisBus`) and Streams (`RedisStreamsBus`). */
+export type BusKind = "pubsub" | "streams";
+export const BUS_KINDS: BusKind[] = ["pubsub", "streams"];
+
+/** A bus of `kind` on `connection` (`{ client }` or `{ url }`), with PATIENT timeouts and `extra` options. */
+export function busOf(kind: BusKind, connection: { client: unknown } | { url: string }, extra: Record<string, unknown> = {}): RedisBus | RedisStreamsBus {
+  return kind === "streams" ? new RedisStreamsBus({ ...connection, ...PATIENT, ...extra }) : new RedisBus({ ...connection, ...PATIENT, ...extra });
+}
+
+/** A RedisStore and a bus (a RedisBus unless `bus` says otherwise) built the way a user would with `kind` (with PATIENT timeouts). */
+export async function wire(kind: ClientKind, url: string, bus: BusKind = "pubsub", busOptions: Record<string, unknown> = {}): Promise<Wiring> {
   const { options, close } = await connect(kind, url);
-  return { store: new RedisStore({ ...options, ...PATIENT }), bus: new RedisBus({ ...options, ...PATIENT }), close };
+  return { store: new RedisStore({ ...options, ...PATIENT }), bus: busOf(bus, options, busOptions), close };
 }
 
 /**
@@ -116,4 +125,10 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 5
     if (Date.now() > deadline) throw new Error("condition not reached in time");
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** Puts `message` on the bus of `prefix` as a peer (or an intruder) would: PUBLISH, or XADD to the stream. */
+export async function sendRaw(raw: Redis, kind: BusKind, prefix: string, message: string | Buffer): Promise<void> {
+  if (kind === "streams") await raw.xadd(`${prefix}:bus`, "*", "m", message);
+  else await raw.publish(`${prefix}:bus`, message);
 }

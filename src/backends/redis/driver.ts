@@ -3,9 +3,9 @@ import { RecordError, optionError } from "../../backend.js";
 
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
- * and Cluster) and node-redis (standalone and cluster) — so that `RedisStore` and `RedisBus` are
- * written once. Only single-key commands are used, so nothing here can raise CROSSSLOT (MGET only
- * on a standalone server). Commands are written to the connection synchronously, in call order,
+ * and Cluster) and node-redis (standalone and cluster) — so that `RedisStore`, `RedisBus` and
+ * `RedisStreamsBus` are written once. Only single-key commands are used, so nothing here can raise
+ * CROSSSLOT (MGET only on a standalone server). Commands are written to the connection synchronously, in call order,
  * whenever it takes commands: an L2 write followed by a PUBLISH on the same client reach Redis in
  * that order.
  */
@@ -28,10 +28,27 @@ export interface RedisDriver {
   /** A new connection of the same kind, for a subscriber. */
   duplicate(): RedisDriver;
   subscribe(channels: string[], onMessage: (channel: string, message: string) => void): Promise<void>;
-  /** Connection state changes: `down` when the connection is lost, `up` when it is usable again. */
-  onState(listener: (state: "up" | "down", error?: unknown) => void): void;
-  /** Closes the connection: QUIT, or a hard disconnect when the server does not answer in time. */
-  quit(): Promise<void>;
+  /** PING: the server answers (a heartbeat's probe). */
+  ping(): Promise<void>;
+  /** XADD `key` MAXLEN ~ `maxLen` * m `message`: the new entry's id. */
+  xadd(key: string, maxLen: number, message: string): Promise<string>;
+  /**
+   * XREAD COUNT `count` BLOCK `blockMs` STREAMS `key` `after`: up to `count` entries with ids after
+   * `after`, waiting up to `blockMs` (at least 1) for one to come. Blocks the connection: use a
+   * connection of its own (`duplicate()`). Entries without a field `m` read as `undefined`.
+   */
+  xread(key: string, after: string, count: number, blockMs: number): Promise<StreamEntry[]>;
+  /**
+   * Connection state changes: `down` when the connection is lost, `up` when it is usable again.
+   * `everyNode`: on a cluster client, also the loss of one node's connection (ioredis resends a
+   * command that was in flight on it once the node is back, with nothing else to tell).
+   */
+  onState(listener: (state: "up" | "down", error?: unknown) => void, everyNode?: boolean): void;
+  /**
+   * Closes the connection: QUIT, or a hard disconnect when the server does not answer in time.
+   * `now`: a hard disconnect at once (a connection blocked in XREAD would answer QUIT only after it).
+   */
+  quit(now?: boolean): Promise<void>;
 }
 
 /**
@@ -39,6 +56,9 @@ export interface RedisDriver {
  * (`proto-max-bulk-len`, 512 MB). What `RedisStore` and `RedisBus` declare as their limits.
  */
 export const REDIS_MAX_BULK_BYTES = 512 * 1024 * 1024;
+
+/** One entry of a stream: its id and its message (field `m`). */
+export type StreamEntry = [id: string, message: string | undefined];
 
 /** Longest a QUIT may wait before the connection is simply dropped (a hung server never answers). */
 const QUIT_TIMEOUT_MS = 1_000;
@@ -68,6 +88,22 @@ const asText = (v: unknown): string | null => (v === null || v === undefined ? n
 function recordErrorOf(key: string, error: unknown): unknown {
   return error instanceof Error && /^WRONGTYPE\b/.test(error.message) ? new RecordError(`layercache/redis: key ${JSON.stringify(key)} is not a layercache record: ${error.message}`, { key, cause: error }) : error;
 }
+
+/** The entries of an XREAD reply on one key (RESP2 arrays; a RESP3 map too). */
+function streamEntries(reply: unknown): StreamEntry[] {
+  if (reply === null || reply === undefined) return [];
+  const streams: unknown[] = Array.isArray(reply) ? reply : reply instanceof Map ? [...reply] : Object.entries(reply as object);
+  const entries = (streams[0] as [unknown, unknown[]] | undefined)?.[1] ?? [];
+  return entries.map((e) => {
+    const [id, fields] = e as [unknown, unknown[] | null];
+    let message: string | undefined;
+    for (let i = 0; fields && i + 1 < fields.length; i += 2) if (String(fields[i]) === "m") message = String(fields[i + 1]);
+    return [String(id), message];
+  });
+}
+
+const xaddArgs = (key: string, maxLen: number, message: string): string[] => [key, "MAXLEN", "~", String(maxLen), "*", "m", message];
+const xreadArgs = (key: string, after: string, count: number, blockMs: number): string[] => ["COUNT", String(count), "BLOCK", String(Math.max(1, Math.floor(blockMs))), "STREAMS", key, after];
 
 /** GET whose WRONGTYPE error becomes a `RecordError` (a rejection). */
 function getOne(key: string, get: (key: string) => Promise<unknown>): Promise<string | null> {
@@ -237,15 +273,27 @@ class IoredisDriver implements RedisDriver {
     await this.#c.subscribe(...channels);
   }
 
-  onState(listener: (state: "up" | "down", error?: unknown) => void): void {
-    watchState(this.#c, ["close", "end"], listener);
+  ping(): Promise<void> {
+    return this.#whenReady(() => this.#c.ping()).then(noop);
   }
 
-  async quit(): Promise<void> {
-    await quitWithin(
-      () => this.#c.quit(),
-      () => this.#c.disconnect(false),
-    );
+  xadd(key: string, maxLen: number, message: string): Promise<string> {
+    return this.#whenReady(() => this.#c.xadd(...xaddArgs(key, maxLen, message)) as Promise<unknown>).then(String);
+  }
+
+  xread(key: string, after: string, count: number, blockMs: number): Promise<StreamEntry[]> {
+    return this.#whenReady(() => this.#c.xread(...xreadArgs(key, after, count, blockMs)) as Promise<unknown>).then(streamEntries);
+  }
+
+  onState(listener: (state: "up" | "down", error?: unknown) => void, everyNode = false): void {
+    if (everyNode && this.kind === "ioredis-cluster") watchState(this.#c, ["close", "end", "-node"], listener, ["ready", "+node"]);
+    else watchState(this.#c, ["close", "end"], listener);
+  }
+
+  async quit(now = false): Promise<void> {
+    const hard = (): void => this.#c.disconnect(false);
+    if (now) return hard();
+    await quitWithin(() => this.#c.quit(), hard);
   }
 }
 
@@ -327,21 +375,40 @@ class NodeRedisDriver implements RedisDriver {
     for (const channel of channels) await this.#c.subscribe(channel, (message: string) => onMessage(channel, message));
   }
 
+  ping(): Promise<void> {
+    return this.#send(undefined, true, ["PING"]).then(noop);
+  }
+
+  xadd(key: string, maxLen: number, message: string): Promise<string> {
+    return this.#send(key, false, ["XADD", ...xaddArgs(key, maxLen, message)]).then(String);
+  }
+
+  xread(key: string, after: string, count: number, blockMs: number): Promise<StreamEntry[]> {
+    // Not "readonly": a cluster client routes it to the key's master, as its writes.
+    return this.#send(key, false, ["XREAD", ...xreadArgs(key, after, count, blockMs)]).then(streamEntries);
+  }
+
   onState(listener: (state: "up" | "down", error?: unknown) => void): void {
     watchState(this.#c, ["reconnecting", "end"], listener);
   }
 
-  async quit(): Promise<void> {
+  async quit(now = false): Promise<void> {
     if (!this.#c.isOpen) return;
-    await quitWithin(
-      () => (this.#c.close ? this.#c.close() : this.#c.quit()),
-      () => (this.#c.destroy ? this.#c.destroy() : this.#c.disconnect?.()),
-    );
+    const hard = (): unknown => (this.#c.destroy ? this.#c.destroy() : this.#c.disconnect?.());
+    if (now) {
+      try {
+        hard();
+      } catch {
+        // already gone
+      }
+      return;
+    }
+    await quitWithin(() => (this.#c.close ? this.#c.close() : this.#c.quit()), hard);
   }
 }
 
-/** Reports "down" on the first error or `downEvents` event, and "up" on the next "ready" after it. */
-function watchState(client: AnyClient, downEvents: string[], listener: (state: "up" | "down", error?: unknown) => void): void {
+/** Reports "down" on the first error or `downEvents` event, and "up" on the next `upEvents` event after it. */
+function watchState(client: AnyClient, downEvents: string[], listener: (state: "up" | "down", error?: unknown) => void, upEvents = ["ready"]): void {
   let down = false;
   const lost = (error?: unknown): void => {
     if (down) return;
@@ -350,11 +417,12 @@ function watchState(client: AnyClient, downEvents: string[], listener: (state: "
   };
   client.on("error", (error: unknown) => lost(error));
   for (const event of downEvents) client.on(event, () => lost());
-  client.on("ready", () => {
+  const back = (): void => {
     if (!down) return;
     down = false;
     listener("up");
-  });
+  };
+  for (const event of upEvents) client.on(event, back);
 }
 
 /** A polite close, or a hard one when the polite one fails or takes longer than QUIT_TIMEOUT_MS. */
