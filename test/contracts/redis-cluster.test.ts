@@ -16,4 +16,5 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as ClusterKind[])("Redis
   const backends = contractBackends(() => connectCluster(kind, cluster));
   l2StoreContract(backends.store, { describe, test, name: "RedisStore: the L2Store contract" });
   busContract(backends.bus, { describe, test, name: "RedisBus: the Bus contract" });
+  busContract(backends.streamsBus, { describe, test, name: "RedisStreamsBus: the Bus contract" });
 });

@@ -80,7 +80,7 @@ export async function wire(kind: ClientKind, url: string, bus: BusKind = "pubsub
  * on two clients taken in turn (so that two instances use two connections), or from the URL each
  * time. The clients are closed after the tests of the file (or `describe`).
  */
-export function contractBackends(open: () => Promise<Connected>): { store(): Promise<RedisStore>; bus(): Promise<RedisBus> } {
+export function contractBackends(open: () => Promise<Connected>): { store(): Promise<RedisStore>; bus(): Promise<RedisBus>; streamsBus(): Promise<RedisStreamsBus> } {
   const clients: Promise<Connected>[] = [];
   let turn = 0;
   const next = (): Promise<Connected> => (clients[turn++ % 2] ??= open());
@@ -90,6 +90,7 @@ export function contractBackends(open: () => Promise<Connected>): { store(): Pro
   return {
     store: async () => new RedisStore({ ...(await next()).options, ...PATIENT }),
     bus: async () => new RedisBus({ ...(await next()).options, ...PATIENT }),
+    streamsBus: async () => new RedisStreamsBus({ ...(await next()).options, ...PATIENT }),
   };
 }
 
