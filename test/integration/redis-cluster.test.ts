@@ -1,30 +1,18 @@
-import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { describe, expect, test } from "vitest";
 import { Cluster, Redis } from "ioredis";
 import { LayerCache } from "../../src/index.js";
 import { RedisStore } from "../../src/backends/redis/index.js";
 import { encodeMessage } from "../../src/bus/codec.js";
-import { RedisCluster } from "../support/servers.js";
-import { BUS_KINDS, busOf, connectCluster, eventually, PATIENT, uniquePrefix, type BusKind, type ClusterKind } from "../support/redis-clients.js";
+import { BUS_KINDS, busOf, clusterForTests, eventually, PATIENT, uniquePrefix, type BusKind, type ClusterKind } from "../support/redis-clients.js";
 import { gated } from "../support/helpers.js";
 
 /** L2 and bus on a real local Redis Cluster of three masters, with both client libraries. */
-let cluster: RedisCluster;
-const closers: (() => Promise<unknown>)[] = [];
-beforeAll(async () => {
-  cluster = await RedisCluster.start();
-}, 60_000);
-afterAll(async () => {
-  for (const c of closers.reverse()) await c().catch(() => {});
-  await cluster?.stop();
-});
+const shared = clusterForTests();
+const closers = shared.closers;
 
 type Kind = ClusterKind;
 
-async function clusterClient(kind: ClusterKind): Promise<unknown> {
-  const { options, close } = await connectCluster(kind, cluster);
-  closers.push(close);
-  return (options as { client: unknown }).client;
-}
+const clusterClient = (kind: ClusterKind): Promise<unknown> => shared.client(kind);
 
 async function instances(kind: Kind, n: number, bus: BusKind = "pubsub") {
   const prefix = uniquePrefix();
@@ -42,7 +30,7 @@ async function instances(kind: Kind, n: number, bus: BusKind = "pubsub") {
 /** Keys per master node, read node by node. */
 async function keysPerNode(prefix: string): Promise<number[]> {
   const counts: number[] = [];
-  for (const node of cluster.nodes) {
+  for (const node of shared.cluster.nodes) {
     const r = new Redis(node.url);
     counts.push((await r.keys(`${prefix}:*`)).length);
     await r.quit();
@@ -105,14 +93,14 @@ describe.each(["ioredis-cluster", "node-redis-cluster"] as const)("Redis Cluster
     await b!.getOrSet("held", async () => "b's own");
     // The stream is one key, on one master: cut the readers there, and publish while they are away.
     let owner: Redis | undefined;
-    for (const node of cluster.nodes) {
+    for (const node of shared.cluster.nodes) {
       const r = new Redis(node.url);
       if ((await r.exists(`${prefix}:bus`).catch(() => 0)) === 1) owner = r; // elsewhere: MOVED
       else r.disconnect();
     }
     const readers = ((await owner!.call("CLIENT", "LIST")) as string).split("\n").filter((l) => / cmd=xread\b/.test(l)).map((l) => /\bid=(\d+)/.exec(l)![1]!);
     // A peer's removal: L2 first (on whichever master holds the key), then the bus message.
-    const any = new Cluster(cluster.startupNodes);
+    const any = new Cluster(shared.cluster.startupNodes);
     await any.del(`${prefix}::k`);
     any.disconnect();
     const cut = owner!.multi();

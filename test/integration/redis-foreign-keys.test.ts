@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import { Cluster, Redis } from "ioredis";
-import { createCluster } from "redis";
 import { LayerCache } from "../../src/index.js";
 import { RecordError } from "../../src/shared/errors.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import type { L2Store } from "../../src/l2/contract.js";
-import { RedisCluster } from "../support/servers.js";
-import { CLIENT_KINDS, closedAfterAll, PATIENT, rawClientClosedAfterAll, uniquePrefix, wire } from "../support/redis-clients.js";
+import { CLIENT_KINDS, clusterForTests, closedAfterAll, type ClusterKind, PATIENT, rawClientClosedAfterAll, uniquePrefix, wire } from "../support/redis-clients.js";
 import { MapStore } from "../support/map-store.js";
 
 /**
@@ -130,33 +128,13 @@ describe("the store itself", () => {
 });
 
 describe("Redis Cluster (reads of a batch are one GET per key)", () => {
-  let cluster: RedisCluster;
-  const closers: (() => Promise<unknown>)[] = [];
-  beforeAll(async () => {
-    cluster = await RedisCluster.start();
-  }, 60_000);
-  afterAll(async () => {
-    for (const c of closers.reverse()) await c().catch(() => {});
-    await cluster?.stop();
-  });
-
-  async function client(kind: "ioredis-cluster" | "node-redis-cluster"): Promise<unknown> {
-    if (kind === "ioredis-cluster") {
-      const c = new Cluster(cluster.startupNodes);
-      c.on("error", () => {});
-      closers.push(() => c.quit());
-      return c;
-    }
-    const c = createCluster({ rootNodes: cluster.startupNodes.map((n) => ({ url: `redis://${n.host}:${n.port}` })) });
-    c.on("error", () => {});
-    await c.connect();
-    closers.push(() => c.close());
-    return c;
-  }
+  const shared = clusterForTests();
+  const closers = shared.closers;
+  const client = (kind: ClusterKind): Promise<unknown> => shared.client(kind);
 
   test.each(["ioredis-cluster", "node-redis-cluster"] as const)("%s: one foreign key in a batch is corrupt, the other keys of the batch are read", async (kind) => {
     const prefix = uniquePrefix();
-    const rawCluster = new Cluster(cluster.startupNodes);
+    const rawCluster = new Cluster(shared.cluster.startupNodes);
     closers.push(() => rawCluster.quit());
     const c = await client(kind);
     const a = new LayerCache({ prefix, l2: new RedisStore({ client: c, ...PATIENT }), bus: new RedisBus({ client: c, ...PATIENT }) });

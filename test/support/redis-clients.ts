@@ -3,11 +3,11 @@ import { Cluster, Redis } from "ioredis";
 import { Redis as Redis6 } from "ioredis-v6";
 import { createClient, createCluster } from "redis";
 import { createClient as createClient4 } from "redis-v4";
-import { afterAll } from "vitest";
+import { afterAll, beforeAll } from "vitest";
 import type { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore, RedisStreamsBus } from "../../src/backends/redis/index.js";
 import { PATIENT } from "./patient.js";
-import type { RedisCluster } from "./servers.js";
+import { RedisCluster } from "./servers.js";
 
 export { PATIENT };
 
@@ -73,6 +73,33 @@ export function busOf(kind: BusKind, connection: { client: unknown } | { url: st
 export async function wire(kind: ClientKind, url: string, bus: BusKind = "pubsub", busOptions: Record<string, unknown> = {}): Promise<Wiring> {
   const { options, close } = await connect(kind, url);
   return { store: new RedisStore({ ...options, ...PATIENT }), bus: busOf(bus, options, busOptions), close };
+}
+
+/**
+ * A 3-master Redis Cluster of the test file's own (or its `describe`'s), started before its tests and
+ * stopped after them, and what the tests opened on it (`closers`: closed first, newest first).
+ */
+export function clusterForTests(): { readonly cluster: RedisCluster; closers: (() => Promise<unknown>)[]; client(kind: ClusterKind): Promise<unknown> } {
+  let cluster: RedisCluster | undefined;
+  const closers: (() => Promise<unknown>)[] = [];
+  beforeAll(async () => {
+    cluster = await RedisCluster.start();
+  }, 60_000);
+  afterAll(async () => {
+    for (const c of closers.reverse()) await c().catch(() => {});
+    await cluster?.stop();
+  });
+  return {
+    get cluster() {
+      return cluster!;
+    },
+    closers,
+    async client(kind) {
+      const { options, close } = await connectCluster(kind, cluster!);
+      closers.push(close);
+      return (options as { client: unknown }).client;
+    },
+  };
 }
 
 /**
