@@ -11,9 +11,9 @@ export interface PeerHandlers {
   onUpdate(scope: string[], keys: string[], from: string, gen: string | undefined): void;
   onClear(scope: string[], from: string): void;
   /** The bus lost its subscription: invalidations may be missed. */
-  onDeaf(): void;
+  onDisconnect(): void;
   /** The bus hears again after being deaf (or after connecting late): what was missed must be repaired. */
-  onHearing(): void;
+  onReconnect(): void;
   /** The bus hears again and has delivered what it missed (a durable log caught up): nothing to repair. */
   onCaughtUp(): void;
 }
@@ -116,7 +116,7 @@ export class BusLink {
       return;
     }
     if (this.#closed) return;
-    this.#peer.onDeaf();
+    this.#peer.onDisconnect();
     this.#scheduleConnect();
   }
 
@@ -131,7 +131,7 @@ export class BusLink {
       this.#channel,
       {
         onMessage: (text) => this.#receive(text),
-        onDisconnect: () => this.#peer.onDeaf(),
+        onDisconnect: () => this.#peer.onDisconnect(),
         onReconnect: () => this.#heard(),
         onCaughtUp: () => this.#heard(false),
         onError: (error, operation) => this.#failed(operation, error),
@@ -157,7 +157,7 @@ export class BusLink {
 
   /** `repair`: false when the bus caught up on what it missed (a first connection made late repairs anyway). */
   #heard(repair = true): void {
-    if (repair || this.#late) this.#peer.onHearing();
+    if (repair || this.#late) this.#peer.onReconnect();
     else this.#peer.onCaughtUp();
     this.#late = false;
     // Hearing the channel again means the server is back: publish without waiting out the breaker.

@@ -87,7 +87,7 @@ export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
       const ns = root.find(scope);
       reported("clear", scope, [], ns === undefined ? 0 : invalidateScope(ns, true), from);
     },
-    onDeaf() {
+    onDisconnect() {
       report.fact("busDisconnect", {});
     },
     /** A durable bus is back and delivered what it missed: nothing to repair. */
@@ -100,7 +100,7 @@ export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
      * before are no longer served as fresh or stale — the next read revalidates (L2, then the
      * loader), keeping them only as fail-safe fallbacks — and loads in flight will not write back.
      */
-    onHearing() {
+    onReconnect() {
       invalidateScope(root, false);
       let entries = 0;
       for (const part of partitionsOf(root)) entries += part.markAllRevalidate();
