@@ -131,8 +131,7 @@ export class Engine {
             const error = new CacheClosedError();
             f.abort(error);
             f.fence();
-            this.#done(f);
-            f.fail(error);
+            this.#finish(f, "error", error);
           }
         },
         release: async () => {
@@ -265,10 +264,10 @@ export class Engine {
   #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
     const running = ns.flights?.get(key);
     if (running !== undefined) {
-      if (running.settled) {
+      if (running.answer === "early") {
         // It answered early with a held value and goes on loading: that answer, while its window lasts.
         if (this.clock.now() < running.staleUntil || sabotage.staleJoin) {
-          this.report.staleHit(ns.label, key, running.servedStale ?? "background", 1);
+          this.report.staleHit(ns.label, key, running.earlyReason!, 1);
           return running.promise;
         }
         // Past that window the held value is too old for anybody (SPEC 4.2): wait for the load itself.
@@ -277,7 +276,7 @@ export class Engine {
         return running.joinLate();
       }
       // Before its L2 read tells hit from miss, the caller is counted with the others there.
-      if (running.loading) this.report.miss(ns.label, key, 1);
+      if (running.phase === "loading") this.report.miss(ns.label, key, 1);
       running.callers++;
       this.#waitFor(running);
       return running.promise;
@@ -316,7 +315,7 @@ export class Engine {
     if (ns.flights?.has(key)) return;
     if (!this.#pool.acquire(ns, key, now)) return;
     const f = this.#flight(ns, key, p, now, fn, self, args);
-    f.pooled = true;
+    f.kind = "refresh";
     this.life.track(this.#run(f));
   }
 
@@ -334,40 +333,35 @@ export class Engine {
             const now = this.clock.now();
             const t = e.times;
             // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
-            if (now < t.fresh && (!f.pooled || held === undefined || t.born > held.born)) {
+            if (now < t.fresh && (f.kind === "load" || held === undefined || t.born > held.born)) {
               this.#fillL1(ns, key, e);
               this.report.hit(ns.label, key, "l2", f.callers);
-              if (f.pooled) this.#pool.succeeded(ns, key);
-              this.#done(f);
-              f.settle(e.value);
+              this.#finish(f, "value", e.value, true);
               return;
             }
             const inL2 = heldValue(e.value, t, p, now, e);
             if (inL2 !== undefined && (held === undefined || inL2.born > held.born)) held = inL2;
-            if (!f.pooled && p.background && inL2 !== undefined && now < inL2.staleEnd) {
+            if (f.kind === "load" && p.background && inL2 !== undefined && now < inL2.staleEnd) {
               // L1 had nothing usable but L2 holds a value in its stale window: serve it, refresh behind it.
               this.#fillL1(ns, key, e);
               this.report.staleHit(ns.label, key, "background", f.callers);
-              f.servedStale = "background";
-              f.staleUntil = inL2.staleEnd;
-              f.settle(e.value);
+              f.answerEarly(e.value, "background", inL2.staleEnd);
               if (!this.#pool.acquire(ns, key, now)) return;
-              f.pooled = true;
+              f.kind = "refresh";
               f.waited = false; // a refresh now: nobody waits for it, unless a caller joins late
             }
           }
         }
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
-      if (!f.clean && (f.settled || f.callers === 0)) return;
-      this.report.miss(ns.label, key, f.settled ? 0 : f.callers);
-      f.loading = true;
+      if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      this.report.miss(ns.label, key, f.answer === "none" ? f.callers : 0);
+      f.phase = "loading";
       await this.#callLoader(f, held);
     } catch (error) {
       // Only a bug gets here; the callers still get an answer.
       this.report.note(undefined, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
-      this.#done(f);
-      f.fail(error);
+      this.#finish(f, "error", error);
     } finally {
       this.#done(f);
       // A scope that holds nothing any more is reclaimed.
@@ -380,13 +374,23 @@ export class Engine {
    * at once starts a new load rather than joining this one) and frees its refresh-pool place.
    */
   #done(f: Flight): void {
+    if (f.phase === "done") return;
+    f.phase = "done";
     const flights = f.ns.flights;
     if (flights?.get(f.key) === f) flights.delete(f.key);
     this.#flights.delete(f);
-    if (f.pooled) {
-      f.pooled = false;
-      this.#pool.release();
-    }
+    if (f.kind === "refresh") this.#pool.release();
+  }
+
+  /**
+   * The one place a flight ends: detached (`#done`), a refresh that brought a value counted, and
+   * whoever still waits answered — with the value, or the error.
+   */
+  #finish(f: Flight, outcome: "value" | "error", result: unknown, refreshed = false): void {
+    if (refreshed && f.kind === "refresh" && f.phase !== "done") this.#pool.succeeded(f.ns, f.key);
+    this.#done(f);
+    if (outcome === "value") f.settle(result);
+    else f.fail(result);
   }
 
   async #callLoader(f: Flight, held: Held | undefined): Promise<void> {
@@ -409,18 +413,16 @@ export class Engine {
       });
       outcome = Promise.race([outcome, timeout]);
     }
-    if (held !== undefined && p.softTimeout > 0 && !f.settled) {
+    if (held !== undefined && p.softTimeout > 0 && f.answer === "none") {
       // The held value answers only while a window allows it: its stale window or its fail-safe window.
       const until = Math.max(held.staleEnd, held.safeEnd);
       f.softTimer = this.clock.setTimeout(
         () => {
           // An invalidation while the loader ran makes the held value unservable.
           // Nobody waits (a refresh started by a stale read): there is nobody to answer early.
-          if (f.settled || !f.clean || !f.waited || this.clock.now() >= until) return;
+          if (f.answer !== "none" || !f.clean || !f.waited || this.clock.now() >= until) return;
           this.report.staleHit(ns.label, key, "softTimeout", f.callers);
-          f.servedStale = "softTimeout";
-          f.staleUntil = until;
-          f.settle(held.value);
+          f.answerEarly(held.value, "softTimeout", until);
           // The load goes on in the background: nobody waits for it now, unless a caller joins late.
           f.waited = false;
           if (f.hardTimer !== undefined) this.clock.keepAlive(f.hardTimer, false);
@@ -446,7 +448,8 @@ export class Engine {
   #loadFailed(f: Flight, error: unknown, held: Held | undefined): void {
     const { ns, key } = f;
     const now = this.clock.now();
-    const refresh = f.pooled;
+    // A refresh still running (one aborted at close has ended already).
+    const refresh = f.kind === "refresh" && f.phase !== "done";
     this.#done(f);
     this.report.fact("loadError", { key, scope: ns.label, error });
     if (refresh) {
@@ -460,14 +463,14 @@ export class Engine {
         this.report.note(undefined, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
       // Those still waiting: every caller, or after an early answer the late joiners.
-      const waiting = f.settled ? f.lateCallers : f.callers;
+      const waiting = f.answer === "early" ? f.lateCallers : f.callers;
       if (waiting > 0) {
         this.report.staleHit(ns.label, key, "failSafe", waiting);
       }
-      f.settle(held.value);
+      this.#finish(f, "value", held.value);
       return;
     }
-    f.fail(error);
+    this.#finish(f, "error", error);
   }
 
   /** Writes a loaded value back: L2 first (conditional on the generation seen), then L1, then peers. */
@@ -475,9 +478,7 @@ export class Engine {
     const { ns, key, policy: p } = f;
     if (value === undefined) {
       // Documented: `undefined` is returned but never cached.
-      if (f.pooled) this.#pool.succeeded(ns, key);
-      this.#done(f);
-      f.settle(undefined);
+      this.#finish(f, "value", undefined, true);
       return;
     }
     if (!f.clean) return this.#discard(f, value, "invalidated");
@@ -509,15 +510,12 @@ export class Engine {
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
     if (published && this.link !== undefined) this.life.track(this.link.publish("update", ns.path, [key], gen));
-    if (f.pooled) this.#pool.succeeded(ns, key);
-    this.#done(f);
-    f.settle(value);
+    this.#finish(f, "value", value, true);
   }
 
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
     this.report.fact("loadDiscarded", { key: f.key, scope: f.ns.label, reason });
-    this.#done(f);
-    f.settle(value);
+    this.#finish(f, "value", value);
   }
 
   /**

@@ -61,12 +61,20 @@ export class Flight extends Fenced {
   readonly fn: Function;
   readonly self: unknown;
   readonly args: unknown[] | undefined;
-  /** Holds a place in the refresh pool. */
-  pooled = false;
-  /** Past its L2 read: the loader is (or was) running. */
-  loading = false;
-  /** Set when the flight answered early with a held value and goes on in the background. */
-  servedStale: "background" | "softTimeout" | undefined = undefined;
+  /**
+   * The state of a flight, in three small parts, each changed in one direction only:
+   * - `kind`: a `load` somebody waits for, or a `refresh` holding a place in the refresh pool (a
+   *   load that answered early from L2's stale value goes on as a refresh);
+   * - `phase`: `reading` L2 → `loading` (the loader runs) → `done` (detached: nothing more is
+   *   written; the engine's `#done` is the one place that sets it, and frees the pool place);
+   * - `answer`: `none` → `early` (a held value was given: `earlyReason`, valid until `staleUntil`;
+   *   the load goes on) → `final`.
+   */
+  kind: "load" | "refresh" = "load";
+  phase: "reading" | "loading" | "done" = "reading";
+  answer: "none" | "early" | "final" = "none";
+  /** Why the flight answered early: a value in its background stale window, or a soft timeout. */
+  earlyReason: "background" | "softTimeout" | undefined = undefined;
   /**
    * Until when that early answer may still be given to callers who join (the end of the window
    * that allowed it); later joiners wait for the load itself (`joinLate`).
@@ -81,7 +89,6 @@ export class Flight extends Fenced {
   softTimer: unknown = undefined;
   /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
   gen: string | undefined = undefined;
-  settled = false;
   controller: AbortController | undefined;
   readonly promise: Promise<unknown>;
   #abortReason: unknown = undefined;
@@ -151,18 +158,32 @@ export class Flight extends Fenced {
     return this.#late.promise;
   }
 
-  /** Answers the callers: the first time everybody waiting; after an early answer, the late joiners. */
+  /** Answered (early or finally): callers who join from now on are not answered by the first answer only. */
+  get settled(): boolean {
+    return this.answer !== "none";
+  }
+
+  /** Answers everybody waiting with a held value (valid until `until`); the load goes on. */
+  answerEarly(value: unknown, reason: "background" | "softTimeout", until: number): void {
+    if (this.answer !== "none") return;
+    this.answer = "early";
+    this.earlyReason = reason;
+    this.staleUntil = until;
+    this.#resolve(value);
+  }
+
+  /** The final answer: everybody waiting, or after an early answer the late joiners. */
   settle(value: unknown): void {
-    if (!this.settled) {
-      this.settled = true;
-      this.#resolve(value);
-    } else this.#late?.resolve(value);
+    if (this.answer === "final") return;
+    if (this.answer === "none") this.#resolve(value);
+    else this.#late?.resolve(value);
+    this.answer = "final";
   }
 
   fail(error: unknown): void {
-    if (!this.settled) {
-      this.settled = true;
-      this.#reject(error);
-    } else this.#late?.reject(error);
+    if (this.answer === "final") return;
+    if (this.answer === "none") this.#reject(error);
+    else this.#late?.reject(error);
+    this.answer = "final";
   }
 }
