@@ -3,6 +3,7 @@ import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "..
 import { BUS_VERSION, decodeMessage, encodeMessage } from "../src/bus/codec.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
+import { ControlledBus } from "./support/buses.js";
 
 function pair(extra: Record<string, unknown> = {}) {
   const bus = new MemoryBus();
@@ -257,30 +258,10 @@ describe("bad and forged bus messages (SPEC 6)", () => {
   });
 });
 
-/** A MemoryBus whose publishing can be made to fail or hang, with the resilience settings it declares. */
-class FlakyBus implements Bus {
-  readonly inner = new MemoryBus();
-  mode: "ok" | "fail" | "hang" = "ok";
-  publishes = 0;
-  constructor(readonly resilience: Bus["resilience"]) {}
-  async connect(channel: string, handlers: BusHandlers) {
-    const conn = await this.inner.connect(channel, handlers);
-    return {
-      publish: (m: string): Promise<void> => {
-        this.publishes++;
-        if (this.mode === "fail") return Promise.reject(new Error("publish failed"));
-        if (this.mode === "hang") return new Promise<void>(() => {});
-        return conn.publish(m);
-      },
-      close: () => conn.close(),
-    };
-  }
-}
-
 describe("publishing when the bus fails (SPEC 5)", () => {
   async function setup() {
     const clock = new FakeClock(0);
-    const bus = new FlakyBus({ timeoutMs: 100, breakerThreshold: 2, breakerCooldownMs: 500 });
+    const bus = new ControlledBus({ timeoutMs: 100, breakerThreshold: 2, breakerCooldownMs: 500 });
     const a = new LayerCache({ bus, clock });
     const b = new LayerCache({ bus, clock });
     await Promise.all([a.ready(), b.ready()]);

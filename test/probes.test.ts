@@ -3,9 +3,10 @@
  * breakers are never a caller's request: they run in the background.
  */
 import { describe, expect, test } from "vitest";
-import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "../src/index.js";
+import { FakeClock, LayerCache } from "../src/index.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
+import { ControlledBus } from "./support/buses.js";
 
 /** A MapStore whose calls hang (never answer) while `hung`. */
 class HangingStore extends MapStore {
@@ -22,24 +23,6 @@ class HangingStore extends MapStore {
   }
 }
 
-/** A MemoryBus whose publishes hang while `hung`. */
-class HangingBus implements Bus {
-  readonly inner = new MemoryBus();
-  hung = false;
-  publishes = 0;
-  readonly resilience = { timeoutMs: 1000, breakerThreshold: 2, breakerCooldownMs: 5000 };
-  async connect(channel: string, handlers: BusHandlers) {
-    const conn = await this.inner.connect(channel, handlers);
-    return {
-      publish: (m: string): Promise<void> => {
-        this.publishes++;
-        return this.hung ? new Promise<void>(() => {}) : conn.publish(m);
-      },
-      close: () => conn.close(),
-    };
-  }
-}
-
 function settledFlag(p: Promise<unknown>) {
   const s = { done: false };
   void p.then(
@@ -52,7 +35,7 @@ function settledFlag(p: Promise<unknown>) {
 async function setup() {
   const clock = new FakeClock(0);
   const store = new HangingStore(() => clock.now());
-  const bus = new HangingBus();
+  const bus = new ControlledBus({ timeoutMs: 1000, breakerThreshold: 2, breakerCooldownMs: 5000 });
   const cache = new LayerCache({ clock, l2: store, bus });
   await cache.ready();
   return { clock, store, bus, cache };
@@ -61,7 +44,8 @@ async function setup() {
 describe("a hung L2 and bus cost a caller one timeout at most", () => {
   test("remove: the L2 timeout, not the L2 timeout plus the bus timeout", async () => {
     const { clock, store, bus, cache } = await setup();
-    store.hung = bus.hung = true;
+    store.hung = true;
+    bus.mode = "hang";
     const removed = settledFlag(cache.remove("k"));
     await flush();
     clock.advance(999);
@@ -75,7 +59,8 @@ describe("a hung L2 and bus cost a caller one timeout at most", () => {
 
   test("set: the same", async () => {
     const { clock, store, bus, cache } = await setup();
-    store.hung = bus.hung = true;
+    store.hung = true;
+    bus.mode = "hang";
     const set = settledFlag(cache.set("k", 1));
     await flush();
     clock.advance(1000);
@@ -88,7 +73,8 @@ describe("a hung L2 and bus cost a caller one timeout at most", () => {
     const opened: string[] = [];
     cache.on("l2CircuitOpen", () => opened.push("open"));
     cache.on("l2CircuitClose", () => opened.push("close"));
-    store.hung = bus.hung = true;
+    store.hung = true;
+    bus.mode = "hang";
     // Each of these waits one timeout; the third one's publish opens the bus breaker too.
     for (let i = 0; i < 3; i++) {
       const p = settledFlag(cache.remove(`k${i}`));
@@ -105,7 +91,11 @@ describe("a hung L2 and bus cost a caller one timeout at most", () => {
       await flush();
       expect(read.done, `read at +${t} ms`).toBe(true);
       expect(remove.done, `remove at +${t} ms`).toBe(true);
-      if (t === 30_000) store.hung = bus.hung = false; // the server comes back
+      if (t === 30_000) {
+        // The server comes back.
+        store.hung = false;
+        bus.mode = "ok";
+      }
       clock.advance(300);
       await flush();
     }

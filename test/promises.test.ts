@@ -7,11 +7,12 @@ import { execFile } from "node:child_process";
 import { resolve } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, test } from "vitest";
-import { FakeClock, LayerCache, LoadTimeoutError, MemoryBus, systemClock, type Bus, type BusHandlers } from "../src/index.js";
+import { FakeClock, LayerCache, LoadTimeoutError, systemClock } from "../src/index.js";
 import { toTimerClock, MAX_TIMER_MS, type TimerClock } from "../src/shared/clock.js";
 import { Deadlines } from "../src/shared/resilience.js";
 import { MapStore } from "./support/map-store.js";
 import { deferred, flush } from "./support/helpers.js";
+import { ControlledBus } from "./support/buses.js";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "..");
@@ -233,32 +234,10 @@ describe("8. prefix obeys the rules of keys", () => {
   });
 });
 
-/** A MemoryBus that can be cut (publishing fails at once) and restored. */
-class CuttableBus implements Bus {
-  readonly inner = new MemoryBus();
-  down = false;
-  hang: ReturnType<typeof deferred<void>> | undefined;
-  readonly resilience = { timeoutMs: 0, breakerThreshold: 0, breakerCooldownMs: 1 };
-  async connect(channel: string, handlers: BusHandlers) {
-    const conn = await this.inner.connect(channel, handlers);
-    return {
-      publish: async (m: string): Promise<void> => {
-        if (this.down) throw new Error("bus down");
-        if (this.hang) {
-          await this.hang.promise;
-          if (this.down) throw new Error("bus down");
-        }
-        return conn.publish(m);
-      },
-      close: () => conn.close(),
-    };
-  }
-}
-
 describe("10. invalidations queued while the bus is down", () => {
   async function setup() {
     const clock = new FakeClock(0);
-    const bus = new CuttableBus();
+    const bus = new ControlledBus({ timeoutMs: 0, breakerThreshold: 0, breakerCooldownMs: 1 });
     const a = new LayerCache({ bus, clock });
     const b = new LayerCache({ bus, clock });
     await Promise.all([a.ready(), b.ready()]);
@@ -268,10 +247,10 @@ describe("10. invalidations queued while the bus is down", () => {
   test("9 000 queued keys all reach the peer once the bus is back", async () => {
     const { clock, bus, a, b } = await setup();
     for (let i = 0; i < 9_000; i++) await b.set(`k${i}`, i);
-    bus.down = true;
+    bus.mode = "fail";
     for (let i = 0; i < 9_000; i++) await a.remove(`k${i}`);
     expect(await b.get("k0")).toBe(0);
-    bus.down = false;
+    bus.mode = "ok";
     for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
     expect(a.stats().busPending).toBe(0);
     let left = 0;
@@ -283,18 +262,18 @@ describe("10. invalidations queued while the bus is down", () => {
     for (const outcome of ["succeeds", "fails"] as const) {
       const { clock, bus, a, b } = await setup();
       for (const k of ["x", "y", "z"]) await b.set(k, 1);
-      bus.down = true;
+      bus.mode = "fail";
       await a.remove("x");
-      bus.down = false;
-      bus.hang = deferred<void>();
+      bus.mode = "ok";
+      bus.gate = deferred<void>();
       await clock.advanceAsync(300); // the retry round starts and hangs in publish
-      bus.hang.resolve();
-      bus.hang = undefined;
-      if (outcome === "fails") bus.down = true;
+      bus.gate.resolve();
+      bus.gate = undefined;
+      if (outcome === "fails") bus.mode = "fail";
       await a.remove("y"); // published directly (or queued when down), while x's republish is on its way
       await flush();
       if (outcome === "fails") expect(await b.get("x")).toBe(1);
-      bus.down = false;
+      bus.mode = "ok";
       for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
       expect(await b.get("x")).toBeUndefined();
       expect(await b.get("y")).toBeUndefined();
@@ -305,16 +284,16 @@ describe("10. invalidations queued while the bus is down", () => {
   test("an invalidation queued while a queued clear is being republished is sent too", async () => {
     const { clock, bus, a, b } = await setup();
     await a.set("k", "v1");
-    bus.down = true;
+    bus.mode = "fail";
     await a.clear();
-    bus.down = false;
-    bus.hang = deferred<void>();
+    bus.mode = "ok";
+    bus.gate = deferred<void>();
     await clock.advanceAsync(300); // the queued clear is on its way (held before delivery)
-    bus.down = true; // a remove now cannot be published directly: it is queued meanwhile
+    bus.mode = "fail"; // a remove now cannot be published directly: it is queued meanwhile
     await a.remove("k");
-    bus.down = false;
-    bus.hang.resolve();
-    bus.hang = undefined;
+    bus.mode = "ok";
+    bus.gate.resolve();
+    bus.gate = undefined;
     await flush();
     expect(await b.getOrSet("k", () => "v1")).toBe("v1"); // b has a copy after the clear
     for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
@@ -324,7 +303,7 @@ describe("10. invalidations queued while the bus is down", () => {
 
   test("failed republishes of a queued clear do not make the pending count drift (the 10 000 bound holds)", async () => {
     const { clock, bus, a } = await setup();
-    bus.down = true;
+    bus.mode = "fail";
     await a.scope("s").clear();
     for (let i = 0; i < 50; i++) await clock.advanceAsync(5_000); // 50 failed retry rounds
     for (let i = 0; i < 10_000; i++) await a.scope("t").remove(`k${i}`);
@@ -334,10 +313,10 @@ describe("10. invalidations queued while the bus is down", () => {
   test("more than 10 000 queued keys collapse into one clear, which reaches the peer", async () => {
     const { clock, bus, a, b } = await setup();
     await b.set("keep?", 1);
-    bus.down = true;
+    bus.mode = "fail";
     for (let i = 0; i < 10_001; i++) await a.remove(`k${i}`);
     expect(a.stats().busPublishesCollapsed).toBe(1);
-    bus.down = false;
+    bus.mode = "ok";
     for (let i = 0; i < 40 && a.stats().busPending > 0; i++) await clock.advanceAsync(500);
     expect(await b.get("keep?")).toBeUndefined();
   });
