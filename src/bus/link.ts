@@ -71,6 +71,8 @@ export class BusLink {
   #late = false;
   /** Keys waiting to be republished, over all scopes (a queued clear counts as one). */
   #pendingKeys = 0;
+  /** Probe publishes under way in the background (close waits for them). */
+  readonly #probes = new Set<Promise<void>>();
   /** How many times the queue collapsed into one clear. */
   #collapses = 0;
 
@@ -196,7 +198,10 @@ export class BusLink {
     }
     // The probe of a half-open breaker goes out in the background: no caller waits for it.
     const sent = this.#sendGuarded(conn!, op, scope, keys, gen, gate === "probe");
-    if (gate === "pass") await sent;
+    if (gate === "pass") return sent;
+    // close() still waits for it (bounded by the publish timeout), as for any publish.
+    this.#probes.add(sent);
+    void sent.then(() => this.#probes.delete(sent));
   }
 
   /** Sends one message; its outcome tells the breaker, and a failed invalidation is queued. */
@@ -214,6 +219,7 @@ export class BusLink {
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#connectTimer !== undefined) this.#clock.clearTimeout(this.#connectTimer);
+    await Promise.all(this.#probes);
     this.#pending.kick();
     await this.#pending.close();
     const conn = this.#conn;

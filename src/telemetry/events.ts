@@ -82,7 +82,7 @@ export class Counters {
   /** Publishes dropped because too many were waiting for retry (replaced by a clear of everything). */
   busPublishesCollapsed = 0;
   l2Errors = 0;
-  /** L2 calls not made because the circuit breaker was open. */
+  /** L2 calls answered at once because the circuit breaker was open (or half-open: a read that draws the probe is answered so too, while the probe goes out in the background). */
   l2ShortCircuits = 0;
   l2CircuitOpens = 0;
   /** Failed L2 writes dropped because too many were waiting for retry. */
