@@ -1,7 +1,6 @@
 import { describe, test } from "vitest";
 import { MemoryBus } from "../../src/index.js";
 import { busContract, FakeClock, l2StoreContract, MemoryStore } from "../../src/testing.js";
-import { MapStore } from "../support/map-store.js";
 
 /** The in-process backends pass the same contract suites as the Redis ones. */
 describe("MemoryStore, expiring on a FakeClock", () => {
@@ -18,12 +17,6 @@ describe("MemoryStore on the real clock", () => {
 describe("MemoryStore with Memcached's limits (250-byte keys, 1 MiB records)", () => {
   const store = new MemoryStore({ limits: { maxKeyBytes: 250, maxRecordBytes: 1024 * 1024 } });
   l2StoreContract(() => store, { describe, test });
-});
-
-describe("the tests' MapStore (no getMany)", () => {
-  const clock = new FakeClock();
-  const store = new MapStore(() => clock.now());
-  l2StoreContract(() => store, { describe, test, advanceTime: (ms) => clock.advance(ms) });
 });
 
 describe("MemoryBus", () => {
