@@ -3,7 +3,7 @@ import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "..
 import { BUS_VERSION, decodeMessage, encodeMessage } from "../src/bus/codec.js";
 import { MapStore } from "./support/map-store.js";
 import { flush } from "./support/helpers.js";
-import { ControlledBus } from "./support/buses.js";
+import { pairOnControlledBus } from "./support/buses.js";
 
 function pair(extra: Record<string, unknown> = {}) {
   const bus = new MemoryBus();
@@ -259,14 +259,7 @@ describe("bad and forged bus messages (SPEC 6)", () => {
 });
 
 describe("publishing when the bus fails (SPEC 5)", () => {
-  async function setup() {
-    const clock = new FakeClock(0);
-    const bus = new ControlledBus({ timeoutMs: 100, breakerThreshold: 2, breakerCooldownMs: 500 });
-    const a = new LayerCache({ bus, clock });
-    const b = new LayerCache({ bus, clock });
-    await Promise.all([a.ready(), b.ready()]);
-    return { clock, bus, a, b };
-  }
+  const setup = () => pairOnControlledBus({ timeoutMs: 100, breakerThreshold: 2, breakerCooldownMs: 500 });
 
   test("a failed invalidation is reported, queued, and republished once the bus works: the peer drops its copy then", async () => {
     const { clock, bus, a, b } = await setup();

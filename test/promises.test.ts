@@ -12,7 +12,7 @@ import { toTimerClock, MAX_TIMER_MS, type TimerClock } from "../src/shared/clock
 import { Deadlines } from "../src/shared/resilience.js";
 import { MapStore } from "./support/map-store.js";
 import { deferred, flush } from "./support/helpers.js";
-import { ControlledBus } from "./support/buses.js";
+import { pairOnControlledBus } from "./support/buses.js";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "..");
@@ -235,14 +235,7 @@ describe("8. prefix obeys the rules of keys", () => {
 });
 
 describe("10. invalidations queued while the bus is down", () => {
-  async function setup() {
-    const clock = new FakeClock(0);
-    const bus = new ControlledBus({ timeoutMs: 0, breakerThreshold: 0, breakerCooldownMs: 1 });
-    const a = new LayerCache({ bus, clock });
-    const b = new LayerCache({ bus, clock });
-    await Promise.all([a.ready(), b.ready()]);
-    return { clock, bus, a, b };
-  }
+  const setup = () => pairOnControlledBus({ timeoutMs: 0, breakerThreshold: 0, breakerCooldownMs: 1 });
 
   test("9 000 queued keys all reach the peer once the bus is back", async () => {
     const { clock, bus, a, b } = await setup();

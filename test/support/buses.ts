@@ -1,4 +1,4 @@
-import { MemoryBus, type Bus, type BusHandlers } from "../../src/index.js";
+import { FakeClock, LayerCache, MemoryBus, type Bus, type BusHandlers } from "../../src/index.js";
 import type { Deferred } from "./helpers.js";
 
 /**
@@ -33,4 +33,14 @@ export class ControlledBus implements Bus {
   #obey(): void {
     if (this.mode === "fail") throw new Error("publish failed");
   }
+}
+
+/** Two caches on one ControlledBus (declaring `resilience`), on one FakeClock at 0, both ready. */
+export async function pairOnControlledBus(resilience: Bus["resilience"]) {
+  const clock = new FakeClock(0);
+  const bus = new ControlledBus(resilience);
+  const a = new LayerCache({ bus, clock });
+  const b = new LayerCache({ bus, clock });
+  await Promise.all([a.ready(), b.ready()]);
+  return { clock, bus, a, b };
 }
