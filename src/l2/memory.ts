@@ -1,4 +1,5 @@
 import { checkOptions } from "../shared/backend-options.js";
+import { overBytes } from "../shared/limits.js";
 import { RecordError, optionError, preview } from "../shared/errors.js";
 import type { L2Store } from "./contract.js";
 import { generationOf } from "./envelope.js";
@@ -106,9 +107,10 @@ export class MemoryStore implements L2Store {
   }
 
   #checkLimits(key: string, record: string): void {
+    // Measured only when the length leaves a doubt (overBytes), as the cache's facades do.
     const maxKey = this.limits?.maxKeyBytes;
-    if (maxKey !== undefined && Buffer.byteLength(key) > maxKey) throw new RecordError(`layercache: MemoryStore key of ${Buffer.byteLength(key)} bytes is over limits.maxKeyBytes (${maxKey})`, { key });
+    if (maxKey !== undefined && overBytes(key, maxKey)) throw new RecordError(`layercache: MemoryStore key of ${Buffer.byteLength(key)} bytes is over limits.maxKeyBytes (${maxKey})`, { key });
     const maxRecord = this.limits?.maxRecordBytes;
-    if (maxRecord !== undefined && Buffer.byteLength(record) > maxRecord) throw new RecordError(`layercache: MemoryStore record of ${Buffer.byteLength(record)} bytes is over limits.maxRecordBytes (${maxRecord})`, { key });
+    if (maxRecord !== undefined && overBytes(record, maxRecord)) throw new RecordError(`layercache: MemoryStore record of ${Buffer.byteLength(record)} bytes is over limits.maxRecordBytes (${maxRecord})`, { key });
   }
 }
