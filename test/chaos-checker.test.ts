@@ -116,7 +116,7 @@ describe("history checker", () => {
     for (const kind of ["server-kill", "server-pause", "listener-kill", "client-kill"]) {
       const fault = [{ kind, start: 19_000, end: 19_500 }];
       const during = check([inside, past], fault, [report()], RULES);
-      expect(during.violations.map((v) => v.detail)).toEqual([expect.stringContaining("during a Redis fault")]);
+      expect(during.violations.map((v) => v.detail)).toEqual([expect.stringContaining("during a server fault")]);
       expect(during.situations.duringFaults).toBe(2);
       expect(during.checkedReads).toBe(0);
       const failSafe = bg(RULES.ttl.bg + RULES.failSafe - 10, { end: 20_030 });
