@@ -26,6 +26,36 @@ function answers(port: number, timeoutMs = 1000): Promise<boolean> {
   });
 }
 
+/**
+ * Sends raw meta-protocol commands (each ending in "\r\n") to `address` and resolves with the
+ * replies as text (everything before the closing no-op's "MN"): how a test looks at what is really
+ * stored, without the client under test.
+ */
+export function metaCommands(address: string, commands: string, timeoutMs = 5000): Promise<string> {
+  const [host, port] = [address.slice(0, address.lastIndexOf(":")), Number(address.slice(address.lastIndexOf(":") + 1))];
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ host, port });
+    let data = "";
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`no reply from ${address}`));
+    }, timeoutMs);
+    sock.on("connect", () => sock.write(commands + "mn\r\n"));
+    sock.on("data", (d) => {
+      data += d.toString("latin1");
+      if (data.endsWith("MN\r\n")) {
+        clearTimeout(timer);
+        sock.destroy();
+        resolve(data.slice(0, -4));
+      }
+    });
+    sock.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
 const live = new Set<MemcachedServer>();
 process.once("exit", () => {
   for (const s of live) s.proc?.kill("SIGKILL");
