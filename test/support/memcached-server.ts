@@ -3,6 +3,7 @@
  * Debian's `memcached` package, installed when missing and the run may).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { ensureBinary, freePort, waitFor } from "./servers.js";
 
@@ -141,6 +142,15 @@ export class MemcachedServer {
   /** SIGSTOP: the server hangs, connections stay open. */
   pause(): void {
     this.proc?.kill("SIGSTOP");
+  }
+
+  /** SIGSTOP, resolving once the process is really stopped (a signal is delivered asynchronously). */
+  async paused(): Promise<void> {
+    this.pause();
+    const pid = this.proc?.pid;
+    if (pid === undefined) return;
+    // Linux: the state after the command name in /proc/<pid>/stat ("T" once stopped).
+    await waitFor(`memcached ${pid} stopped`, async () => /\) T /.test(readFileSync(`/proc/${pid}/stat`, "utf8")), 5_000);
   }
 
   resume(): void {

@@ -11,7 +11,12 @@ interface Pending {
   resolve(reply: Reply): void;
   reject(error: Error): void;
   sentAt: number;
+  /** Its caller got a timeout: the reply, when it comes, is read and dropped. */
+  abandoned: boolean;
 }
+
+/** A connection silent this long while requests wait on it is given up (at least 10 s, or 10 timeouts). */
+const deadAfter = (timeoutMs: number): number => Math.max(10_000, 10 * timeoutMs);
 
 const CRLF = Buffer.from("\r\n");
 /** "VA " */
@@ -21,12 +26,16 @@ const isValueLine = (b: Buffer, at: number): boolean => b[at] === 0x56 && b[at +
  * One TCP connection to one Memcached server, pipelined: requests are written as they come and the
  * server answers them in order, so replies are matched to a FIFO of waiting requests.
  *
- * Never hangs a caller: when the oldest request has waited `timeoutMs` (the connection cannot make
- * progress — a server stopped, a network gone), the socket is destroyed and every waiting request
- * rejects. A closed or failed socket is replaced by a new one on the next request, so a restarted
- * server is used again without anything to do. A reply that shows the stream is out of step
- * (`ERROR`, `CLIENT_ERROR`: the server may now read a data block as a command) resets the
- * connection too, rather than matching later replies to the wrong requests.
+ * Never hangs a caller: a request without a reply after `timeoutMs` rejects. The connection itself
+ * is kept, and later requests are written behind the unanswered ones: a server that was only slow
+ * or stopped for a while (SIGSTOP, a long pause) then runs them all in the order they were sent —
+ * a write that timed out and the removal retried after it reach the server in that order, never
+ * the other way round, as they could on two connections. Only a connection that has been silent
+ * for `deadAfter` while requests wait (a network gone) is destroyed; a closed or failed one is
+ * replaced on the next request, so a restarted server is used again with nothing to do. A reply
+ * that shows the stream is out of step (`ERROR`, `CLIENT_ERROR`: the server may now read a data
+ * block as a command) resets the connection too, rather than matching later replies to the wrong
+ * requests.
  */
 export class Connection {
   readonly label: string;
@@ -41,6 +50,13 @@ export class Connection {
   /** Bytes needed before the next reply can be parsed (a `VA` block not fully received yet). */
   #need = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the timer fires. */
+  #timerAt = 0;
+  /** Queue index up to which requests have timed out (their callers have their error). */
+  #expired = 0;
+  /** Last time bytes came in, or the queue went from empty to waiting. */
+  #progressAt = 0;
+  readonly #deadAfterMs: number;
   #closed = false;
   #drained: (() => void)[] = [];
 
@@ -48,6 +64,7 @@ export class Connection {
     this.#host = host;
     this.#port = port;
     this.#timeoutMs = timeoutMs;
+    this.#deadAfterMs = deadAfter(timeoutMs);
     this.label = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   }
 
@@ -61,8 +78,10 @@ export class Connection {
     return new Promise<Reply>((resolve, reject) => {
       if (this.#closed) return reject(new Error(`layercache/memcached: the connection to ${this.label} is closed`));
       const socket = this.#socket ?? this.#open();
-      this.#queue.push({ resolve, reject, sentAt: Date.now() });
-      if (this.#timer === undefined && this.#timeoutMs > 0) this.#timer = setTimeout(() => this.#checkTimeout(), this.#timeoutMs);
+      const now = Date.now();
+      if (this.pending === 0) this.#progressAt = now;
+      this.#queue.push({ resolve, reject, sentAt: now, abandoned: false });
+      if (this.#timeoutMs > 0 && (this.#timer === undefined || this.#timerAt > now + this.#timeoutMs)) this.#arm(now + this.#timeoutMs);
       socket.write(frame);
     });
   }
@@ -76,13 +95,22 @@ export class Connection {
     return replies;
   }
 
-  /** Waits for the replies still expected (each bounded by the timeout), then closes the socket. */
+  /** Waits for the replies still expected (one timeout at most), then closes the socket. */
   async close(): Promise<void> {
     this.#closed = true;
-    if (this.pending > 0) await new Promise<void>((resolve) => this.#drained.push(resolve));
+    if (this.pending > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.#timeoutMs > 0 ? this.#timeoutMs : 1000);
+        this.#drained.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
     const socket = this.#socket;
-    this.#socket = undefined;
     if (socket === undefined) return;
+    if (this.pending > 0) return this.#fail(socket, new Error("closed with requests unanswered"));
+    this.#socket = undefined;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => socket.destroy(), 1000);
       socket.once("close", () => {
@@ -110,24 +138,41 @@ export class Connection {
     this.#chunks = [];
     this.#buffered = 0;
     this.#need = 0;
-    const waiting = this.#queue.slice(this.#head);
+    const waiting = this.#queue.slice(Math.max(this.#head, this.#expired));
     this.#queue = [];
     this.#head = 0;
+    this.#expired = 0;
     this.#idle();
     const failure = new Error(`layercache/memcached: ${this.label}: ${error.message}`, { cause: error });
     for (const p of waiting) p.reject(failure);
   }
 
-  #checkTimeout(): void {
+  #arm(at: number): ReturnType<typeof setTimeout> {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    return (this.#timer = setTimeout(() => this.#checkTimeouts(), Math.max(0, at - Date.now())));
+  }
+
+  /** Times out the requests that waited too long, gives up a connection silent too long, and arms the next check. */
+  #checkTimeouts(): void {
     this.#timer = undefined;
-    const oldest = this.#queue[this.#head];
-    if (oldest === undefined) return;
-    const waited = Date.now() - oldest.sentAt;
-    if (waited < this.#timeoutMs) {
-      this.#timer = setTimeout(() => this.#checkTimeout(), this.#timeoutMs - waited);
-      return;
+    if (this.pending === 0) return;
+    const now = Date.now();
+    if (now - this.#progressAt >= this.#deadAfterMs && this.#socket !== undefined) {
+      return this.#fail(this.#socket, new Error(`no reply for ${this.#deadAfterMs} ms`));
     }
-    if (this.#socket !== undefined) this.#fail(this.#socket, new Error(`no reply within ${this.#timeoutMs} ms`));
+    let i = Math.max(this.#head, this.#expired);
+    for (; i < this.#queue.length; i++) {
+      const p = this.#queue[i]!;
+      if (now - p.sentAt < this.#timeoutMs) break;
+      p.abandoned = true;
+      p.reject(new Error(`layercache/memcached: ${this.label}: no reply within ${this.#timeoutMs} ms`));
+    }
+    this.#expired = i;
+    const next = this.#queue[i];
+    const timer = this.#arm(next !== undefined ? next.sentAt + this.#timeoutMs : this.#progressAt + this.#deadAfterMs);
+    // Only abandoned requests left: nobody waits for this timer, it must not keep the process alive.
+    if (next === undefined) timer.unref();
   }
 
   /** Nothing is waiting any more: no timer, and whoever waits to close may go on. */
@@ -139,6 +184,7 @@ export class Connection {
 
   #onData(socket: Socket, chunk: Buffer): void {
     if (this.#socket !== socket) return;
+    this.#progressAt = Date.now();
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
     if (this.#buffered < this.#need) return;
@@ -186,16 +232,18 @@ export class Connection {
     if (this.#head === this.#queue.length) {
       this.#queue = [];
       this.#head = 0;
+      this.#expired = 0;
       this.#idle();
     } else if (this.#head >= 1024 && this.#head * 2 >= this.#queue.length) {
       this.#queue = this.#queue.slice(this.#head);
+      this.#expired = Math.max(0, this.#expired - this.#head);
       this.#head = 0;
     }
     if (line === "ERROR" || line.startsWith("CLIENT_ERROR")) {
-      p.reject(new Error(`layercache/memcached: ${this.label} answered ${JSON.stringify(line)}`));
+      if (!p.abandoned) p.reject(new Error(`layercache/memcached: ${this.label} answered ${JSON.stringify(line)}`));
       this.#fail(socket, new Error(`connection reset after the reply ${JSON.stringify(line)}`));
       return;
     }
-    p.resolve(value === undefined ? { line } : { line, value });
+    if (!p.abandoned) p.resolve(value === undefined ? { line } : { line, value });
   }
 }
