@@ -58,6 +58,7 @@ export class Connection {
   #progressAt = 0;
   readonly #deadAfterMs: number;
   #closed = false;
+  #corked = false;
   #drained: (() => void)[] = [];
 
   constructor(host: string, port: number, timeoutMs: number) {
@@ -75,23 +76,38 @@ export class Connection {
 
   /** Sends one request (a command line, with its data block for a store command) and resolves with its reply. */
   request(frame: string): Promise<Reply> {
-    return new Promise<Reply>((resolve, reject) => {
-      if (this.#closed) return reject(new Error(`layercache/memcached: the connection to ${this.label} is closed`));
-      const socket = this.#socket ?? this.#open();
-      const now = Date.now();
-      if (this.pending === 0) this.#progressAt = now;
-      this.#queue.push({ resolve, reject, sentAt: now, abandoned: false });
-      if (this.#timeoutMs > 0 && (this.#timer === undefined || this.#timerAt > now + this.#timeoutMs)) this.#arm(now + this.#timeoutMs);
-      socket.write(frame);
-    });
+    return this.#send(frame, 1)[0]!;
   }
 
   /** Several requests in one write (replies in the same order). */
   requestMany(frames: readonly string[]): Promise<Reply>[] {
-    const socket = this.#closed ? undefined : (this.#socket ?? this.#open());
-    socket?.cork();
-    const replies = frames.map((f) => this.request(f));
-    socket?.uncork();
+    return this.#send(frames.length === 1 ? frames[0]! : frames.join(""), frames.length);
+  }
+
+  /** Writes `text` (`count` requests) and queues a waiting reply for each. */
+  #send(text: string, count: number): Promise<Reply>[] {
+    if (this.#closed) {
+      const error = new Error(`layercache/memcached: the connection to ${this.label} is closed`);
+      return Array.from({ length: count }, () => Promise.reject(error));
+    }
+    const socket = this.#socket ?? this.#open();
+    const now = Date.now();
+    if (this.pending === 0) this.#progressAt = now;
+    const replies = new Array<Promise<Reply>>(count);
+    for (let i = 0; i < count; i++) {
+      replies[i] = new Promise<Reply>((resolve, reject) => void this.#queue.push({ resolve, reject, sentAt: now, abandoned: false }));
+    }
+    if (this.#timeoutMs > 0 && (this.#timer === undefined || this.#timerAt > now + this.#timeoutMs)) this.#arm(now + this.#timeoutMs);
+    // Requests of one tick leave in one write (one packet, one read on the server), not one each.
+    if (!this.#corked) {
+      this.#corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        this.#corked = false;
+        socket.uncork();
+      });
+    }
+    socket.write(text);
     return replies;
   }
 
