@@ -156,7 +156,7 @@ describe("npm pack output", () => {
       const bus = new MemoryBus();
       const opts = () => ({ prefix: "pack-${file}", l2: new MemcachedStore({ servers: ${JSON.stringify(servers)} }), bus });
       const a = new LayerCache(opts()); const b = new LayerCache(opts());
-      const odd = "a key with spaces, ünïcødé and a line\nbreak " + "x".repeat(300);
+      const odd = "a key with spaces, ünïcødé and a line\\nbreak " + "x".repeat(300);
       await a.set("k", { n: 1 }); await a.set(odd, "odd", { ttl: "40d" });
       const seen = [await b.get("k"), await b.get(odd)];
       await a.remove("k");
