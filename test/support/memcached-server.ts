@@ -2,30 +2,8 @@
  * memcached processes for the tests and benchmarks, on free loopback ports (the binary comes from
  * Debian's `memcached` package, installed when missing and the run may).
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { createConnection } from "node:net";
-import { ensureBinary, freePort, waitFor } from "./servers.js";
-
-/** Sends one meta no-op and resolves when the server answers it. */
-function answers(port: number, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = createConnection({ host: "127.0.0.1", port });
-    let data = "";
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    sock.on("connect", () => sock.write("mn\r\n"));
-    sock.on("data", (d) => {
-      data += d.toString();
-      if (data.includes("MN\r\n")) done(true);
-    });
-    sock.on("error", () => done(false));
-  });
-}
+import { ensureBinary, ServerProcess, type ServerLaunch } from "./servers.js";
 
 /**
  * Sends raw meta-protocol commands (each ending in "\r\n") to `address` and resolves with the
@@ -57,11 +35,6 @@ export function metaCommands(address: string, commands: string, timeoutMs = 5000
   });
 }
 
-const live = new Set<MemcachedServer>();
-process.once("exit", () => {
-  for (const s of live) s.proc?.kill("SIGKILL");
-});
-
 export interface MemcachedServerOptions {
   /** Memory for items in MiB (`-m`), default 64. */
   memoryMb?: number;
@@ -70,30 +43,17 @@ export interface MemcachedServerOptions {
 }
 
 /** One memcached process on 127.0.0.1, that a test may kill, restart, pause and resume. */
-export class MemcachedServer {
-  readonly port: number;
+export class MemcachedServer extends ServerProcess {
   readonly #options: MemcachedServerOptions;
-  proc: ChildProcess | undefined;
-  #exit: string | undefined;
 
   private constructor(port: number, options: MemcachedServerOptions) {
-    this.port = port;
+    super(port);
     this.#options = options;
   }
 
-  /** Starts a server on a free port (three tries, should another process take the port first). */
-  static async start(options: MemcachedServerOptions = {}): Promise<MemcachedServer> {
-    for (let attempt = 1; ; attempt++) {
-      const server = new MemcachedServer(await freePort(), options);
-      try {
-        await server.#spawn();
-        return server;
-      } catch (error) {
-        const exitedEarly = server.#exit !== undefined;
-        await server.stop();
-        if (attempt >= 3 || !exitedEarly) throw error;
-      }
-    }
+  /** Starts a server on a free port. */
+  static start(options: MemcachedServerOptions = {}): Promise<MemcachedServer> {
+    return ServerProcess.startWith((port) => new MemcachedServer(port, options));
   }
 
   /** `host:port`, as `MemcachedStore({ servers })` takes it. */
@@ -101,65 +61,13 @@ export class MemcachedServer {
     return `127.0.0.1:${this.port}`;
   }
 
-  async #spawn(): Promise<void> {
+  protected launch(): ServerLaunch {
     const bin = ensureBinary("memcached", "memcached");
     const args = ["-l", "127.0.0.1", "-p", String(this.port), "-U", "0", "-m", String(this.#options.memoryMb ?? 64), "-c", "4096"];
     if (this.#options.maxItemSize !== undefined) args.push("-I", this.#options.maxItemSize);
     if (process.getuid?.() === 0) args.push("-u", "root"); // memcached refuses to run as root without it
-    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
-    this.proc = proc;
-    this.#exit = undefined;
-    live.add(this);
-    let stderr = "";
-    proc.stderr?.on("data", (d) => (stderr += d.toString()));
-    proc.once("exit", (code, signal) => {
-      if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
-    });
-    await waitFor(
-      () => `memcached on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
-      () => answers(this.port),
-      15_000,
-      () => this.#exit,
-    );
-  }
-
-  /** Kills the process (SIGKILL by default) and waits for it to be gone. */
-  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    proc.kill(signal);
-    await gone;
-    this.proc = undefined;
-  }
-
-  /** Starts the server again on the same port, empty (memcached keeps nothing). */
-  async restart(): Promise<void> {
-    await this.kill();
-    await this.#spawn();
-  }
-
-  /** SIGSTOP: the server hangs, connections stay open. */
-  pause(): void {
-    this.proc?.kill("SIGSTOP");
-  }
-
-  /** SIGSTOP, resolving once the process is really stopped (a signal is delivered asynchronously). */
-  async paused(): Promise<void> {
-    this.pause();
-    const pid = this.proc?.pid;
-    if (pid === undefined) return;
-    // Linux: the state after the command name in /proc/<pid>/stat ("T" once stopped).
-    await waitFor(`memcached ${pid} stopped`, async () => /\) T /.test(readFileSync(`/proc/${pid}/stat`, "utf8")), 5_000);
-  }
-
-  resume(): void {
-    this.proc?.kill("SIGCONT");
-  }
-
-  async stop(): Promise<void> {
-    this.resume();
-    await this.kill("SIGTERM");
-    live.delete(this);
+    // Ready when *this* process answers (not another one that took the port): compare the pid.
+    const ready = async (pid: number) => (await metaCommands(this.address, "stats\r\n", 1000)).includes(`STAT pid ${pid}\r\n`);
+    return { bin, args, name: `memcached on port ${this.port}`, ready };
   }
 }
