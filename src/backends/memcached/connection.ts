@@ -61,12 +61,18 @@ export class Connection {
   #corked = false;
   #drained: (() => void)[] = [];
 
-  constructor(host: string, port: number, timeoutMs: number) {
+  /** `deadAfterMs`: see `deadAfter` (a test may shorten it). */
+  constructor(host: string, port: number, timeoutMs: number, deadAfterMs = deadAfter(timeoutMs)) {
     this.#host = host;
     this.#port = port;
     this.#timeoutMs = timeoutMs;
-    this.#deadAfterMs = deadAfter(timeoutMs);
+    this.#deadAfterMs = deadAfterMs;
     this.label = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  }
+
+  /** Whether a socket is open (or opening). */
+  get open(): boolean {
+    return this.#socket !== undefined;
   }
 
   /** Requests waiting for their reply. */
