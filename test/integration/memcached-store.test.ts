@@ -204,7 +204,9 @@ describe("options", () => {
       [{ servers: "host:port:x" }, /"servers" has "host:port:x"/],
       [{ servers: "h:70000" }, /"servers" has/],
       [{ servers: ["a:1", "a:1"] }, /"servers" names a:1 twice/],
-      [{ servers: [1] }, /"servers" must be "host:port" strings/],
+      [{ servers: [1] }, /"servers" must be "host:port" strings or \{ host, port \}/],
+      [{ servers: [{ host: "a", port: "1" }] }, /"servers" has \{ host: "a", port: "1" \}/],
+      [{ servers: [{ host: "a", prot: 1 }] }, /"servers\[\].prot" is not a server option/],
       [{ servers, maxItemSize: 100 }, /"maxItemSize" must be/],
       [{ servers, timeout: -1 }, /"timeout"/],
       [{ servers, circuitBreaker: { treshold: 1 } }, /"circuitBreaker.treshold"/],
@@ -217,6 +219,7 @@ describe("options", () => {
 
   test("accepted forms of servers, and the limits declared", () => {
     expect(new MemcachedClient({ servers: "a, b:1,[::1]:11212, memcached://c:2" }).servers).toEqual(["a:11211", "b:1", "[::1]:11212", "c:2"]);
+    expect(new MemcachedClient({ servers: [{ host: "a" }, { host: "::1", port: 2 }, "b:3"] }).servers).toEqual(["a:11211", "[::1]:2", "b:3"]);
     expect(new MemcachedStore({ servers }).limits).toEqual({ maxKeyBytes: 250, maxRecordBytes: 1024 * 1024 - 512 });
     expect(new MemcachedStore({ servers, maxItemSize: 4 * 1024 * 1024 }).limits.maxRecordBytes).toBe(4 * 1024 * 1024 - 512);
     expect(new MemcachedStore({ servers, timeout: "250ms", circuitBreaker: { threshold: 2, cooldown: "1s" } }).resilience).toEqual({ timeoutMs: 250, breakerThreshold: 2, breakerCooldownMs: 1000 });

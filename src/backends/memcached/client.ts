@@ -5,10 +5,10 @@ import { Ring } from "./ring.js";
 
 export interface MemcachedClientOptions {
   /**
-   * The servers: `"host:port"` (port 11211 when left out; IPv6 as `"[::1]:11211"`), several of them
-   * in an array or separated by commas. Keys are spread over them by consistent hashing.
+   * The servers: `"host:port"` (port 11211 when left out; IPv6 as `"[::1]:11211"`) or `{ host, port }`,
+   * several of them in an array (or separated by commas). Keys are spread over them by consistent hashing.
    */
-  servers: string | readonly string[];
+  servers: string | readonly (string | { host: string; port?: number })[];
   /**
    * A request waiting longer for its reply fails, and the connection it waits on is reset (every
    * request waiting on it fails too): a server that stopped answering never hangs a caller. Also
@@ -45,7 +45,14 @@ interface Address {
 }
 
 function parseServer(text: unknown): Address {
-  if (typeof text !== "string") throw optionError("servers", `must be "host:port" strings (got ${preview(text)})`);
+  if (text !== null && typeof text === "object" && !Array.isArray(text)) {
+    const { host, port = DEFAULT_PORT } = checkOptions(text as { host?: unknown; port?: unknown }, ["host", "port"], "server", "servers[]");
+    if (typeof host !== "string" || host === "" || !Number.isInteger(port) || (port as number) < 1 || (port as number) > 65535) {
+      throw optionError("servers", `has { host: ${preview(host)}, port: ${preview(port)} }, which is not a host and a port`);
+    }
+    return { host: host.replace(/^\[(.*)\]$/, "$1"), port: port as number };
+  }
+  if (typeof text !== "string") throw optionError("servers", `must be "host:port" strings or { host, port } (got ${preview(text)})`);
   const s = text.trim().replace(/^memcached:\/\//, "");
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]/]+))(?::(\d{1,5}))?$/.exec(s);
   const port = m?.[3] === undefined ? DEFAULT_PORT : Number(m[3]);

@@ -1,5 +1,5 @@
 import { RecordError, checkOptions, generationOf, optionError, parseResilience, preview, type CircuitBreakerOptions, type Duration, type L2Limits, type L2Resilience, type L2Store } from "../../backend.js";
-import { MemcachedClient, MemcachedServerError } from "./client.js";
+import { MemcachedClient, MemcachedServerError, type MemcachedClientOptions } from "./client.js";
 import { MEMCACHED_MAX_KEY_BYTES } from "./keys.js";
 import { exptime } from "./ttl.js";
 
@@ -7,7 +7,7 @@ export interface MemcachedStoreOptions {
   /** A `MemcachedClient` you made (and close yourself), to share its connections. */
   client?: MemcachedClient;
   /** Alternatively, the servers (`"host:port"`, or several): the store opens and closes its own connections. */
-  servers?: string | readonly string[];
+  servers?: MemcachedClientOptions["servers"];
   /** An L2 call taking longer counts as failed (and with `servers`, a request waiting longer resets its connection). Default `"1s"`; `0` disables. */
   timeout?: Duration;
   /** Circuit breaker: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"5s"`). */
