@@ -1,0 +1,281 @@
+import { randomBytes } from "node:crypto";
+import { Heartbeat, checkOptions, optionError, parseDuration, parseResilience, systemClock, type Bus, type BusConnection, type BusContext, type BusHandlers, type BusLimits, type BusResilience, type CircuitBreakerOptions, type Duration, type TimerClock } from "../../backend.js";
+import { CONNECTION_OPTIONS, MAX_IDENTIFIER_BYTES, checkPool, connectionSettings, digest, headOfBytes, loadPg, quoteIdent, type PgClient, type PgConnectionOptions, type PgModule } from "./pg.js";
+
+export interface PostgresBusOptions extends PgConnectionOptions {
+  /**
+   * A `pg.Pool` whose connection settings the bus reuses (`pool.options`) to open a connection of
+   * its own: LISTEN needs one session for as long as it listens, so the bus never listens or
+   * publishes through a pooled connection. The pool itself is not used, nor closed.
+   */
+  pool?: unknown;
+  /**
+   * How often the bus checks that it still hears its channel, by notifying a channel of its own
+   * and waiting for the notification to come back. A probe that fails, or comes back late, means the
+   * connection is dead (a half-open TCP connection, a backend killed without a word): it is replaced
+   * and the cache repairs its L1. Default `"2s"`; must be positive.
+   */
+  heartbeat?: Duration;
+  /** A publish taking longer counts as failed and is retried. Default `"1s"`. */
+  timeout?: Duration;
+  /** Circuit breaker on publishing: consecutive failures before it opens (default 3; `0` disables), and how long it stays open (default `"1s"`). */
+  circuitBreaker?: CircuitBreakerOptions;
+  /** First wait before reconnecting a lost connection; it doubles on each failed attempt. Default `"100ms"`. */
+  reconnectDelay?: Duration;
+  /** Longest wait between reconnection attempts. Default `"5s"`. */
+  maxReconnectDelay?: Duration;
+}
+
+const KNOWN = ["pool", "heartbeat", "timeout", "circuitBreaker", "reconnectDelay", "maxReconnectDelay", ...CONNECTION_OPTIONS];
+
+/**
+ * NOTIFY's payload must be shorter than 8000 bytes (in the default build of PostgreSQL): the
+ * cache splits invalidations into messages that fit.
+ */
+export const POSTGRES_MAX_NOTIFY_BYTES = 7999;
+
+/**
+ * The channel PostgreSQL is asked to LISTEN to for the cache's `channel`: the same text when it
+ * fits in an identifier (63 bytes), else its head and a digest of the whole — deterministic, so
+ * every instance maps a long channel the same way (PostgreSQL would cut it silently on LISTEN and
+ * refuse it in pg_notify).
+ */
+export function postgresChannel(channel: string): string {
+  if (Buffer.byteLength(channel) <= MAX_IDENTIFIER_BYTES) return channel;
+  const tail = `#${digest(channel, 16)}`;
+  return headOfBytes(channel, MAX_IDENTIFIER_BYTES - tail.length) + tail;
+}
+
+/**
+ * Invalidation bus on PostgreSQL LISTEN/NOTIFY. Each connection of the bus is one dedicated
+ * PostgreSQL session (never a pooled one, which PgBouncer in transaction mode would hand to
+ * someone else between statements, dropping the LISTEN): it LISTENs to the channel and publishes
+ * with `pg_notify` in a statement of its own, outside any transaction of the application, so a
+ * message is sent at once and never rolled back. Notifications from its own session are ignored.
+ *
+ * A lost session (a server restart, `pg_terminate_backend`, a network failure, or silence found by
+ * the heartbeat) is reported to the cache, which stops trusting L1; the bus reconnects with
+ * exponential backoff, LISTENs again, and reports the gap once it hears again (the cache repairs
+ * L1: NOTIFY keeps nothing for a session that was away).
+ */
+export class PostgresBus implements Bus {
+  readonly resilience: BusResilience;
+  readonly limits: BusLimits = { maxMessageBytes: POSTGRES_MAX_NOTIFY_BYTES };
+  readonly #settings: Record<string, unknown> | undefined;
+  readonly #pool: { options?: Record<string, unknown> } | undefined;
+  readonly #heartbeatMs: number;
+  readonly #reconnectMs: number;
+  readonly #maxReconnectMs: number;
+
+  constructor(options: PostgresBusOptions) {
+    if (options === null || typeof options !== "object") throw new TypeError("layercache/postgres: PostgresBus needs options: connection settings ({ connectionString } …) or { pool }");
+    checkOptions(options, KNOWN, "PostgresBus");
+    this.#settings = connectionSettings(options as Record<string, unknown>);
+    if ((options.pool === undefined) === (this.#settings === undefined)) throw optionError("pool", "or connection settings (`connectionString`, or `host`, `port` …) must be given (exactly one of them)");
+    if (options.pool !== undefined) this.#pool = checkPool(options.pool);
+    this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
+    if (!(this.#heartbeatMs > 0)) throw optionError("heartbeat", "must be a positive duration");
+    this.#reconnectMs = options.reconnectDelay === undefined ? 100 : parseDuration("reconnectDelay", options.reconnectDelay, false);
+    if (!(this.#reconnectMs > 0)) throw optionError("reconnectDelay", "must be a positive duration");
+    this.#maxReconnectMs = options.maxReconnectDelay === undefined ? 5000 : parseDuration("maxReconnectDelay", options.maxReconnectDelay, false);
+    if (!(this.#maxReconnectMs >= this.#reconnectMs)) throw optionError("maxReconnectDelay", "must be at least reconnectDelay");
+    this.resilience = parseResilience(options.timeout, options.circuitBreaker, 1000);
+  }
+
+  async connect(channel: string, handlers: BusHandlers, context?: BusContext): Promise<BusConnection> {
+    const pg = await loadPg();
+    const settings = this.#settings ?? { ...this.#pool!.options, application_name: "layercache" };
+    // A pool's own limits and timeouts mean nothing for one session kept open.
+    for (const k of ["max", "min", "idleTimeoutMillis", "maxUses", "maxLifetimeSeconds", "allowExitOnIdle", "log", "Client", "Promise"]) delete settings[k];
+    const listener = new Listener(pg, settings, postgresChannel(channel), handlers, context?.clock ?? systemClock, {
+      heartbeatMs: this.#heartbeatMs,
+      reconnectMs: this.#reconnectMs,
+      maxReconnectMs: this.#maxReconnectMs,
+    });
+    await listener.start();
+    return { publish: (message) => listener.publish(message), close: () => listener.stop() };
+  }
+}
+
+interface Timing {
+  heartbeatMs: number;
+  reconnectMs: number;
+  maxReconnectMs: number;
+}
+
+/** One connection of the bus: a session that LISTENs and publishes, replaced whenever it is lost. */
+class Listener {
+  readonly #pg: PgModule;
+  readonly #settings: Record<string, unknown>;
+  readonly #channel: string;
+  /** Where heartbeat probes go: a channel of this connection alone. */
+  readonly #echo: string;
+  readonly #handlers: BusHandlers;
+  readonly #clock: TimerClock;
+  readonly #t: Timing;
+  /** The session in use, while it is usable. */
+  #client: PgClient | undefined;
+  #pid: number | undefined;
+  #heartbeat: Heartbeat | undefined;
+  /** The cache was told the bus is deaf (and not yet that it hears again). */
+  #down = false;
+  #stopped = false;
+  #retryTimer: unknown;
+  #retryDelay: number;
+  #reconnecting: Promise<void> | undefined;
+
+  constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing) {
+    this.#pg = pg;
+    this.#settings = settings;
+    this.#channel = channel;
+    this.#echo = `layercache:echo:${randomBytes(8).toString("hex")}`;
+    this.#handlers = handlers;
+    this.#clock = clock;
+    this.#t = timing;
+    this.#retryDelay = timing.reconnectMs;
+  }
+
+  /** The first session: resolves once it listens, rejects (closing it) when it cannot. */
+  async start(): Promise<void> {
+    const client = await this.#open();
+    this.#use(client);
+  }
+
+  /** `pg_notify` on the session; rejects at once while there is none (the cache retries it). */
+  publish(message: string): Promise<void> {
+    const client = this.#client;
+    if (client === undefined) return Promise.reject(new Error(this.#stopped ? "layercache/postgres: the bus connection is closed" : "layercache/postgres: the bus is reconnecting to PostgreSQL"));
+    return client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [this.#channel, message] }).then(() => undefined);
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#heartbeat?.stop();
+    if (this.#retryTimer !== undefined) this.#clock.clearTimeout(this.#retryTimer);
+    const client = this.#client;
+    this.#client = undefined;
+    await this.#reconnecting?.catch(() => {});
+    if (client) await closeClient(client);
+  }
+
+  /** A new session that listens to the channel and the echo channel. */
+  async #open(): Promise<PgClient> {
+    const client = new this.#pg.Client(this.#settings);
+    // Until it is in use, errors of a session are only a failed attempt (the rejection says it).
+    client.on("error", () => {});
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${quoteIdent(this.#channel)}; LISTEN ${quoteIdent(this.#echo)}`);
+    } catch (error) {
+      await closeClient(client);
+      throw error;
+    }
+    return client;
+  }
+
+  /** Makes `client` the session in use, with a heartbeat of its own. */
+  #use(client: PgClient): void {
+    this.#client = client;
+    this.#pid = client.processID ?? undefined;
+    client.on("notification", (n: { processId?: number; channel: string; payload?: string }) => {
+      if (this.#client !== client) return;
+      if (n.channel === this.#echo) this.#heartbeat?.heard(Number(n.payload));
+      // Its own messages come back to a session that listens: the cache would ignore them anyway.
+      else if (n.channel === this.#channel && n.processId !== this.#pid) this.#handlers.onMessage(n.payload ?? "");
+    });
+    client.on("error", (error: unknown) => this.#lost(client, error));
+    client.on("end", () => this.#lost(client));
+    // A new heartbeat per session: a probe sent on a lost session must not count against this one.
+    const heartbeat: Heartbeat = new Heartbeat({
+      clock: this.#clock,
+      intervalMs: this.#t.heartbeatMs,
+      probe: (n) => (this.#client === client ? client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [this.#echo, String(n)] }) : Promise.reject(new Error("replaced"))),
+      onLost: () => this.#deaf(),
+      onRegained: () => this.#hears(),
+      // The probe was sent but never came back: the session is silently dead.
+      onSilence: () => this.#lost(client, new Error("layercache/postgres: the LISTEN session stopped hearing its heartbeat: replacing it")),
+      onError: (error) => this.#handlers.onError(error, "heartbeat"),
+    });
+    this.#heartbeat?.stop();
+    this.#heartbeat = heartbeat;
+    heartbeat.start();
+  }
+
+  #deaf(): void {
+    if (this.#down || this.#stopped) return;
+    this.#down = true;
+    this.#handlers.onDisconnect();
+  }
+
+  #hears(): void {
+    if (!this.#down || this.#stopped) return;
+    this.#down = false;
+    this.#handlers.onReconnect();
+  }
+
+  /** The session `client` is lost (once per session): report the gap, drop it and reconnect. */
+  #lost(client: PgClient, error?: unknown): void {
+    if (this.#client !== client || this.#stopped) return;
+    this.#client = undefined;
+    this.#heartbeat?.stop();
+    this.#heartbeat = undefined;
+    if (error !== undefined) this.#handlers.onError(error, "subscribe");
+    this.#deaf();
+    void closeClient(client);
+    this.#retryDelay = this.#t.reconnectMs;
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#stopped) return;
+    // Jittered, so that instances that lost the server together do not return in lockstep.
+    const delay = this.#retryDelay * (0.75 + Math.random() * 0.5);
+    this.#retryTimer = this.#clock.setTimeout(
+      () => {
+        this.#retryTimer = undefined;
+        this.#reconnecting = this.#reconnect().finally(() => (this.#reconnecting = undefined));
+      },
+      delay,
+      true,
+    );
+  }
+
+  async #reconnect(): Promise<void> {
+    if (this.#stopped) return;
+    let client: PgClient;
+    try {
+      client = await this.#open();
+    } catch (error) {
+      if (this.#stopped) return;
+      this.#handlers.onError(error, "reconnect");
+      this.#retryDelay = Math.min(this.#retryDelay * 2, this.#t.maxReconnectMs);
+      this.#scheduleReconnect();
+      return;
+    }
+    if (this.#stopped) {
+      await closeClient(client);
+      return;
+    }
+    this.#use(client);
+    // It listens: every message published from now on is delivered; what came in between was missed.
+    this.#hears();
+  }
+}
+
+/** Ends a session without waiting on a dead server for long, and without an error escaping. */
+async function closeClient(client: PgClient): Promise<void> {
+  client.removeAllListeners("notification");
+  client.on("error", () => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, 1000);
+    timer.unref?.();
+  });
+  try {
+    await Promise.race([client.end().catch(() => {}), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+  // Still open after a second (a hung server): drop the socket.
+  (client as { connection?: { stream?: { destroy?(): void } } }).connection?.stream?.destroy?.();
+}
