@@ -194,7 +194,9 @@ class Listener {
       onRegained: () => this.#hears(),
       // The probe was sent but never came back: the session is silently dead.
       onSilence: () => this.#lost(client, new Error("layercache/postgres: the LISTEN session stopped hearing its heartbeat: replacing it")),
-      onError: (error) => this.#handlers.onError(error, "heartbeat"),
+      // The probe (a pg_notify on this very session) failed or hung for an interval: the session
+      // cannot be trusted (a backend stopped, a half-open connection): replace it.
+      onError: (error) => this.#lost(client, error),
     });
     this.#heartbeat?.stop();
     this.#heartbeat = heartbeat;
