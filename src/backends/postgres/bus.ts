@@ -123,6 +123,8 @@ class Listener {
   #retryTimer: unknown;
   #retryDelay: number;
   #reconnecting: Promise<void> | undefined;
+  /** The last statement sent on the session in use (see `#notify`). */
+  #queue: Promise<unknown> = Promise.resolve();
 
   constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing) {
     this.#pg = pg;
@@ -145,7 +147,18 @@ class Listener {
   publish(message: string): Promise<void> {
     const client = this.#client;
     if (client === undefined) return Promise.reject(new Error(this.#stopped ? "layercache/postgres: the bus connection is closed" : "layercache/postgres: the bus is reconnecting to PostgreSQL"));
-    return client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [this.#channel, message] }).then(() => undefined);
+    return this.#notify(client, this.#channel, message);
+  }
+
+  /**
+   * `pg_notify` on `client`, after the statements already sent on it: one at a time, as pg wants
+   * (it deprecates queueing on a busy client). A hung statement holds the ones behind it, the
+   * heartbeat's probe too, which is how a hung session is found.
+   */
+  #notify(client: PgClient, channel: string, payload: string): Promise<void> {
+    const run = this.#queue.then(() => client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [channel, payload] }));
+    this.#queue = run.catch(() => {});
+    return run.then(() => undefined);
   }
 
   async stop(): Promise<void> {
@@ -176,6 +189,7 @@ class Listener {
   /** Makes `client` the session in use, with a heartbeat of its own. */
   #use(client: PgClient): void {
     this.#client = client;
+    this.#queue = Promise.resolve();
     this.#pid = client.processID ?? undefined;
     client.on("notification", (n: { processId?: number; channel: string; payload?: string }) => {
       if (this.#client !== client) return;
@@ -189,7 +203,7 @@ class Listener {
     const heartbeat: Heartbeat = new Heartbeat({
       clock: this.#clock,
       intervalMs: this.#t.heartbeatMs,
-      probe: (n) => (this.#client === client ? client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [this.#echo, String(n)] }) : Promise.reject(new Error("replaced"))),
+      probe: (n) => (this.#client === client ? this.#notify(client, this.#echo, String(n)) : Promise.reject(new Error("replaced"))),
       onLost: () => this.#deaf(),
       onRegained: () => this.#hears(),
       // The probe was sent but never came back: the session is silently dead.

@@ -1,5 +1,5 @@
 import { RECORD_VERSION, RecordError, checkOptions, optionError, parseDuration, parseResilience, preview, systemClock, type CircuitBreakerOptions, type Duration, type L2Limits, type L2Resilience, type L2Store, type TimerClock } from "../../backend.js";
-import { CONNECTION_OPTIONS, checkIdentifier, checkPool, connectionSettings, digest, loadPg, quoteIdent, type PgConnectionOptions, type PgPool, type PgQuery } from "./pg.js";
+import { CONNECTION_OPTIONS, checkIdentifier, checkPool, connectionSettings, digest, loadPg, quoteIdent, type PgConnectionOptions, type PgPool, type PgQuery, type PgResult } from "./pg.js";
 
 export interface PostgresTableOptions {
   /** Schema of the table (created when missing, unless it is `public`). Default `"public"`. */
@@ -48,6 +48,9 @@ const KNOWN = ["pool", "max", "schema", "table", "unlogged", "createTable", "pru
 
 /** Longest table name: its index is named `<table>_expires_at` (63 bytes at most). */
 const MAX_TABLE_BYTES = 54;
+
+/** SQLSTATE of "relation does not exist". */
+const UNDEFINED_TABLE = "42P01";
 
 /** Statements one prune round runs at most (the next round goes on). */
 const PRUNE_ROUND_STATEMENTS = 10;
@@ -208,7 +211,7 @@ export class PostgresStore implements L2Store {
 
   get(key: string): Promise<string | null> {
     if (holdsNul(key)) return Promise.reject(nulError(key, "the key"));
-    const run = (pool: PgPool): Promise<string | null> => pool.query({ ...this.#q.get, values: [key] }).then((r) => (r.rows.length === 0 ? null : (r.rows[0]!.record as string)));
+    const run = (pool: PgPool): Promise<string | null> => this.#query(pool, this.#q.get, [key]).then((r) => (r.rows.length === 0 ? null : (r.rows[0]!.record as string)));
     const p = this.#usable;
     return p !== undefined ? run(p) : this.#ready().then(run);
   }
@@ -219,7 +222,7 @@ export class PostgresStore implements L2Store {
     const run = async (pool: PgPool): Promise<(string | null | RecordError)[]> => {
       const found = new Map<string, string>();
       if (asked.length > 0) {
-        const r = await pool.query({ ...this.#q.getMany, values: [asked] });
+        const r = await this.#query(pool, this.#q.getMany, [asked]);
         for (const row of r.rows) found.set(row.key as string, row.record as string);
       }
       return keys.map((k) => found.get(k) ?? (holdsNul(k) ? nulError(k, "the key") : null));
@@ -234,10 +237,10 @@ export class PostgresStore implements L2Store {
     const pool = this.#usable ?? (await this.#ready());
     const ttl = ttlParam(ttlMs);
     if (ifGeneration === undefined) {
-      await pool.query({ ...this.#q.set, values: [key, record, ttl] });
+      await this.#query(pool, this.#q.set, [key, record, ttl]);
       return true;
     }
-    const r = ifGeneration === "" ? await pool.query({ ...this.#q.casMissing, values: [key, record, ttl] }) : await pool.query({ ...this.#q.cas, values: [key, record, ttl, ifGeneration] });
+    const r = ifGeneration === "" ? await this.#query(pool, this.#q.casMissing, [key, record, ttl]) : await this.#query(pool, this.#q.cas, [key, record, ttl, ifGeneration]);
     return r.rowCount === 1;
   }
 
@@ -252,7 +255,7 @@ export class PostgresStore implements L2Store {
         const pool = await this.#ready();
         let total = 0;
         for (let i = 0; i < PRUNE_ROUND_STATEMENTS && !this.#closed; i++) {
-          const r = await pool.query({ ...this.#q.prune, values: [this.#pruneBatch] });
+          const r = await this.#query(pool, this.#q.prune, [this.#pruneBatch]);
           total += r.rowCount ?? 0;
           if ((r.rowCount ?? 0) < this.#pruneBatch) break;
         }
@@ -275,6 +278,20 @@ export class PostgresStore implements L2Store {
     const pool = this.#pool ?? (await this.#opening?.catch(() => undefined));
     this.#pool = this.#usable = undefined;
     await pool?.end().catch(() => {});
+  }
+
+  /**
+   * Runs a statement of the store. A table that has gone (dropped; or its creation lost in a crash
+   * of a server that does not sync its commits) is created again by the next call.
+   */
+  #query(pool: PgPool, q: PgQuery, values: unknown[]): Promise<PgResult> {
+    return pool.query({ name: q.name, text: q.text, values }).catch((error: unknown) => {
+      if (this.#createTable && (error as { code?: unknown } | null)?.code === UNDEFINED_TABLE) {
+        this.#tableReady = false;
+        this.#usable = undefined;
+      }
+      throw error;
+    });
   }
 
   /** The pool, once open and with the table in place; a failure is retried by the next call. */
