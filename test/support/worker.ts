@@ -1,16 +1,20 @@
 /**
  * A layercache instance in a child process, driven over IPC by a test (see processes.ts).
- * Argv: <redis url> <prefix>.
+ * Argv: <redis:// or postgres:// url> <prefix>: the store and bus of that server's family.
  */
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PATIENT } from "./patient.js";
 
 const [url, prefix] = process.argv.slice(2) as [string, string];
 // Patient timeouts, and no hard timeout: a gated load is held across several IPC round trips on a
 // machine that may be busy (three processes just started on two cores); these tests are about
 // races between processes, not about timeouts.
-const cache = new LayerCache({ prefix, l2: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), hardTimeout: 0 });
+const postgres = /^postgres(ql)?:/.test(url);
+const l2 = postgres ? new PostgresStore({ connectionString: url, ...PATIENT }) : new RedisStore({ url, ...PATIENT });
+const bus = postgres ? new PostgresBus({ connectionString: url, ...PATIENT }) : new RedisBus({ url, ...PATIENT });
+const cache = new LayerCache({ prefix, l2, bus, hardTimeout: 0 });
 const gates = new Map<string, (value: unknown) => void>();
 
 interface Command {
