@@ -69,6 +69,9 @@ process.on("message", async (m: { op: string; key?: string; perTick?: number }) 
   if (m.op === "prime") {
     await side.prime(m.key!);
     send({ primed: m.key });
+  } else if (m.op === "warm") {
+    for (let i = 0; i < 2000; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => side.prime(`bg:${i + j}`)));
+    send({ warmed: true });
   } else if (m.op === "background") {
     // Steady load: `perTick` operations every 2 ms on keys of their own.
     let n = 0;

@@ -120,7 +120,7 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
   const b = fork(join(root, "bench/postgres-invalidation-peer.ts"), [url, prefix, mode === "layercache" ? "layercache" : "raw"], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const waiting = new Map<string, (m: Record<string, string>) => void>();
   b.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
+    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : m.warmed ? "warmed" : "stopped";
     waiting.get(id)?.(m);
   });
   const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
@@ -129,11 +129,10 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
   const p = pool(url);
   const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", l2: new PostgresStore({ pool: p }), bus: new PostgresBus({ connectionString: url }) }) : undefined;
   await a?.ready();
-  const notifier = mode === "layercache" ? undefined : new pg.Client({ connectionString: url });
-  await notifier?.connect();
   const local = new Map<string, unknown>();
   const write = (k: string, record: string) => p.query({ name: "raw-set", text: "INSERT INTO bench_raw (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record", values: [`${prefix}:${k}`, record] });
-  const notify = (k: string) => notifier!.query({ name: "raw-notify", text: "SELECT pg_notify($1, $2)", values: [`${prefix}:raw`, k] });
+  // Through the pool, as an application would (one session would queue the statements of concurrent callers).
+  const notify = (k: string) => p.query({ name: "raw-notify", text: "SELECT pg_notify($1, $2)", values: [`${prefix}:raw`, k] });
   const ops = {
     set: async (k: string, v: unknown) => {
       if (a) return a.set(k, v);
@@ -156,6 +155,12 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
       return v;
     },
   };
+  // Both sides hold the background keys first (so the background is steady: reads hit L1, a fifth
+  // of the operations are writes, each invalidating the other side's copy).
+  for (let i = 0; i < 2000; i += 100) await Promise.all(Array.from({ length: 100 }, (_, j) => ops.read(`bg:${i + j}`)));
+  const warmed = expect("warmed");
+  b.send({ op: "warm" });
+  await warmed;
   // Background load, spread out as traffic is: 2 operations every 2 ms here and 2 in B (2 000 ops/s, a fifth of them writes).
   let n = 0;
   const bg = setInterval(() => {
@@ -169,6 +174,7 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
 
   const samples = QUICK ? 100 : 500;
   const latencies: number[] = [];
+  const parts: [number, number][] = [];
   for (let i = 0; i < samples; i++) {
     const key = `inv:${i}`;
     const primed = expect(`primed:${key}`);
@@ -177,16 +183,21 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
     const dropped = expect(`dropped:${key}`);
     const t0 = process.hrtime.bigint();
     await ops.remove(key);
+    const t1 = process.hrtime.bigint();
     const m = await dropped;
     latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
+    parts.push([Number(t1 - t0) / 1e6, Number(BigInt(m.t!) - t1) / 1e6]);
     await sleep(2);
   }
   clearInterval(bg);
+  if (process.env.BENCH_DEBUG) {
+    const at = (i: 0 | 1, q: number) => percentile(parts.map((x) => x[i]), q).toFixed(3);
+    console.log(mode, "remove() p50/p99", at(0, 50), at(0, 99), "| then until B dropped p50/p99", at(1, 50), at(1, 99));
+  }
   const stopped = expect("stopped");
   b.send({ op: "stop" });
   await stopped;
   await a?.close();
-  await notifier?.end();
   await p.end();
   return latencies;
 }

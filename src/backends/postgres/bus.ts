@@ -97,6 +97,23 @@ export class PostgresBus implements Bus {
   }
 }
 
+/** Most notifications one statement sends. */
+const MAX_NOTIFY_BATCH = 500;
+
+interface PendingNotify {
+  channel: string;
+  payload: string;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/** The notifications of one session: those waiting, and whether a statement is under way. */
+interface Sending {
+  client: PgClient | undefined;
+  waiting: PendingNotify[];
+  busy: boolean;
+}
+
 interface Timing {
   heartbeatMs: number;
   reconnectMs: number;
@@ -123,8 +140,8 @@ class Listener {
   #retryTimer: unknown;
   #retryDelay: number;
   #reconnecting: Promise<void> | undefined;
-  /** The last statement sent on the session in use (see `#notify`). */
-  #queue: Promise<unknown> = Promise.resolve();
+  /** Notifications of the session in use waiting to be sent (see `#notify`). */
+  #sending: Sending = { client: undefined, waiting: [], busy: false };
 
   constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing) {
     this.#pg = pg;
@@ -151,14 +168,37 @@ class Listener {
   }
 
   /**
-   * `pg_notify` on `client`, after the statements already sent on it: one at a time, as pg wants
-   * (it deprecates queueing on a busy client). A hung statement holds the ones behind it, the
+   * `pg_notify` on `client`. One statement at a time on the session (pg deprecates queueing on a
+   * busy client), and the notifications asked for while one is under way go out together in the
+   * next, one round trip for all of them (`unnest` keeps their order; PostgreSQL delivers them in
+   * that order when the statement commits). A hung statement holds the ones behind it, the
    * heartbeat's probe too, which is how a hung session is found.
    */
   #notify(client: PgClient, channel: string, payload: string): Promise<void> {
-    const run = this.#queue.then(() => client.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [channel, payload] }));
-    this.#queue = run.catch(() => {});
-    return run.then(() => undefined);
+    return new Promise<void>((resolve, reject) => {
+      const s = this.#sending;
+      if (s.client !== client) return reject(new Error("layercache/postgres: the bus session was replaced"));
+      s.waiting.push({ channel, payload, resolve, reject });
+      if (!s.busy) void this.#flush(s);
+    });
+  }
+
+  async #flush(s: Sending): Promise<void> {
+    s.busy = true;
+    try {
+      while (s.waiting.length > 0) {
+        const batch = s.waiting.splice(0, MAX_NOTIFY_BATCH);
+        try {
+          if (batch.length === 1) await s.client!.query({ name: "layercache_notify", text: "SELECT pg_notify($1, $2)", values: [batch[0]!.channel, batch[0]!.payload] });
+          else await s.client!.query({ name: "layercache_notify_many", text: "SELECT pg_notify(c, m) FROM unnest($1::text[], $2::text[]) AS u(c, m)", values: [batch.map((n) => n.channel), batch.map((n) => n.payload)] });
+          for (const n of batch) n.resolve();
+        } catch (error) {
+          for (const n of batch) n.reject(error);
+        }
+      }
+    } finally {
+      s.busy = false;
+    }
   }
 
   async stop(): Promise<void> {
@@ -167,6 +207,7 @@ class Listener {
     if (this.#retryTimer !== undefined) this.#clock.clearTimeout(this.#retryTimer);
     const client = this.#client;
     this.#client = undefined;
+    this.#failWaiting(new Error("layercache/postgres: the bus connection is closed"));
     await this.#reconnecting?.catch(() => {});
     if (client) await closeClient(client);
   }
@@ -189,7 +230,8 @@ class Listener {
   /** Makes `client` the session in use, with a heartbeat of its own. */
   #use(client: PgClient): void {
     this.#client = client;
-    this.#queue = Promise.resolve();
+    this.#failWaiting(new Error("layercache/postgres: the bus session was replaced"));
+    this.#sending = { client, waiting: [], busy: false };
     this.#pid = client.processID ?? undefined;
     client.on("notification", (n: { processId?: number; channel: string; payload?: string }) => {
       if (this.#client !== client) return;
@@ -217,6 +259,13 @@ class Listener {
     heartbeat.start();
   }
 
+  /** Rejects the notifications not yet sent on the session in use (the cache republishes them). */
+  #failWaiting(error: Error): void {
+    const waiting = this.#sending.waiting.splice(0);
+    this.#sending = { client: undefined, waiting: [], busy: false };
+    for (const n of waiting) n.reject(error);
+  }
+
   #deaf(): void {
     if (this.#down || this.#stopped) return;
     this.#down = true;
@@ -233,6 +282,7 @@ class Listener {
   #lost(client: PgClient, error?: unknown): void {
     if (this.#client !== client || this.#stopped) return;
     this.#client = undefined;
+    this.#failWaiting(new Error("layercache/postgres: the bus session was lost"));
     this.#heartbeat?.stop();
     this.#heartbeat = undefined;
     if (error !== undefined) this.#handlers.onError(error, "subscribe");
