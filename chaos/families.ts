@@ -48,16 +48,18 @@ export interface ChaosFamily {
 /** Families, loaded only when a run uses them (a Redis-only run never loads another client library). */
 export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
+  postgres: async () => (await import("./families/postgres.js")).postgres,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
-export const L2_KINDS = ["redis"] as const;
+export const L2_KINDS = ["redis", "postgres"] as const;
 export type L2Kind = (typeof L2_KINDS)[number];
 
 /** `--bus <kind>`: the family that runs it. */
 export const BUS_KINDS = {
   pubsub: "redis",
   streams: "redis",
+  postgres: "postgres",
 } as const satisfies Record<string, keyof typeof FAMILIES>;
 export type BusKind = keyof typeof BUS_KINDS;
 

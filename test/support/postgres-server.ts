@@ -7,7 +7,7 @@
  * server is installed from the Debian package `postgresql` when the run may.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -156,7 +156,50 @@ export class PostgresServer {
     await this.#spawn();
   }
 
+  /** The server's processes: the postmaster and its children (the backends, the background workers). */
+  #processes(): number[] {
+    const main = this.proc?.pid;
+    if (main === undefined) return [];
+    const children: number[] = [];
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        // Fields after the command name, which is in parentheses and may hold spaces: state, ppid, …
+        const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+        if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === main) children.push(Number(entry));
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return [...children, main];
+  }
+
+  #paused: number[] = [];
+
+  /** SIGSTOP to every process of the server: it hangs, connections stay open (stopping the postmaster alone would leave the backends answering). */
+  pause(): void {
+    this.#paused = this.#processes();
+    for (const pid of this.#paused) {
+      try {
+        process.kill(pid, "SIGSTOP");
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+
+  resume(): void {
+    for (const pid of this.#paused.splice(0).reverse()) {
+      try {
+        process.kill(pid, "SIGCONT");
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+
   async stop(): Promise<void> {
+    this.resume();
     await this.kill("SIGQUIT");
     live.delete(this);
     rmSync(this.dir, { recursive: true, force: true });

@@ -23,10 +23,19 @@ export interface PgQuery {
 /** The part of a `pg.Pool` layercache uses. */
 export interface PgPool {
   query(query: PgQuery | string): Promise<PgResult>;
+  /** A connection of the pool for the caller alone, until it is released (`release(error)` destroys it). */
+  connect?(): Promise<PgPoolClient>;
   end(): Promise<void>;
   on(event: "error", listener: (error: Error) => void): unknown;
   /** The settings the pool opens its connections with (`pg.Pool` keeps them here). */
   readonly options?: Record<string, unknown>;
+}
+
+/** A connection checked out of a `pg.Pool`. */
+export interface PgPoolClient {
+  query(query: PgQuery | string): Promise<PgResult>;
+  release(error?: Error | boolean): void;
+  on(event: "error", listener: (error: Error) => void): unknown;
 }
 
 /** The part of a `pg.Client` layercache uses. */

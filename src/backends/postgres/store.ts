@@ -1,5 +1,5 @@
 import { RECORD_VERSION, RecordError, checkOptions, optionError, parseDuration, parseResilience, preview, systemClock, type CircuitBreakerOptions, type Duration, type L2Limits, type L2Resilience, type L2Store, type TimerClock } from "../../backend.js";
-import { CONNECTION_OPTIONS, checkIdentifier, checkPool, connectionSettings, digest, loadPg, quoteIdent, type PgConnectionOptions, type PgPool, type PgQuery, type PgResult } from "./pg.js";
+import { CONNECTION_OPTIONS, checkIdentifier, checkPool, connectionSettings, digest, loadPg, quoteIdent, type PgConnectionOptions, type PgPool, type PgPoolClient, type PgQuery, type PgResult } from "./pg.js";
 
 export interface PostgresTableOptions {
   /** Schema of the table (created when missing, unless it is `public`). Default `"public"`. */
@@ -49,6 +49,17 @@ const KNOWN = ["pool", "max", "schema", "table", "unlogged", "createTable", "pru
 /** Longest table name: its index is named `<table>_expires_at` (63 bytes at most). */
 const MAX_TABLE_BYTES = 54;
 
+interface PendingWrite {
+  key: string;
+  record: string;
+  ttl: number | null;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+/** Most writes one statement carries. */
+const MAX_WRITE_BATCH = 500;
+
 /** SQLSTATE of "relation does not exist". */
 const UNDEFINED_TABLE = "42P01";
 
@@ -94,6 +105,8 @@ export function postgresStoreSql(options: PostgresTableOptions = {}): string {
   ].join("\n");
 }
 
+const noop = (): void => {};
+
 /** Whether a record or key cannot be PostgreSQL text (it holds NUL). */
 const holdsNul = (text: string): boolean => text.indexOf("\0") >= 0;
 
@@ -128,7 +141,7 @@ export class PostgresStore implements L2Store {
   readonly #pruneIntervalMs: number;
   readonly #pruneBatch: number;
   readonly #clock: TimerClock;
-  readonly #q: { get: PgQuery; getMany: PgQuery; set: PgQuery; casMissing: PgQuery; cas: PgQuery; prune: PgQuery };
+  readonly #q: { get: PgQuery; getMany: PgQuery; set: PgQuery; setMany: PgQuery; casMissing: PgQuery; cas: PgQuery; prune: PgQuery };
   #pool: PgPool | undefined;
   #opening: Promise<PgPool> | undefined;
   #pruneTimer: unknown;
@@ -178,6 +191,13 @@ export class PostgresStore implements L2Store {
         name: name("set"),
         text: `INSERT INTO ${t} (key, record, expires_at) VALUES ($1, $2, ${expiry}) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
       },
+      // Several sets in one statement (one row per key: the last set of a key wins, as it would one after the other).
+      setMany: {
+        name: name("set_many"),
+        text:
+          `INSERT INTO ${t} (key, record, expires_at) SELECT k, r, now() + e * interval '1 millisecond' FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(k, r, e) ` +
+          `ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
+      },
       // Expecting "" (the load saw no record): insert, or replace a row that is expired or holds no
       // record. The conflicting row is locked and the condition read on its newest version: atomic.
       casMissing: {
@@ -209,10 +229,13 @@ export class PostgresStore implements L2Store {
     await this.#ready();
   }
 
+  /** Rejects with a `RecordError` for a key PostgreSQL cannot hold (NUL). Waits for this store's writes of the key still under way (see `#writesOf`). */
   get(key: string): Promise<string | null> {
     if (holdsNul(key)) return Promise.reject(nulError(key, "the key"));
     const run = (pool: PgPool): Promise<string | null> => this.#query(pool, this.#q.get, [key]).then((r) => (r.rows.length === 0 ? null : (r.rows[0]!.record as string)));
     const p = this.#usable;
+    const writing = this.#writesOf.size === 0 ? undefined : this.#writesOf.get(key);
+    if (writing !== undefined) return writing.then(() => this.#ready()).then(run);
     return p !== undefined ? run(p) : this.#ready().then(run);
   }
 
@@ -228,20 +251,112 @@ export class PostgresStore implements L2Store {
       return keys.map((k) => found.get(k) ?? (holdsNul(k) ? nulError(k, "the key") : null));
     };
     const p = this.#usable;
+    if (this.#writesOf.size > 0) {
+      const writing = asked.flatMap((k) => this.#writesOf.get(k) ?? []);
+      if (writing.length > 0) return Promise.all(writing).then(() => this.#ready()).then(run);
+    }
     return p !== undefined ? run(p) : this.#ready().then(run);
   }
 
-  async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
-    if (holdsNul(key)) throw nulError(key, "the key");
-    if (holdsNul(record)) throw nulError(key, "the record");
+  set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+    if (holdsNul(key)) return Promise.reject(nulError(key, "the key"));
+    if (holdsNul(record)) return Promise.reject(nulError(key, "the record"));
+    const done = this.#set(key, record, ttlParam(ttlMs), ifGeneration);
+    // Registered at the call, before anything is awaited: a read asked for after this call waits for it.
+    const settled = done.then(noop, noop);
+    const before = this.#writesOf.get(key);
+    const all = before === undefined ? settled : Promise.all([before, settled]).then(noop);
+    this.#writesOf.set(key, all);
+    void all.then(() => {
+      if (this.#writesOf.get(key) === all) this.#writesOf.delete(key);
+    });
+    return done;
+  }
+
+  async #set(key: string, record: string, ttl: number | null, ifGeneration: string | undefined): Promise<boolean> {
     const pool = this.#usable ?? (await this.#ready());
-    const ttl = ttlParam(ttlMs);
     if (ifGeneration === undefined) {
-      await this.#query(pool, this.#q.set, [key, record, ttl]);
+      await this.#write(pool, key, record, ttl);
       return true;
     }
     const r = ifGeneration === "" ? await this.#query(pool, this.#q.casMissing, [key, record, ttl]) : await this.#query(pool, this.#q.cas, [key, record, ttl, ifGeneration]);
     return r.rowCount === 1;
+  }
+
+  /**
+   * An unconditional write (a `set`, a tombstone). They go out in call order on one connection of
+   * their own, never side by side on several: a write that timed out for the cache may still be
+   * under way (waiting for a connection, or on a paused server), and the tombstone the cache then
+   * queues in its place must land after it, not before — on connections side by side, the late
+   * value could land last and come back. Writes asked for while a statement is under way go out
+   * together in the next one (one round trip). Write-backs of loads need no order: the generation
+   * they expect fences them.
+   */
+  #write(pool: PgPool, key: string, record: string, ttl: number | null): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#writes.push({ key, record, ttl, resolve, reject });
+      if (!this.#writing) this.#flushing = this.#flushWrites(pool);
+    });
+  }
+
+  async #flushWrites(pool: PgPool): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#writes.length > 0) {
+        const batch = this.#writes.splice(0, MAX_WRITE_BATCH);
+        try {
+          const conn = await this.#writeConnection(pool);
+          if (batch.length === 1) await conn.query({ ...this.#q.set, values: [batch[0]!.key, batch[0]!.record, batch[0]!.ttl] });
+          else {
+            const last = new Map<string, PendingWrite>();
+            for (const w of batch) {
+              last.delete(w.key); // keeps call order among keys: a key's place is its last write's
+              last.set(w.key, w);
+            }
+            const rows = [...last.values()];
+            await conn.query({ ...this.#q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] });
+          }
+          for (const w of batch) w.resolve();
+        } catch (error) {
+          this.#writeFailed(error);
+          for (const w of batch) w.reject(error);
+        }
+      }
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  /** The connection writes go out on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
+  async #writeConnection(pool: PgPool): Promise<{ query(q: PgQuery): Promise<PgResult> }> {
+    if (this.#writer !== undefined) return this.#writer;
+    if (typeof pool.connect !== "function") return { query: (q) => this.#query(pool, q, q.values ?? []) };
+    const conn = await pool.connect();
+    // A connection checked out of a pg.Pool has no error listener of the pool's: without one, its error would end the process.
+    conn.on("error", (error) => {
+      if (this.#writer === conn) this.#writeFailed(error);
+    });
+    if (this.#closed) {
+      conn.release();
+      throw new Error("layercache/postgres: the store is closed");
+    }
+    return (this.#writer = conn);
+  }
+
+  /**
+   * A write failed. An error of the server about the statement (it has an SQLSTATE: a timeout, a
+   * missing table) leaves the connection usable; any other (the connection broke) retires it.
+   */
+  #writeFailed(error: unknown): void {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (code === UNDEFINED_TABLE && this.#createTable) {
+      this.#tableReady = false;
+      this.#usable = undefined;
+    }
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return;
+    const conn = this.#writer;
+    this.#writer = undefined;
+    conn?.release(error instanceof Error ? error : true);
   }
 
   /**
@@ -273,6 +388,11 @@ export class PostgresStore implements L2Store {
     if (this.#pruneTimer !== undefined) this.#clock.clearTimeout(this.#pruneTimer);
     this.#pruneTimer = undefined;
     await this.#pruning?.catch(() => {});
+    // Writes under way finish first (on a server that does not answer, for a second at most).
+    if (this.#writing) await Promise.race([this.#flushing, new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
+    const writer = this.#writer;
+    this.#writer = undefined;
+    writer?.release();
     // A pool the user passed in is theirs to close.
     if (this.#settings === undefined) return;
     const pool = this.#pool ?? (await this.#opening?.catch(() => undefined));
@@ -313,6 +433,19 @@ export class PostgresStore implements L2Store {
   }
 
   #tableReady = false;
+  /** Unconditional writes waiting to go out, the connection they go out on, and whether a statement is under way (see `#write`). */
+  #writes: PendingWrite[] = [];
+  /**
+   * The writes of each key still under way, settled when all of them are. A read of this store
+   * waits for them: it then sees what this instance wrote before asking (the cache fills L1 with
+   * what a read finds, and a read that overtook a `remove` of its own instance on another pooled
+   * connection would bring the removed value back into L1). One connection (Redis) keeps that
+   * order by itself; a pool of several does not.
+   */
+  #writesOf = new Map<string, Promise<void>>();
+  #writer: PgPoolClient | undefined;
+  #writing = false;
+  #flushing: Promise<void> | undefined;
   /** The pool once open and the table in place: what operations use without waiting. */
   #usable: PgPool | undefined;
 
