@@ -167,6 +167,7 @@ export class PostgresStore implements L2Store {
     if (!Number.isInteger(this.#pruneBatch) || this.#pruneBatch < 1) throw optionError("pruneBatch", `must be a positive integer (got ${preview(options.pruneBatch)})`);
     this.#clock = options.clock ?? systemClock;
     this.resilience = parseResilience(options.timeout, options.circuitBreaker, 5000);
+    this.#stallMs = Math.min(Math.max(5 * this.resilience.timeoutMs!, 5000), 2 ** 31 - 1);
     if (this.#settings !== undefined) {
       const timeoutMs = this.resilience.timeoutMs!;
       if (timeoutMs > 0) {
@@ -306,7 +307,8 @@ export class PostgresStore implements L2Store {
         const batch = this.#writes.splice(0, MAX_WRITE_BATCH);
         try {
           const conn = await this.#writeConnection(pool);
-          if (batch.length === 1) await conn.query({ ...this.#q.set, values: [batch[0]!.key, batch[0]!.record, batch[0]!.ttl] });
+          let statement: PgQuery;
+          if (batch.length === 1) statement = { ...this.#q.set, values: [batch[0]!.key, batch[0]!.record, batch[0]!.ttl] };
           else {
             const last = new Map<string, PendingWrite>();
             for (const w of batch) {
@@ -314,8 +316,9 @@ export class PostgresStore implements L2Store {
               last.set(w.key, w);
             }
             const rows = [...last.values()];
-            await conn.query({ ...this.#q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] });
+            statement = { ...this.#q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] };
           }
+          await this.#unlessStalled(conn.query(statement));
           for (const w of batch) w.resolve();
         } catch (error) {
           this.#writeFailed(error);
@@ -325,6 +328,21 @@ export class PostgresStore implements L2Store {
     } finally {
       this.#writing = false;
     }
+  }
+
+  /**
+   * A write statement gets `#stallMs` at most: past it the connection is taken for dead (a network
+   * that dropped it without a word never answers, and every write would wait behind it) and is
+   * retired, which fails the statement; the next write takes a new connection. (A server that
+   * answers at all has cancelled it long before, at `statement_timeout`, with connection settings.)
+   */
+  #unlessStalled<T>(statement: Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stalled = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`layercache/postgres: a write took over ${this.#stallMs} ms; its connection is taken for dead`)), this.#stallMs);
+      timer.unref?.();
+    });
+    return Promise.race([statement, stalled]).finally(() => clearTimeout(timer));
   }
 
   /** The connection writes go out on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
@@ -446,6 +464,8 @@ export class PostgresStore implements L2Store {
   #writer: PgPoolClient | undefined;
   #writing = false;
   #flushing: Promise<void> | undefined;
+  /** See `#unlessStalled`: five timeouts, at least 5 s. */
+  readonly #stallMs: number;
   /** The pool once open and the table in place: what operations use without waiting. */
   #usable: PgPool | undefined;
 
