@@ -80,6 +80,9 @@ describe("the server restarts", () => {
     const gaps = gapsOf(b);
     await a.set("k", "v1");
     expect(await b.get("k")).toBe("v1");
+    // The set's own message reaches b (which keeps the copy it read: the same record) before the kill.
+    await eventually(() => b.stats().peerInvalidations > 0);
+    expect(await b.get("k")).toBe("v1");
     await server.kill(signal);
     expect(await b.get("k")).toBe("v1"); // L1 keeps serving
     expect(await a.getOrSet("fresh", () => "from-loader")).toBe("from-loader");
