@@ -219,6 +219,22 @@ describe("heartbeat (on a FakeClock)", () => {
 });
 
 describe("messages and channels", () => {
+  test("a session never hears its own notifications; every other session does", async () => {
+    const bus = new PostgresBus({ connectionString: sharedUrl });
+    const channel = `own:${uniquePrefix()}`;
+    const heard: Record<string, string[]> = { a: [], b: [] };
+    const handlers = (name: "a" | "b") => ({ onMessage: (m: string) => heard[name]!.push(m), onDisconnect: () => {}, onReconnect: () => {}, onError: () => {} });
+    const a = await bus.connect(channel, handlers("a"));
+    cleanup.push(() => a.close());
+    const b = await bus.connect(channel, handlers("b"));
+    cleanup.push(() => b.close());
+    await a.publish("from a");
+    await b.publish("from b");
+    await eventually(() => heard.b!.includes("from a") && heard.a!.includes("from b"));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(heard).toEqual({ a: ["from b"], b: ["from a"] });
+  });
+
   test("an invalidation longer than NOTIFY's 8000 bytes is split, none lost; a long prefix gets a channel of its own", async () => {
     const long = "p".repeat(80);
     const prefix = `${long}-${uniquePrefix()}`;
