@@ -87,6 +87,8 @@ export class PostgresBus implements Bus {
     const settings = this.#settings ?? { ...this.#pool!.options, application_name: "layercache" };
     // A pool's own limits and timeouts mean nothing for one session kept open.
     for (const k of ["max", "min", "idleTimeoutMillis", "maxUses", "maxLifetimeSeconds", "allowExitOnIdle", "log", "Client", "Promise"]) delete settings[k];
+    // A connection attempt into a network that drops packets would otherwise wait for the OS (minutes), holding up reconnection.
+    settings.connectionTimeoutMillis ??= Math.min(Math.max(this.#heartbeatMs * 2, 5000), 2 ** 31 - 1);
     const listener = new Listener(pg, settings, postgresChannel(channel), handlers, context?.clock ?? systemClock, {
       heartbeatMs: this.#heartbeatMs,
       reconnectMs: this.#reconnectMs,
