@@ -15,7 +15,11 @@ export interface PostgresTableOptions {
 }
 
 export interface PostgresStoreOptions extends PostgresTableOptions, PgConnectionOptions {
-  /** A `pg.Pool` of yours: the store queries through it and never closes it. */
+  /**
+   * A `pg.Pool` of yours: the store queries through it and never closes it. It keeps one of its
+   * connections for its writes until it is closed: close the cache before `pool.end()` (which
+   * waits for connections checked out).
+   */
   pool?: unknown;
   /** With connection settings: the most connections the store's own pool opens. Default 10. */
   max?: number;
