@@ -58,7 +58,8 @@ describe("the listening session is terminated (pg_terminate_backend)", () => {
     await a.set("k", "v1");
     expect(await b.get("k")).toBe("v1");
     await b.getOrSet("local", () => "b's");
-    const killed = await raw.query("SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1", [`${prefix}-b`]);
+    // b's listening session: the one whose only statement is LISTEN.
+    const killed = await raw.query("SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'", [`${prefix}-b`]);
     expect(killed.rows).toEqual([{ ok: true }]);
     await a.set("k", "v2"); // published while b is away (or just back): either way b must not serve v1
     await eventually(() => gaps.includes("reconnect"), 10_000);
@@ -68,7 +69,7 @@ describe("the listening session is terminated (pg_terminate_backend)", () => {
     await a.set("k", "v3");
     await eventually(async () => (await b.get("k")) === "v3");
     const sessions = await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [`${prefix}-b`]);
-    expect(sessions.rows[0].n).toBe(1);
+    expect(sessions.rows[0].n).toBe(2); // listening and publishing, no more
   }, 30_000);
 });
 
@@ -143,7 +144,7 @@ describe("statement timeout", () => {
 });
 
 describe("heartbeat (on a FakeClock)", () => {
-  test("a session whose backend stops answering is found by the heartbeat and replaced; the gap is reported", async () => {
+  test("a listening session whose backend stops answering is found by the heartbeat and replaced; the gap is reported", async () => {
     const clock = new FakeClock();
     const app = `hb-${uniquePrefix()}`;
     const bus = new PostgresBus({ connectionString: sharedUrl, application_name: app, heartbeat: "1s" });
@@ -156,7 +157,8 @@ describe("heartbeat (on a FakeClock)", () => {
     }, { clock });
     cleanup.push(() => conn.close());
     const raw = rawPool(sharedUrl);
-    const pid = Number((await raw.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1", [app])).rows[0].pid);
+    // The listening session (its only statement: LISTEN); publishing goes through another.
+    const pid = Number((await raw.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'", [app])).rows[0].pid);
     // A beat that is heard back changes nothing.
     clock.advance(1000);
     await new Promise((r) => setTimeout(r, 100));
@@ -165,9 +167,9 @@ describe("heartbeat (on a FakeClock)", () => {
     expect(seen).toEqual([]);
     process.kill(pid, "SIGSTOP"); // the backend hangs; the TCP connection stays open
     cleanup.push(async () => process.kill(pid, "SIGCONT"));
-    clock.advance(1000); // a probe goes out and hangs
-    await new Promise((r) => setTimeout(r, 50));
-    clock.advance(1000); // it timed out: the session is replaced
+    clock.advance(1000); // a probe goes out; the stopped session cannot hear it
+    await new Promise((r) => setTimeout(r, 100));
+    clock.advance(1000); // not heard back: the session is replaced
     await eventually(() => seen.includes("disconnect"));
     for (let i = 0; i < 50 && !seen.includes("reconnect"); i++) {
       clock.advance(200); // the reconnect delay
@@ -175,7 +177,7 @@ describe("heartbeat (on a FakeClock)", () => {
     }
     expect(seen).toEqual(["disconnect", "reconnect"]);
     process.kill(pid, "SIGCONT");
-    const newPid = Number((await raw.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> $2", [app, pid])).rows[0]?.pid);
+    const newPid = Number((await raw.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> $2 AND query LIKE 'LISTEN%'", [app, pid])).rows[0]?.pid);
     expect(newPid).toBeGreaterThan(0);
     await raw.query("SELECT pg_notify($1, 'after')", [`hb:${app}`]);
     await eventually(() => seen.includes("message after"));
@@ -219,7 +221,7 @@ describe("heartbeat (on a FakeClock)", () => {
 });
 
 describe("messages and channels", () => {
-  test("a session never hears its own notifications; every other session does", async () => {
+  test("a connection never hears its own notifications; every other connection does", async () => {
     const bus = new PostgresBus({ connectionString: sharedUrl });
     const channel = `own:${uniquePrefix()}`;
     const heard: Record<string, string[]> = { a: [], b: [] };

@@ -47,11 +47,11 @@ export function postgresChannel(channel: string): string {
 }
 
 /**
- * Invalidation bus on PostgreSQL LISTEN/NOTIFY. Each connection of the bus is one dedicated
- * PostgreSQL session (never a pooled one, which PgBouncer in transaction mode would hand to
- * someone else between statements, dropping the LISTEN): it LISTENs to the channel and publishes
- * with `pg_notify` in a statement of its own, outside any transaction of the application, so a
- * message is sent at once and never rolled back. Notifications from its own session are ignored.
+ * Invalidation bus on PostgreSQL LISTEN/NOTIFY. Each connection of the bus has two dedicated
+ * PostgreSQL sessions (never pooled ones, which PgBouncer in transaction mode would hand to
+ * someone else between statements, dropping the LISTEN): one LISTENs to the channel, the other
+ * publishes with `pg_notify` in a statement of its own, outside any transaction of the
+ * application, so a message is sent at once and never rolled back. Its own notifications are ignored.
  *
  * A lost session (a server restart, `pg_terminate_backend`, a network failure, or silence found by
  * the heartbeat) is reported to the cache, which stops trusting L1; the bus reconnects with
@@ -122,7 +122,13 @@ interface Timing {
   maxReconnectMs: number;
 }
 
-/** One connection of the bus: a session that LISTENs and publishes, replaced whenever it is lost. */
+/**
+ * One connection of the bus: a session that only LISTENs (replaced whenever it is lost, so
+ * `pg_stat_activity` shows it as `LISTEN …`), and a session that publishes (opened again on the
+ * next publish when it is lost). Publishing apart means a publish never waits behind the
+ * listener, and the heartbeat tests the listener the way peers reach it: a probe published by the
+ * other session must come back through it.
+ */
 class Listener {
   readonly #pg: PgModule;
   readonly #settings: Record<string, unknown>;
@@ -132,17 +138,21 @@ class Listener {
   readonly #handlers: BusHandlers;
   readonly #clock: TimerClock;
   readonly #t: Timing;
-  /** The session in use, while it is usable. */
+  /** The listening session in use, while it is usable. */
   #client: PgClient | undefined;
-  #pid: number | undefined;
   #heartbeat: Heartbeat | undefined;
+  /** The publishing session, while it is usable, and the one being opened. */
+  #pub: PgClient | undefined;
+  #pubOpening: Promise<PgClient> | undefined;
+  /** Server process ids of the publishing sessions of this connection (the latest few): their notifications are its own. */
+  readonly #ownPids: number[] = [];
   /** The cache was told the bus is deaf (and not yet that it hears again). */
   #down = false;
   #stopped = false;
   #retryTimer: unknown;
   #retryDelay: number;
   #reconnecting: Promise<void> | undefined;
-  /** Notifications of the session in use waiting to be sent (see `#notify`). */
+  /** Notifications of the publishing session waiting to be sent (see `#notify`). */
   #sending: Sending = { client: undefined, waiting: [], busy: false };
 
   constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing) {
@@ -156,30 +166,70 @@ class Listener {
     this.#retryDelay = timing.reconnectMs;
   }
 
-  /** The first session: resolves once it listens, rejects (closing it) when it cannot. */
+  /** Both sessions: resolves once the first listens, rejects (closing what it opened) when either cannot be opened. */
   async start(): Promise<void> {
-    const client = await this.#open();
+    const client = await this.#open(true);
+    try {
+      await this.#publisher();
+    } catch (error) {
+      await closeClient(client);
+      throw error;
+    }
     this.#use(client);
   }
 
-  /** `pg_notify` on the session; rejects at once while there is none (the cache retries it). */
+  /** `pg_notify` on the publishing session (opened again first if it was lost). */
   publish(message: string): Promise<void> {
-    const client = this.#client;
-    if (client === undefined) return Promise.reject(new Error(this.#stopped ? "layercache/postgres: the bus connection is closed" : "layercache/postgres: the bus is reconnecting to PostgreSQL"));
-    return this.#notify(client, this.#channel, message);
+    if (this.#stopped) return Promise.reject(new Error("layercache/postgres: the bus connection is closed"));
+    const pub = this.#pub;
+    if (pub !== undefined) return this.#notify(pub, this.#channel, message);
+    return this.#publisher().then((p) => this.#notify(p, this.#channel, message));
+  }
+
+  /** The publishing session, opened when there is none. */
+  #publisher(): Promise<PgClient> {
+    if (this.#pub !== undefined) return Promise.resolve(this.#pub);
+    this.#pubOpening ??= this.#open(false).then(
+      (client) => {
+        this.#pubOpening = undefined;
+        if (this.#stopped) {
+          void closeClient(client);
+          throw new Error("layercache/postgres: the bus connection is closed");
+        }
+        const lost = (): void => {
+          if (this.#pub !== client) return;
+          this.#pub = undefined;
+          this.#failWaiting(new Error("layercache/postgres: the bus's publishing session was lost"));
+          void closeClient(client);
+        };
+        client.on("error", lost);
+        client.on("end", lost);
+        if (typeof client.processID === "number") {
+          this.#ownPids.push(client.processID);
+          if (this.#ownPids.length > 8) this.#ownPids.shift();
+        }
+        this.#pub = client;
+        this.#sending = { client, waiting: [], busy: false };
+        return client;
+      },
+      (error: unknown) => {
+        this.#pubOpening = undefined;
+        throw error;
+      },
+    );
+    return this.#pubOpening;
   }
 
   /**
-   * `pg_notify` on `client`. One statement at a time on the session (pg deprecates queueing on a
-   * busy client), and the notifications asked for while one is under way go out together in the
-   * next, one round trip for all of them (`unnest` keeps their order; PostgreSQL delivers them in
-   * that order when the statement commits). A hung statement holds the ones behind it, the
-   * heartbeat's probe too, which is how a hung session is found.
+   * `pg_notify` on the publishing session `client`. One statement at a time (pg deprecates queueing
+   * on a busy client), and the notifications asked for while one is under way go out together in
+   * the next, one round trip for all of them (`unnest` keeps their order; PostgreSQL delivers them
+   * in that order when the statement commits).
    */
   #notify(client: PgClient, channel: string, payload: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const s = this.#sending;
-      if (s.client !== client) return reject(new Error("layercache/postgres: the bus session was replaced"));
+      if (s.client !== client) return reject(new Error("layercache/postgres: the bus's publishing session was replaced"));
       s.waiting.push({ channel, payload, resolve, reject });
       if (!s.busy) void this.#flush(s);
     });
@@ -203,25 +253,34 @@ class Listener {
     }
   }
 
+  /** Rejects the notifications not yet sent on the publishing session (the cache republishes them). */
+  #failWaiting(error: Error): void {
+    const waiting = this.#sending.waiting.splice(0);
+    this.#sending = { client: undefined, waiting: [], busy: false };
+    for (const n of waiting) n.reject(error);
+  }
+
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#heartbeat?.stop();
     if (this.#retryTimer !== undefined) this.#clock.clearTimeout(this.#retryTimer);
     const client = this.#client;
     this.#client = undefined;
+    const pub = this.#pub ?? (await this.#pubOpening?.catch(() => undefined));
+    this.#pub = undefined;
     this.#failWaiting(new Error("layercache/postgres: the bus connection is closed"));
     await this.#reconnecting?.catch(() => {});
-    if (client) await closeClient(client);
+    await Promise.all([client && closeClient(client), pub && closeClient(pub)]);
   }
 
-  /** A new session that listens to the channel and the echo channel. */
-  async #open(): Promise<PgClient> {
+  /** A new session; `listening`: it listens to the channel and the echo channel. */
+  async #open(listening: boolean): Promise<PgClient> {
     const client = new this.#pg.Client(this.#settings);
     // Until it is in use, errors of a session are only a failed attempt (the rejection says it).
     client.on("error", () => {});
     try {
       await client.connect();
-      await client.query(`LISTEN ${quoteIdent(this.#channel)}; LISTEN ${quoteIdent(this.#echo)}`);
+      if (listening) await client.query(`LISTEN ${quoteIdent(this.#channel)}; LISTEN ${quoteIdent(this.#echo)}`);
     } catch (error) {
       await closeClient(client);
       throw error;
@@ -229,43 +288,31 @@ class Listener {
     return client;
   }
 
-  /** Makes `client` the session in use, with a heartbeat of its own. */
+  /** Makes `client` the listening session in use, with a heartbeat of its own. */
   #use(client: PgClient): void {
     this.#client = client;
-    this.#failWaiting(new Error("layercache/postgres: the bus session was replaced"));
-    this.#sending = { client, waiting: [], busy: false };
-    this.#pid = client.processID ?? undefined;
     client.on("notification", (n: { processId?: number; channel: string; payload?: string }) => {
       if (this.#client !== client) return;
       if (n.channel === this.#echo) this.#heartbeat?.heard(Number(n.payload));
-      // Its own messages come back to a session that listens: the cache would ignore them anyway.
-      else if (n.channel === this.#channel && n.processId !== this.#pid) this.#handlers.onMessage(n.payload ?? "");
+      // Its own messages come back to a connection that listens: the cache would ignore them anyway.
+      else if (n.channel === this.#channel && !this.#ownPids.includes(n.processId ?? -1)) this.#handlers.onMessage(n.payload ?? "");
     });
     client.on("error", (error: unknown) => this.#lost(client, error));
     client.on("end", () => this.#lost(client));
-    // A new heartbeat per session: a probe sent on a lost session must not count against this one.
+    // A new heartbeat per listening session: a probe sent while the last one was in use must not count against this one.
     const heartbeat: Heartbeat = new Heartbeat({
       clock: this.#clock,
       intervalMs: this.#t.heartbeatMs,
-      probe: (n) => (this.#client === client ? this.#notify(client, this.#echo, String(n)) : Promise.reject(new Error("replaced"))),
+      probe: (n) => this.#publisher().then((pub) => this.#notify(pub, this.#echo, String(n))),
       onLost: () => this.#deaf(),
       onRegained: () => this.#hears(),
-      // The probe was sent but never came back: the session is silently dead.
+      // The probe was published but never came back: the listening session is silently dead.
       onSilence: () => this.#lost(client, new Error("layercache/postgres: the LISTEN session stopped hearing its heartbeat: replacing it")),
-      // The probe (a pg_notify on this very session) failed or hung for an interval: the session
-      // cannot be trusted (a backend stopped, a half-open connection): replace it.
-      onError: (error) => this.#lost(client, error),
+      onError: (error) => this.#handlers.onError(error, "heartbeat"),
     });
     this.#heartbeat?.stop();
     this.#heartbeat = heartbeat;
     heartbeat.start();
-  }
-
-  /** Rejects the notifications not yet sent on the session in use (the cache republishes them). */
-  #failWaiting(error: Error): void {
-    const waiting = this.#sending.waiting.splice(0);
-    this.#sending = { client: undefined, waiting: [], busy: false };
-    for (const n of waiting) n.reject(error);
   }
 
   #deaf(): void {
@@ -280,11 +327,10 @@ class Listener {
     this.#handlers.onReconnect();
   }
 
-  /** The session `client` is lost (once per session): report the gap, drop it and reconnect. */
+  /** The listening session `client` is lost (once per session): report the gap, drop it and reconnect. */
   #lost(client: PgClient, error?: unknown): void {
     if (this.#client !== client || this.#stopped) return;
     this.#client = undefined;
-    this.#failWaiting(new Error("layercache/postgres: the bus session was lost"));
     this.#heartbeat?.stop();
     this.#heartbeat = undefined;
     if (error !== undefined) this.#handlers.onError(error, "subscribe");
@@ -312,7 +358,7 @@ class Listener {
     if (this.#stopped) return;
     let client: PgClient;
     try {
-      client = await this.#open();
+      client = await this.#open(true);
     } catch (error) {
       if (this.#stopped) return;
       this.#handlers.onError(error, "reconnect");
