@@ -49,16 +49,18 @@ export interface ChaosFamily {
 export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
   memcached: async () => (await import("./families/memcached.js")).memcached,
+  postgres: async () => (await import("./families/postgres.js")).postgres,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
-export const L2_KINDS = ["redis", "memcached"] as const;
+export const L2_KINDS = ["redis", "memcached", "postgres"] as const;
 export type L2Kind = (typeof L2_KINDS)[number];
 
 /** `--bus <kind>`: the family that runs it. */
 export const BUS_KINDS = {
   pubsub: "redis",
   streams: "redis",
+  postgres: "postgres",
 } as const satisfies Record<string, keyof typeof FAMILIES>;
 export type BusKind = keyof typeof BUS_KINDS;
 

@@ -1,22 +1,27 @@
 /**
- * The Redis part of `npm run demo` (used when REDIS_URL is set): two processes, each with its own
- * LayerCache, sharing Redis as L2 and invalidation bus. Process A narrates and drives; process B
- * (this same file, forked) reports what it sees.
+ * The two-process part of `npm run demo`: used when REDIS_URL is set (Redis as L2 and bus) or,
+ * without it, when DATABASE_URL is a postgres:// URL (PostgreSQL alone: a table as L2,
+ * LISTEN/NOTIFY as bus). Two processes, each with its own LayerCache, share that server. Process A
+ * narrates and drives; process B (this same file, forked) reports what it sees.
  */
 import { fork } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { LayerCache } from "../src/index.js";
 import { RedisBus, RedisStore } from "../src/backends/redis/index.js";
+import { PostgresBus, PostgresStore } from "../src/backends/postgres/index.js";
 
-const url = process.env.REDIS_URL!;
+const onRedis = Boolean(process.env.REDIS_URL);
+const url = onRedis ? process.env.REDIS_URL! : process.env.DATABASE_URL!;
+const server = onRedis ? "Redis" : "PostgreSQL";
 const isPeer = process.argv[2] === "--peer";
 const prefix = isPeer ? process.argv[3]! : `layercache-demo-${randomBytes(3).toString("hex")}`;
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const ms = (t: bigint) => `${(Number(process.hrtime.bigint() - t) / 1e6).toFixed(2)} ms`;
 
 function makeCache(): LayerCache {
-  return new LayerCache({ prefix, ttl: "5m", l2: new RedisStore({ url }), bus: new RedisBus({ url }) });
+  if (onRedis) return new LayerCache({ prefix, ttl: "5m", l2: new RedisStore({ url }), bus: new RedisBus({ url }) });
+  return new LayerCache({ prefix, ttl: "5m", l2: new PostgresStore({ connectionString: url }), bus: new PostgresBus({ connectionString: url }) });
 }
 
 if (isPeer) {
@@ -47,7 +52,7 @@ if (isPeer) {
   await cache.ready();
   process.send!({ ready: true });
 } else {
-  console.log(bold("layercache demo with Redis") + ` — ${url}, two processes, prefix "${prefix}"`);
+  console.log(bold(`layercache demo with ${server}`) + ` — ${url.replace(/\/\/[^@/]*@/, "//")}, two processes, prefix "${prefix}"`);
   const peer = fork(fileURLToPath(import.meta.url), ["--peer", prefix], { execArgv: process.execArgv, stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const pending: ((m: Record<string, unknown>) => void)[] = [];
   peer.on("message", (m: Record<string, unknown>) => {
@@ -69,7 +74,7 @@ if (isPeer) {
   console.log(`\n${bold("1. Process A loads user 42 from its database")}`);
   const t = process.hrtime.bigint();
   await users.getOrSet("user:42", async () => ({ id: "42", name: "Ada", version: 1 }));
-  console.log(`   A: loaded and cached in ${ms(t)} — in A's memory (L1) and in Redis (L2)`);
+  console.log(`   A: loaded and cached in ${ms(t)} — in A's memory (L1) and in ${server} (L2)`);
 
   console.log(`\n${bold("2. Process B reads user 42")}`);
   await ask("read");

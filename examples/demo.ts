@@ -2,7 +2,8 @@
  * `npm run demo` — a narrated walkthrough of layercache.
  *
  * Without REDIS_URL: two instances of one service run in this process, joined by a MemoryBus (no
- * server needed). With REDIS_URL: two processes share Redis as L2 and bus (see demo-redis.ts).
+ * server needed). With REDIS_URL: two processes share Redis as L2 and bus; without REDIS_URL but
+ * with DATABASE_URL=postgres://…: two processes share PostgreSQL alone (see demo-redis.ts).
  * Every number printed is measured while it runs.
  */
 import { LayerCache, MemoryBus } from "../src/index.js";
@@ -109,7 +110,7 @@ async function main(): Promise<void> {
   console.log(`\n${dim("Done. Next: `npm test` runs the whole suite.")}`);
 }
 
-if (process.env.REDIS_URL) {
+if (process.env.REDIS_URL || /^postgres(ql)?:\/\//.test(process.env.DATABASE_URL ?? "")) {
   await import("./demo-redis.js");
 } else {
   main().catch((error) => {

@@ -7,8 +7,9 @@ import { describe, expect, inject, test } from "vitest";
 const root = resolve(import.meta.dirname, "..");
 const run = promisify(execFile);
 const tsx = join(root, "node_modules", "tsx", "dist", "cli.mjs");
-const env = { ...process.env, REDIS_URL: "" };
+const env = { ...process.env, REDIS_URL: "", DATABASE_URL: "" };
 const withRedis = { ...process.env, REDIS_URL: inject("redisUrl") };
+const withPostgres = { ...process.env, REDIS_URL: "", DATABASE_URL: inject("postgresUrl") };
 
 describe("examples run", () => {
   test("npm run demo narrates every step and ends cleanly", async () => {
@@ -22,6 +23,15 @@ describe("examples run", () => {
 
   test("npm run demo with REDIS_URL: two processes, an invalidation crossing between them", async () => {
     const { stdout } = await run("npm", ["run", "--silent", "demo"], { cwd: root, env: withRedis });
+    expect(stdout).toMatch(/B's loader was not called/);
+    expect(stdout).toMatch(/\[process B\] dropped its copy of user:42 on A's word \(remove\)/);
+    expect(stdout).toMatch(/\[process B\] get user:42 → undefined/);
+    expect(stdout).toMatch(/Done\./);
+  }, 60_000);
+
+  test("npm run demo with DATABASE_URL (PostgreSQL alone): two processes, an invalidation crossing between them", async () => {
+    const { stdout } = await run("npm", ["run", "--silent", "demo"], { cwd: root, env: withPostgres });
+    expect(stdout).toMatch(/layercache demo with PostgreSQL/);
     expect(stdout).toMatch(/B's loader was not called/);
     expect(stdout).toMatch(/\[process B\] dropped its copy of user:42 on A's word \(remove\)/);
     expect(stdout).toMatch(/\[process B\] get user:42 → undefined/);

@@ -22,7 +22,7 @@ beforeAll(() => {
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
   tarball = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz"))!);
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis"], dir);
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg"], dir);
 }, 180_000);
 
 afterAll(() => {
@@ -48,11 +48,12 @@ describe("npm pack output", () => {
     const files = info.files.map((f) => f.path);
     // The client libraries are optional peers, loaded at run time: never bundled into dist.
     for (const f of files.filter((f) => /^dist\/.*\.(c?js)$/.test(f))) {
-      expect(readFileSync(join(root, f), "utf8")).not.toMatch(/node_modules\/(ioredis|@redis)\//);
+      expect(readFileSync(join(root, f), "utf8")).not.toMatch(/node_modules\/(ioredis|@redis|pg|pg-pool|pg-protocol)\//);
     }
     expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
+    expect(readFileSync(join(root, "dist/postgres.js"), "utf8")).toMatch(/import\(['"]pg['"]\)/);
     expect(info.unpackedSize).toBeLessThan(2_000_000);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md"]) {
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "dist/postgres.js", "dist/postgres.cjs", "dist/postgres.d.ts", "dist/postgres.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "docs/postgres.md"]) {
       expect(files).toContain(f);
     }
     // Nothing else: no sources, tests, benchmarks, chaos tooling or examples.
@@ -147,6 +148,28 @@ describe("npm pack output", () => {
     ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore, RedisStreamsBus } = require("layercache/redis");`],
   ])("%s: RedisStore and RedisStreamsBus from { url } share values and invalidations through a real redis-server", (file, imports) => redisRoundTrip(file, imports, "RedisStreamsBus"));
 
+  /** Two caches of the installed package on the real PostgreSQL, alone (no Redis): a value and a removal go across. */
+  test.each([
+    ["pg.mjs", `import { LayerCache } from "layercache"; import { PostgresStore, PostgresBus } from "layercache/postgres";`],
+    ["pg.cjs", `const { LayerCache } = require("layercache"); const { PostgresStore, PostgresBus } = require("layercache/postgres");`],
+  ])("%s: PostgresStore and PostgresBus from { connectionString } share values and invalidations through a real PostgreSQL", (file, imports) => {
+    const url = inject("postgresUrl");
+    const body = `
+      const opts = () => ({ prefix: "pack-${file}", l2: new PostgresStore({ connectionString: ${JSON.stringify(url)} }), bus: new PostgresBus({ connectionString: ${JSON.stringify(url)} }) });
+      const a = new LayerCache(opts()); const b = new LayerCache(opts());
+      await a.ready(); await b.ready();
+      await a.set("k", { n: 1 });
+      const seen = await b.get("k");
+      const heard = b.stats().peerInvalidations;
+      await a.remove("k");
+      for (let i = 0; i < 500 && b.stats().peerInvalidations === heard; i++) await new Promise((r) => setTimeout(r, 10));
+      const after = await b.get("k");
+      await a.close(); await b.close();
+      console.log(JSON.stringify([seen, after === undefined, a.stats().l2Errors + b.stats().l2Errors]));`;
+    writeFileSync(join(dir, file), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
+    expect(JSON.parse(run("node", [file], dir))).toEqual([{ n: 1 }, true, 0]);
+  });
+
   test.each([
     ["mc.mjs", `import { LayerCache, MemoryBus } from "layercache"; import { MemcachedStore } from "layercache/memcached";`],
     ["mc.cjs", `const { LayerCache, MemoryBus } = require("layercache"); const { MemcachedStore } = require("layercache/memcached");`],
@@ -194,6 +217,11 @@ describe("npm pack output", () => {
       import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
       import { RedisStore, RedisBus, type RedisStoreOptions } from "layercache/redis";
       import { MemcachedStore, type MemcachedStoreOptions } from "layercache/memcached";
+      import { PostgresStore, PostgresBus, postgresStoreSql, type PostgresStoreOptions } from "layercache/postgres";
+      const pgOptions: PostgresStoreOptions = { connectionString: "postgres://localhost/app", table: "cache", unlogged: false };
+      void new LayerCache({ l2: new PostgresStore(pgOptions), bus: new PostgresBus({ connectionString: "postgres://localhost/app", heartbeat: "2s" }) });
+      const ddl: string = postgresStoreSql({ schema: "cache" });
+      void ddl;
       const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
       void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
       const memcachedOptions: MemcachedStoreOptions = { servers: ["127.0.0.1:11211"], timeout: "250ms", maxItemSize: 1024 * 1024 };
@@ -212,7 +240,7 @@ describe("npm pack output", () => {
     `;
 
   // One consumer project per module resolution a user may have: each imports `layercache` and
-  // `layercache/redis` and uses types from both, with the library's declarations checked too.
+  // `layercache/redis` (and `layercache/postgres`) and uses types from them, with the library's declarations checked too.
   test.each([
     ["nodenext (.mts and .cts)", { module: "nodenext", moduleResolution: "nodenext" }, ["consumer.mts", "consumer.cts"]],
     ["node16 (.mts and .cts)", { module: "node16", moduleResolution: "node16" }, ["consumer.mts", "consumer.cts"]],

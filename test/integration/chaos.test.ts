@@ -58,6 +58,20 @@ describe("chaos (multi-process history check)", () => {
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 
+  test("15 s on PostgreSQL alone (PostgresStore + PostgresBus) with the server killed, paused and its sessions terminated: no violation", async () => {
+    const serverFaults = FAULT_KINDS.filter((k) => !k.startsWith("loader-"));
+    const result = await runChaos({ durationMs: 15_000, seed: seed(), workers: 3, concurrency: 4, l2: "postgres", bus: "postgres", faultKinds: serverFaults, faultGapMs: [1500, 2500] });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.faults.length, summary).toBeGreaterThanOrEqual(serverFaults.length);
+    // A restart of PostgreSQL takes longer than one of Redis: fewer reads fall outside the faults (and the 2 s after each).
+    expect(result.checkedReads, summary).toBeGreaterThan(100);
+    // Listeners terminated, a restart: the bus saw each gap and repaired L1.
+    expect(result.events.busReconnect ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
   test("sabotaged (no invalidation bus): the checker finds stale reads", async () => {
     const result = await runChaos({ durationMs: 8_000, seed: seed(), workers: 3, concurrency: 4, faults: false, sabotage: "no-bus" });
     const summary = summarize(result);

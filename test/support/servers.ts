@@ -11,8 +11,9 @@ import { delimiter, join } from "node:path";
 
 const SEARCH_PATH = [...(process.env.PATH ?? "").split(delimiter), "/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"];
 
-export function findBinary(name: string): string | undefined {
-  for (const dir of SEARCH_PATH) {
+/** `extraDirs`: where a package puts binaries off the PATH (PostgreSQL: /usr/lib/postgresql/<version>/bin). */
+export function findBinary(name: string, extraDirs: string[] = []): string | undefined {
+  for (const dir of [...SEARCH_PATH, ...extraDirs]) {
     const p = join(dir, name);
     if (dir && existsSync(p)) return p;
   }
@@ -20,8 +21,8 @@ export function findBinary(name: string): string | undefined {
 }
 
 /** The path of `bin`, installing Debian package `pkg` first when it is missing and we may. */
-export function ensureBinary(bin: string, pkg: string): string {
-  const found = findBinary(bin);
+export function ensureBinary(bin: string, pkg: string, extraDirs: () => string[] = () => []): string {
+  const found = findBinary(bin, extraDirs());
   if (found) return found;
   const canInstall = process.getuid?.() === 0 && findBinary("apt-get") !== undefined && process.env.LAYERCACHE_NO_INSTALL !== "1";
   if (!canInstall) throw new Error(`${bin} not found: install the Debian package ${pkg} (apt-get install -y ${pkg})`);
@@ -33,7 +34,7 @@ export function ensureBinary(bin: string, pkg: string): string {
   } catch {
     throw new Error(`${bin} not found and installing ${pkg} failed: install it with apt-get install -y ${pkg}`);
   }
-  const installed = findBinary(bin);
+  const installed = findBinary(bin, extraDirs());
   if (!installed) throw new Error(`${bin} still not found after installing ${pkg}`);
   return installed;
 }

@@ -1,0 +1,54 @@
+/** PostgreSQL in the chaos run: PostgresStore ("--l2 postgres") and PostgresBus ("--bus postgres") on one server. */
+import pg from "pg";
+import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
+import { PostgresServer } from "../../test/support/postgres-server.js";
+import type { ChaosFamily, ChaosServer } from "../families.js";
+
+/** Sessions are named, so that a fault can cut the buses' or the stores' alone. */
+const BUS_APP = "layercache-chaos-bus";
+const STORE_APP = "layercache-chaos-store";
+
+/** One pool per worker process for its store (as a user would pass theirs in). */
+let pool: pg.Pool | undefined;
+function poolFor(url: string): pg.Pool {
+  if (!pool) {
+    pool = new pg.Pool({ connectionString: url, application_name: STORE_APP, max: 4 });
+    pool.on("error", () => {});
+  }
+  return pool;
+}
+
+async function start(): Promise<ChaosServer> {
+  const server = await PostgresServer.start();
+  const admin = new pg.Pool({ connectionString: server.url, max: 1 });
+  admin.on("error", () => {});
+  const terminate = (app: string) => admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", [app]).then(() => {}, () => {});
+  return {
+    url: server.url,
+    // An immediate shutdown (SIGQUIT): the postmaster and every backend go at once, as in a crash
+    // (SIGKILL of the postmaster alone would leave its backends holding the shared memory, and the
+    // restart would refuse to start). The UNLOGGED table comes back empty.
+    kill: () => server.kill("SIGQUIT"),
+    restart: () => server.restart(),
+    pause: () => server.pause(),
+    resume: () => server.resume(),
+    cutListeners: () => terminate(BUS_APP),
+    cutClients: () => terminate(STORE_APP),
+    stop: async () => {
+      await admin.end().catch(() => {});
+      await server.stop();
+    },
+  };
+}
+
+export const postgres: ChaosFamily = {
+  start,
+  store: (url, s) => new PostgresStore({ pool: poolFor(url), timeout: s.timeoutMs, circuitBreaker: s.circuitBreaker }),
+  buses: {
+    postgres: (url, s) => new PostgresBus({ connectionString: url, application_name: BUS_APP, heartbeat: s.heartbeat }),
+  },
+  close: async () => {
+    await pool?.end().catch(() => {});
+    pool = undefined;
+  },
+};

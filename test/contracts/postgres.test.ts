@@ -1,0 +1,12 @@
+import { describe, inject, test } from "vitest";
+import { busContract, l2StoreContract } from "../../src/testing.js";
+import { PG_KINDS, contractBackends } from "../support/postgres-clients.js";
+
+/** PostgresStore and PostgresBus pass the contract suites on a real PostgreSQL, given a pg.Pool or connection settings. */
+const url = inject("postgresUrl");
+
+describe.each(PG_KINDS)("PostgreSQL with %s", (kind) => {
+  const backends = contractBackends(kind, url);
+  l2StoreContract(backends.store, { describe, test, name: "PostgresStore: the L2Store contract" });
+  busContract(backends.bus, { describe, test, name: "PostgresBus: the Bus contract" });
+});

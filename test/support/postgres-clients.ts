@@ -1,0 +1,39 @@
+import pg from "pg";
+import { afterAll } from "vitest";
+import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
+import { PATIENT } from "./patient.js";
+
+/** How a store or bus reaches PostgreSQL: a `pg.Pool` of the test's (`pool`), or connection settings (`url`). */
+export type PgKind = "pool" | "url";
+export const PG_KINDS: PgKind[] = ["pool", "url"];
+
+/** A pg.Pool as a user would create it (with an error listener, as pg asks). */
+export function userPool(url: string, extra: Record<string, unknown> = {}): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, ...extra });
+  pool.on("error", () => {});
+  return pool;
+}
+
+/**
+ * Stores and buses for the contract suites: with `pool`, on two pools taken in turn (two instances
+ * use two pools), closed after the file's tests; with `url`, each opens its own connections.
+ */
+export function contractBackends(kind: PgKind, url: string): { store(): PostgresStore; bus(): PostgresBus } {
+  const pools: pg.Pool[] = [];
+  let turn = 0;
+  const next = (): pg.Pool => (pools[turn++ % 2] ??= userPool(url));
+  afterAll(async () => {
+    for (const p of pools) await p.end();
+  });
+  return {
+    store: () => (kind === "pool" ? new PostgresStore({ pool: next(), ...PATIENT }) : new PostgresStore({ connectionString: url, ...PATIENT })),
+    bus: () => (kind === "pool" ? new PostgresBus({ pool: next(), ...PATIENT }) : new PostgresBus({ connectionString: url, ...PATIENT })),
+  };
+}
+
+/** A plain pool to look at (or tamper with) what is stored, closed after the file's tests. */
+export function rawPoolClosedAfterAll(url: string): pg.Pool {
+  const pool = userPool(url);
+  afterAll(async () => void (await pool.end()));
+  return pool;
+}
