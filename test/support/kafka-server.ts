@@ -8,6 +8,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Admin } from "@platformatic/kafka";
@@ -73,37 +74,116 @@ process.once("exit", () => {
 /** JVM settings for a small, quick-starting broker. */
 const JVM = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true"];
 
+/**
+ * A TCP relay in front of a broker listener, that a test cuts: every connection through it is
+ * closed, and new ones are refused until it is mended — a network cut between one client and the
+ * broker while the others go on. (Kafka clients connect to the addresses the broker advertises, so
+ * the broker advertises this relay on a listener of its own: see `KafkaServer.start({ cuttable })`.)
+ */
+export class Relay {
+  readonly port: number;
+  readonly #server: Server;
+  readonly #sockets = new Set<Socket>();
+  #target = 0;
+  #cut = false;
+
+  private constructor(port: number, server: Server) {
+    this.port = port;
+    this.#server = server;
+  }
+
+  static async start(): Promise<Relay> {
+    const port = await freePort();
+    const server = createServer();
+    const relay = new Relay(port, server);
+    server.on("connection", (client) => relay.#accept(client));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => resolve());
+    });
+    return relay;
+  }
+
+  set target(port: number) {
+    this.#target = port;
+  }
+
+  #accept(client: Socket): void {
+    if (this.#cut) {
+      client.destroy();
+      return;
+    }
+    const upstream = createConnection({ host: "127.0.0.1", port: this.#target });
+    for (const s of [client, upstream]) {
+      this.#sockets.add(s);
+      s.on("error", () => {});
+      s.on("close", () => {
+        this.#sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  }
+
+  /** Closes every connection through the relay and refuses new ones. */
+  cut(): void {
+    this.#cut = true;
+    for (const s of this.#sockets) s.destroy();
+  }
+
+  mend(): void {
+    this.#cut = false;
+  }
+
+  async stop(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
 /** One Kafka broker (KRaft, combined broker + controller) on 127.0.0.1, that a test may kill, restart, pause and resume. */
 export class KafkaServer {
   readonly port: number;
   readonly controllerPort: number;
   readonly dir: string;
+  /** With `cuttable`: a second listener, reached only through this relay (clients bootstrapping from `relayBrokers` stay behind it). */
+  readonly relay: Relay | undefined;
+  readonly #relayTarget: number;
   proc: ChildProcess | undefined;
   #exit: string | undefined;
   #log = "";
 
-  private constructor(port: number, controllerPort: number, dir: string) {
+  private constructor(port: number, controllerPort: number, dir: string, relay: Relay | undefined, relayTarget: number) {
     this.port = port;
     this.controllerPort = controllerPort;
     this.dir = dir;
+    this.relay = relay;
+    this.#relayTarget = relayTarget;
   }
 
   /** Starts a broker on free ports with an empty log (three tries when a port was taken meanwhile). */
-  static async start(): Promise<KafkaServer> {
+  static async start(options: { cuttable?: boolean } = {}): Promise<KafkaServer> {
     const java = ensureBinary("java", "openjdk-17-jre-headless");
     const jars = kafkaJars();
+    const relay = options.cuttable ? await Relay.start() : undefined;
     for (let attempt = 1; ; attempt++) {
-      const [port, controllerPort] = [await freePort(), await freePort()];
+      const [port, controllerPort, relayTarget] = [await freePort(), await freePort(), relay ? await freePort() : 0];
+      if (relay) relay.target = relayTarget;
       const dir = mkdtempSync(join(tmpdir(), `layercache-kafka-${port}-`));
-      const server = new KafkaServer(port, controllerPort, dir);
+      const server = new KafkaServer(port, controllerPort, dir, relay, relayTarget);
       try {
         server.#configure(java, jars);
         await server.#spawn(java, jars);
         return server;
       } catch (error) {
         const exitedEarly = server.#exit !== undefined;
-        await server.stop();
-        if (attempt >= 3 || !exitedEarly) throw error;
+        await server.#stopBroker();
+        if (attempt >= 3 || !exitedEarly) {
+          await relay?.stop();
+          throw error;
+        }
       }
     }
   }
@@ -115,6 +195,12 @@ export class KafkaServer {
 
   get brokers(): string[] {
     return [this.broker];
+  }
+
+  /** Bootstrap brokers behind the relay (with `cuttable`). */
+  get relayBrokers(): string[] {
+    if (!this.relay) throw new Error("this KafkaServer was started without `cuttable`");
+    return [`127.0.0.1:${this.relay.port}`];
   }
 
   get #props(): string {
@@ -131,10 +217,10 @@ export class KafkaServer {
         "process.roles=broker,controller",
         "node.id=1",
         `controller.quorum.voters=1@127.0.0.1:${this.controllerPort}`,
-        `listeners=PLAINTEXT://127.0.0.1:${this.port},CONTROLLER://127.0.0.1:${this.controllerPort}`,
-        `advertised.listeners=PLAINTEXT://127.0.0.1:${this.port}`,
+        `listeners=PLAINTEXT://127.0.0.1:${this.port},CONTROLLER://127.0.0.1:${this.controllerPort}${this.relay ? `,RELAYED://127.0.0.1:${this.#relayTarget}` : ""}`,
+        `advertised.listeners=PLAINTEXT://127.0.0.1:${this.port}${this.relay ? `,RELAYED://127.0.0.1:${this.relay.port}` : ""}`,
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,RELAYED:PLAINTEXT",
         "inter.broker.listener.name=PLAINTEXT",
         `log.dirs=${logs}`,
         // Topics are created by the bus, with its settings: a typo'd name must not create one.
@@ -220,6 +306,11 @@ export class KafkaServer {
   }
 
   async stop(): Promise<void> {
+    await this.#stopBroker();
+    await this.relay?.stop();
+  }
+
+  async #stopBroker(): Promise<void> {
     this.resume();
     await this.kill("SIGKILL");
     live.delete(this);

@@ -160,7 +160,7 @@ export class KafkaBus implements Bus {
           await send();
         } catch (error) {
           // The topic was deleted (or the broker lost it): make it again and send once more.
-          if (!hasCode(error, 3) && !hasCode(error, 100)) throw error;
+          if (!unknownTopic(error)) throw error;
           await topics.ensure();
           await send();
         }
@@ -188,6 +188,16 @@ function hasCode(error: unknown, code: number): boolean {
   if (e.apiCode === code) return true;
   if (Array.isArray(e.errors) && e.errors.some((x) => hasCode(x, code))) return true;
   return e.cause !== undefined && e.cause !== e && hasCode(e.cause, code);
+}
+
+/**
+ * Whether the broker does not know the topic: UNKNOWN_TOPIC_OR_PARTITION (3) or UNKNOWN_TOPIC_ID
+ * (100), or the client's own error for the first in a metadata answer (which drops the code).
+ */
+function unknownTopic(error: unknown): boolean {
+  if (hasCode(error, 3) || hasCode(error, 100)) return true;
+  const e = error as { code?: unknown; message?: unknown } | null;
+  return e !== null && typeof e === "object" && e.code === "PLT_KFK_USER" && typeof e.message === "string" && e.message.startsWith("Unknown topic ");
 }
 
 interface TopicSettings {
@@ -239,7 +249,7 @@ class Topics {
     try {
       md = await client.metadata({ topics: [this.name], forceUpdate: true });
     } catch (error) {
-      if (hasCode(error, 3)) return undefined; // UNKNOWN_TOPIC_OR_PARTITION
+      if (unknownTopic(error)) return undefined;
       throw error;
     }
     const t = md.topics.get(this.name) as { id: string; partitions: { leader: number; leaderEpoch: number }[] } | undefined;
