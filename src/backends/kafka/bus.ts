@@ -146,6 +146,9 @@ export class KafkaBus implements Bus {
     const reader = new TopicReader(kafka, base, topics, handlers, clock, this.#heartbeatMs, producer);
     try {
       await reader.start();
+      // Connects the publishing client and learns the topic's leaders now, so that the first
+      // publishes do not wait for that (under load they would pile up behind it and time out).
+      await producer.metadata({ topics: [topic] });
     } catch (error) {
       await reader.stop();
       if (owned) await producer.close().catch(() => {});
