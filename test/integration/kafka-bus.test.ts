@@ -106,6 +106,22 @@ describe("KafkaBus: gaps", () => {
     await eventually("k2 to be dropped", async () => !(await held(b, "k2")));
   });
 
+  test("the broker hangs (SIGSTOP): the heartbeat finds the reader silent; after SIGCONT it catches up (no repair)", async () => {
+    const { a, b, events } = await pair();
+    await fill(b, ["k", "held"]);
+    server.pause();
+    try {
+      await eventually("B to notice the silence", () => events.includes("busDisconnect"));
+    } finally {
+      server.resume();
+    }
+    await a.remove("k");
+    await eventually("B to be told k was removed", async () => !(await held(b, "k")), 30_000);
+    await eventually("B to be back", () => events.at(-1) === "busCaughtUp", 30_000);
+    expect(events.filter((e) => e === "busReconnect")).toEqual([]);
+    expect(await held(b, "held")).toBe(true);
+  }, 60_000);
+
   test("the broker restarts with its log: everyone catches up on what was published once it was back (no repair)", async () => {
     const { a, b, events } = await pair();
     await fill(b, ["k", "held"]);
@@ -169,6 +185,15 @@ describe("KafkaBus: on the wire", () => {
     const [described] = await admin.describeConfigs({ resources: [{ resourceType: 2, resourceName: topic, configurationKeys: ["retention.ms", "cleanup.policy", "max.message.bytes"] }] } as never);
     const configs = Object.fromEntries((described as { configs: { name: string; value: string }[] }).configs.map((x) => [x.name, x.value]));
     expect(configs).toMatchObject({ "retention.ms": "7200000", "cleanup.policy": "delete", "max.message.bytes": String(1024 * 1024 + 12) });
+    // Every partition is read: invalidations of several scopes (keyed apart) all arrive.
+    const d = new LayerCache({ prefix, bus: new KafkaBus({ brokers: server.brokers, partitions: 3, ...FAST }) });
+    caches.push(d);
+    await d.ready();
+    const scopes = ["users", "orders", "carts", "eu", "us"].map((name) => d.scope(name));
+    for (const s of scopes) await s.getOrSet("k", async () => "d's");
+    for (const name of ["users", "orders", "carts", "eu", "us"]) await c.scope(name).remove("k");
+    await eventually("every scope's removal to reach d", () => d.stats().peerInvalidations >= 5);
+    for (const s of scopes) expect(await s.getOrSet("k", async () => "reloaded")).toBe("reloaded");
     await c.close();
     const m = encodeMessage({ from: "x", op: "remove", scope: ["users", "eu"], keys: ["k"], at: 1 });
     expect(keyOf(m, "fallback")).toBe('s["users","eu"]');
