@@ -12,7 +12,7 @@ import { createConnection, createServer, type Server, type Socket } from "node:n
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Admin } from "@platformatic/kafka";
-import { ensureBinary, freePort, waitFor } from "./servers.js";
+import { ensureBinary, freePort, killProcess, waitFor } from "./servers.js";
 
 /** The broker's version: a 4.x line (KRaft only; runs on Java 17). */
 export const KAFKA_VERSION = "4.1.1";
@@ -276,11 +276,7 @@ export class KafkaServer {
   }
 
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    proc.kill(signal);
-    await gone;
+    await killProcess(this.proc, signal);
     this.proc = undefined;
   }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { Heartbeat, checkOptions, optionError, parseDuration, parseResilience, preview, systemClock, type Bus, type BusConnection, type BusContext, type BusHandlers, type BusLimits, type BusResilience, type CircuitBreakerOptions, type Duration, type TimerClock } from "../../backend.js";
+import { Heartbeat, checkOptions, readLoop, optionError, parseDuration, parseResilience, preview, systemClock, type Bus, type BusConnection, type BusContext, type BusHandlers, type BusLimits, type BusResilience, type CircuitBreakerOptions, type Duration, type TimerClock } from "../../backend.js";
 import { keyOf, topicFor } from "./topic.js";
 
 export interface KafkaBusOptions {
@@ -53,8 +53,6 @@ const TOPIC_MAX_MESSAGE_BYTES = 1024 * 1024 + 12;
 
 /** Longest a fetch waits for new messages, whatever the heartbeat (proxies close connections idle for longer). */
 const MAX_WAIT_MS = 10_000;
-/** Pause after a failed fetch, doubling up to the second figure. */
-const RETRY_MS = [50, 2_000] as const;
 /** Bytes one fetch may bring per partition: a full batch of the largest messages. */
 const PARTITION_MAX_BYTES = 4 * 1024 * 1024;
 /** A record batch whose attributes have this bit is a transaction marker, not messages. */
@@ -379,20 +377,16 @@ class TopicReader {
   }
 
   /** Fetches with `consumer` until it is replaced or the bus stops. */
-  async #run(generation: number, consumer: AnyClient): Promise<void> {
-    let delay = 0;
-    while (this.#generation === generation) {
-      try {
-        await this.#fetch(generation, consumer);
-        delay = 0;
-      } catch (error) {
-        if (this.#generation !== generation) return;
+  #run(generation: number, consumer: AnyClient): Promise<void> {
+    return readLoop(
+      this.#clock,
+      () => this.#generation === generation,
+      () => this.#fetch(generation, consumer),
+      (error) => {
         this.#dropped(error);
         this.#stale = true;
-        delay = Math.min(Math.max(delay * 2, RETRY_MS[0]), RETRY_MS[1]);
-        await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delay, true));
-      }
-    }
+      },
+    );
   }
 
   /** One round: the topic's shape when it may have changed, one fetch per leader, and what they prove. */
