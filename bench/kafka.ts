@@ -9,10 +9,9 @@
  * No other Node cache offers a Kafka bus, so there is no named peer to run beside. A discarded
  * warm-up run of each comes first (a fresh broker is slow for its first seconds); then runs
  * alternate (layercache, raw, raw, layercache …) so that the machine's noise falls on both.
- * `BENCH_DEBUG=1` prints slow samples, event-loop delay and publish times. Prints the table
+ * `BENCH_DEBUG=1` prints event-loop delay, background publish times and bus errors. Prints the table
  * and the targets; writes docs/benchmarks/kafka.json. `--quick`: fewer samples.
  */
-import { fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join, resolve } from "node:path";
@@ -22,6 +21,7 @@ import { KafkaBus } from "../src/backends/kafka/index.js";
 import { KAFKA_VERSION, KafkaServer } from "../test/support/kafka-server.js";
 import { percentile, QUICK, sleep } from "./lib.js";
 import { rawClient } from "./kafka-raw.js";
+import { forkPeer } from "./peer-protocol.js";
 
 const root = resolve(import.meta.dirname, "..");
 type Mode = "layercache" | "raw";
@@ -34,15 +34,7 @@ async function run(broker: string, mode: Mode, samples: number, round: number): 
     await admin.createTopics({ topics: [`${prefix}-raw`], partitions: 1, replicas: 1 });
     await admin.close();
   }
-  const b = fork(join(root, "bench/kafka-peer.ts"), [broker, prefix, mode], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const waiting = new Map<string, (m: Record<string, string>) => void>();
-  b.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
-    waiting.get(id)?.(m);
-  });
-  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
-  await expect("ready");
-
+  const b = await forkPeer(join(root, "bench/kafka-peer.ts"), [broker, prefix, mode]);
   const local = new Map<string, unknown>();
   const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", bus: new KafkaBus({ brokers: [broker] }) }) : undefined;
   if (process.env.BENCH_DEBUG) {
@@ -76,35 +68,18 @@ async function run(broker: string, mode: Mode, samples: number, round: number): 
       } else void ops.read(k).catch(() => {});
     }
   }, 2);
-  b.send({ op: "background", perTick: 5 });
+  b.background(5);
   // Let both processes settle under the load before measuring.
   await sleep(2000);
-
   const { monitorEventLoopDelay } = await import("node:perf_hooks");
   const eld = monitorEventLoopDelay({ resolution: 1 });
   if (process.env.BENCH_DEBUG) eld.enable();
-  const latencies: number[] = [];
-  for (let i = 0; i < samples; i++) {
-    const key = `inv:${i}`;
-    const primed = expect(`primed:${key}`);
-    b.send({ op: "prime", key });
-    await primed;
-    const dropped = expect(`dropped:${key}`);
-    const t0 = process.hrtime.bigint();
-    await ops.remove(key);
-    const t1 = process.hrtime.bigint();
-    const m = await dropped;
-    latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
-    if (process.env.BENCH_DEBUG && latencies.at(-1)! > 50) console.error(mode, i, "remove() took", (Number(t1 - t0) / 1e6).toFixed(1), "ms; until dropped", latencies.at(-1)!.toFixed(1), "ms", a?.stats().busErrors ?? "");
-    await sleep(2);
-  }
+  const latencies = await b.measure(samples, (key) => ops.remove(key));
   clearInterval(bg);
   if (process.env.BENCH_DEBUG) console.error(mode, "A background set p50/p99/max ms", percentile(setTimes, 50).toFixed(1), percentile(setTimes, 99).toFixed(1), Math.max(...setTimes).toFixed(1), setTimes.length);
   if (process.env.BENCH_DEBUG) console.error(mode, "A event-loop delay p99/max ms", (eld.percentile(99) / 1e6).toFixed(1), (eld.max / 1e6).toFixed(1));
-  if (process.env.BENCH_DEBUG && a) console.error("A stats", JSON.stringify({ busErrors: a.stats().busErrors, collapsed: a.stats().busPublishesCollapsed, loads: a.stats().loads, peerInvalidations: a.stats().peerInvalidations }));
-  const stopped = expect("stopped");
-  b.send({ op: "stop" });
-  await stopped;
+  if (process.env.BENCH_DEBUG && a) console.error("A stats", JSON.stringify({ busErrors: a.stats().busErrors, peerInvalidations: a.stats().peerInvalidations }));
+  await b.stop();
   await a?.close();
   await raw?.close();
   return latencies;
