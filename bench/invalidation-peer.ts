@@ -8,23 +8,14 @@
 import { Redis } from "ioredis";
 import { LayerCache } from "../src/index.js";
 import { RedisBus, RedisStore, RedisStreamsBus } from "../src/backends/redis/index.js";
-import { reportDrop, servePeer, type PeerSide } from "./peer-protocol.js";
+import { cacheSide, reportDrop, servePeer, type PeerSide } from "./peer-protocol.js";
 
 const [url, prefix, mode] = process.argv.slice(2) as [string, string, string | undefined];
 const client = new Redis(url);
 
-async function layercacheSide(): Promise<PeerSide> {
+function layercacheSide(): Promise<PeerSide> {
   const bus = mode === "streams" ? new RedisStreamsBus({ client }) : new RedisBus({ client });
-  const cache = new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus });
-  cache.on("peerInvalidation", (e) => {
-    if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) reportDrop(key);
-  });
-  await cache.ready();
-  return {
-    prime: async (key) => void (await cache.getOrSet(key, async () => ({ loadedBy: "B" }))),
-    op: (k, n) => (n % 5 === 0 ? cache.set(k, { n }) : cache.getOrSet(k, async () => ({ n }))),
-    close: () => cache.close(),
-  };
+  return cacheSide(new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus }));
 }
 
 async function rawSide(): Promise<PeerSide> {

@@ -6,21 +6,12 @@
 import { LayerCache } from "../src/index.js";
 import { KafkaBus } from "../src/backends/kafka/index.js";
 import { rawClient } from "./kafka-raw.js";
-import { reportDrop, servePeer, type PeerSide } from "./peer-protocol.js";
+import { cacheSide, reportDrop, servePeer, type PeerSide } from "./peer-protocol.js";
 
 const [broker, prefix, mode] = process.argv.slice(2) as [string, string, "layercache" | "raw"];
 
-async function layercacheSide(): Promise<PeerSide> {
-  const cache = new LayerCache({ prefix, ttl: "1h", bus: new KafkaBus({ brokers: [broker] }) });
-  cache.on("peerInvalidation", (e) => {
-    if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) reportDrop(key);
-  });
-  await cache.ready();
-  return {
-    prime: async (key) => void (await cache.getOrSet(key, async () => ({ loadedBy: "B" }))),
-    op: (k, n) => (n % 5 === 0 ? cache.set(k, { n }) : cache.getOrSet(k, async () => ({ n }))),
-    close: () => cache.close(),
-  };
+function layercacheSide(): Promise<PeerSide> {
+  return cacheSide(new LayerCache({ prefix, ttl: "1h", bus: new KafkaBus({ brokers: [broker] }) }));
 }
 
 async function rawSide(): Promise<PeerSide> {

@@ -4,6 +4,7 @@
  * (shared by all processes), when it dropped each one. Both run steady background load meanwhile.
  */
 import { fork, type ChildProcess } from "node:child_process";
+import type { LayerCache } from "../src/index.js";
 import { sleep } from "./lib.js";
 
 /** What B runs: layercache on some bus, or a raw client's floor. */
@@ -44,6 +45,19 @@ export function servePeer(side: PeerSide, onStop: () => void | Promise<void> = (
 export function reportDrop(key: string): void {
   const t = process.hrtime.bigint();
   process.send!({ dropped: key, t: t.toString() });
+}
+
+/** B on layercache: `cache` (on the bus under test) reports each key a peer's removal dropped. */
+export async function cacheSide(cache: LayerCache): Promise<PeerSide> {
+  cache.on("peerInvalidation", (e) => {
+    if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) reportDrop(key);
+  });
+  await cache.ready();
+  return {
+    prime: async (key) => void (await cache.getOrSet(key, async () => ({ loadedBy: "B" }))),
+    op: (k, n) => (n % 5 === 0 ? cache.set(k, { n }) : cache.getOrSet(k, async () => ({ n }))),
+    close: () => cache.close(),
+  };
 }
 
 /** Parent side: B forked from `file` with `args`, once it is ready. */
