@@ -55,6 +55,9 @@ const TOPIC_MAX_MESSAGE_BYTES = 1024 * 1024 + 12;
 const MAX_WAIT_MS = 10_000;
 /** Bytes one fetch may bring per partition: a full batch of the largest messages. */
 const PARTITION_MAX_BYTES = 4 * 1024 * 1024;
+/** How long `connect` waits for a new topic to reach the metadata: tries × pause. */
+const SETTLE_TRIES = 100;
+const SETTLE_MS = 100;
 /** A record batch whose attributes have this bit is a transaction marker, not messages. */
 const CONTROL_BATCH = 0x20;
 
@@ -322,13 +325,26 @@ class TopicReader {
   async start(): Promise<void> {
     await this.#topics.ensure();
     const consumer = this.#open();
-    const shape = await this.#topics.shape(consumer);
-    if (shape === undefined) throw new Error(`layercache/kafka: topic ${this.#topics.name} is missing right after it was created`);
+    const shape = await this.#settled(consumer);
     this.#shape = shape;
     // Messages published from now on have offsets from the current ends.
     this.#positions = await this.#ends(consumer, shape.partitions.length);
     this.#heartbeat.start();
     void this.#run(this.#generation, consumer);
+  }
+
+  /**
+   * The topic's shape once every partition has a leader. A topic just created (here or by another
+   * instance at the same moment) reaches the brokers' metadata a little later: wait for it, on the
+   * real clock (a caller is waiting; a cache's fake clock may not be driven yet), at most ~10 s.
+   */
+  async #settled(consumer: AnyClient): Promise<TopicShape> {
+    for (let attempt = 1; ; attempt++) {
+      const shape = await this.#topics.shape(consumer);
+      if (shape !== undefined && shape.partitions.length > 0 && shape.partitions.every((p) => p.leader >= 0)) return shape;
+      if (attempt >= SETTLE_TRIES) throw new Error(`layercache/kafka: topic ${this.#topics.name} ${shape === undefined ? "is missing" : "has partitions without a leader"} ${SETTLE_TRIES * SETTLE_MS} ms after it was created`);
+      await new Promise<void>((resolve) => systemClock.setTimeout(resolve, SETTLE_MS));
+    }
   }
 
   async stop(): Promise<void> {
