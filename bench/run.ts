@@ -17,6 +17,7 @@ import { RedisServer, ensureBinary } from "../test/support/servers.js";
 import { compare, fmtOps, OPTIONS, percentile, printRatios, QUICK, rng, sleep, zipf } from "./lib.js";
 import { bentoPeer, cacheablePeer, cacheManagerPeer, layercachePeer, lruBaseline, rawRedisBaseline, type Peer } from "./peers.js";
 import { renderChart } from "./chart.js";
+import { forkPeer } from "./peer-protocol.js";
 
 const root = resolve(import.meta.dirname, "..");
 const results: Record<string, unknown> = {};
@@ -188,15 +189,7 @@ async function scenario5(): Promise<void> {
  */
 async function invalidationRun(url: string, mode: "layercache" | "streams" | "raw"): Promise<number[]> {
   const prefix = `s6-${mode}-${process.pid}`;
-  const b = fork(join(root, "bench/invalidation-peer.ts"), [url, prefix, mode], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const waiting = new Map<string, (m: Record<string, string>) => void>();
-  b.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
-    waiting.get(id)?.(m);
-  });
-  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
-  await expect("ready");
-
+  const b = await forkPeer(join(root, "bench/invalidation-peer.ts"), [url, prefix, mode]);
   const client = new Redis(url);
   const bus = mode === "streams" ? new RedisStreamsBus({ client }) : new RedisBus({ client });
   const a = mode === "raw" ? undefined : new LayerCache({ prefix, ttl: "1h", l2: new RedisStore({ client }), bus });
@@ -237,34 +230,17 @@ async function invalidationRun(url: string, mode: "layercache" | "streams" | "ra
       void (n % 5 === 0 ? ops.set(k, { n }) : ops.read(k));
     }
   }, 2);
-  b.send({ op: "background", perTick: 5 });
+  b.background(5);
   await sleep(300);
 
   const samples = QUICK ? 100 : 500;
-  const latencies: number[] = [];
   const parts: [number, number][] = [];
   const { monitorEventLoopDelay } = await import("node:perf_hooks");
   const eld = monitorEventLoopDelay({ resolution: 1 });
   if (process.env.BENCH_DEBUG) eld.enable();
-  for (let i = 0; i < samples; i++) {
-    // B loads the key itself (a set from A would race its own message with the priming).
-    const key = `inv:${i}`;
-    const primed = expect(`primed:${key}`);
-    b.send({ op: "prime", key });
-    await primed;
-    const dropped = expect(`dropped:${key}`);
-    const t0 = process.hrtime.bigint();
-    await ops.remove(key);
-    const t1 = process.hrtime.bigint();
-    const m = await dropped;
-    latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
-    parts.push([Number(t1 - t0) / 1e6, Number(BigInt(m.t!) - t1) / 1e6]);
-    await sleep(2);
-  }
+  const latencies = await b.measure(samples, (key) => ops.remove(key), parts);
   clearInterval(bg);
-  const stopped = expect("stopped");
-  b.send({ op: "stop" });
-  await stopped;
+  await b.stop();
   if (process.env.BENCH_DEBUG) {
     eld.disable();
     console.log(mode, "remove() p50/p99", percentile(parts.map((x) => x[0]), 50).toFixed(3), percentile(parts.map((x) => x[0]), 99).toFixed(3), "| then until B dropped p50/p99", percentile(parts.map((x) => x[1]), 50).toFixed(3), percentile(parts.map((x) => x[1]), 99).toFixed(3), "| A event-loop delay p99/max ms", (eld.percentile(99) / 1e6).toFixed(2), (eld.max / 1e6).toFixed(2));

@@ -50,6 +50,7 @@ export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
   memcached: async () => (await import("./families/memcached.js")).memcached,
   postgres: async () => (await import("./families/postgres.js")).postgres,
+  kafka: async () => (await import("./families/kafka.js")).kafka,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
@@ -61,6 +62,7 @@ export const BUS_KINDS = {
   pubsub: "redis",
   streams: "redis",
   postgres: "postgres",
+  kafka: "kafka",
 } as const satisfies Record<string, keyof typeof FAMILIES>;
 export type BusKind = keyof typeof BUS_KINDS;
 

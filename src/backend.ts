@@ -14,5 +14,6 @@ export { LayerCacheError, RecordError, isRecordError, optionError, preview } fro
 export { systemClock, MAX_TIMER_MS, type Clock, type TimerClock } from "./shared/clock.js";
 export { withTimeout } from "./shared/resilience.js";
 export { Heartbeat, type HeartbeatOptions } from "./bus/heartbeat.js";
+export { readLoop, READ_RETRY_MS } from "./bus/read-loop.js";
 export { parseDuration, type Duration } from "./api/options.js";
 export { checkOptions, parseResilience, type CircuitBreakerOptions } from "./shared/backend-options.js";

@@ -1,5 +1,6 @@
 import type { TestProject } from "vitest/node";
 import { MemcachedServer } from "./support/memcached-server.js";
+import { KafkaServer } from "./support/kafka-server.js";
 import { ensureBinary, RedisServer } from "./support/servers.js";
 import { PostgresServer, postgresBinaries } from "./support/postgres-server.js";
 
@@ -11,6 +12,8 @@ declare module "vitest" {
     memcachedServer: string;
     /** A PostgreSQL server shared by the test files (each test uses its own prefix, or its own table). */
     postgresUrl: string;
+    /** A Kafka broker (KRaft) shared by the test files, as "host:port" (each test uses its own topics). */
+    kafkaBroker: string;
   }
 }
 
@@ -24,11 +27,15 @@ export default async function setup(project: TestProject): Promise<() => Promise
   ensureBinary("redis-cli", "redis-tools");
   ensureBinary("memcached", "memcached");
   postgresBinaries();
-  const [redis, memcached, postgres] = await Promise.all([RedisServer.start(), MemcachedServer.start(), PostgresServer.start()]);
+  ensureBinary("java", "openjdk-17-jre-headless");
+  ensureBinary("mvn", "maven");
+  // Every shared server at once (Kafka's jars are fetched once into a cache folder).
+  const [redis, memcached, postgres, kafka] = await Promise.all([RedisServer.start(), MemcachedServer.start(), PostgresServer.start(), KafkaServer.start()]);
   project.provide("redisUrl", redis.url);
   project.provide("memcachedServer", memcached.address);
   project.provide("postgresUrl", postgres.url);
+  project.provide("kafkaBroker", kafka.broker);
   return async () => {
-    await Promise.all([redis.stop(), memcached.stop(), postgres.stop()]);
+    await Promise.all([redis.stop(), memcached.stop(), postgres.stop(), kafka.stop()]);
   };
 }

@@ -22,7 +22,7 @@ beforeAll(() => {
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
   tarball = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz"))!);
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg"], dir);
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg", "@platformatic/kafka"], dir);
 }, 180_000);
 
 afterAll(() => {
@@ -52,8 +52,9 @@ describe("npm pack output", () => {
     }
     expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
     expect(readFileSync(join(root, "dist/postgres.js"), "utf8")).toMatch(/import\(['"]pg['"]\)/);
+    expect(readFileSync(join(root, "dist/kafka.js"), "utf8")).toMatch(/import\(['"]@platformatic\/kafka['"]\)/);
     expect(info.unpackedSize).toBeLessThan(2_000_000);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "dist/postgres.js", "dist/postgres.cjs", "dist/postgres.d.ts", "dist/postgres.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "docs/postgres.md"]) {
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "dist/postgres.js", "dist/postgres.cjs", "dist/postgres.d.ts", "dist/postgres.d.cts", "dist/kafka.js", "dist/kafka.cjs", "dist/kafka.d.ts", "dist/kafka.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "docs/postgres.md", "docs/kafka.md"]) {
       expect(files).toContain(f);
     }
     // Nothing else: no sources, tests, benchmarks, chaos tooling or examples.
@@ -191,6 +192,27 @@ describe("npm pack output", () => {
   });
 
   test.each([
+    ["esm.mjs", `import { LayerCache } from "layercache"; import { KafkaBus } from "layercache/kafka";`],
+    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { KafkaBus } = require("layercache/kafka");`],
+  ])("%s: KafkaBus from { brokers } carries a removal between two caches through a real Kafka broker", (file, imports) => {
+    const broker = inject("kafkaBroker");
+    const body = `
+      const opts = () => ({ prefix: "pack-${file.replace(/\W/g, "-")}-" + process.pid, bus: new KafkaBus({ brokers: [${JSON.stringify(broker)}] }) });
+      const a = new LayerCache(opts()); const b = new LayerCache(opts());
+      await Promise.all([a.ready(), b.ready()]);
+      await b.set("k", { n: 1 });
+      const seen = await b.get("k");
+      await a.remove("k");
+      for (let i = 0; i < 500 && b.stats().peerInvalidations === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      const after = await b.get("k");
+      await a.close(); await b.close();
+      console.log(JSON.stringify([seen, after === undefined, b.stats().peerInvalidations > 0]));`;
+    const name = `kafka-${file}`;
+    writeFileSync(join(dir, name), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
+    expect(JSON.parse(run("node", [name], dir))).toEqual([{ n: 1 }, true, true]);
+  });
+
+  test.each([
     ["contracts.test.mjs", `import { MemoryBus } from "layercache"; import { busContract, l2StoreContract, FakeClock, MemoryStore } from "layercache/testing";`],
     ["contracts.test.cjs", `const { MemoryBus } = require("layercache"); const { busContract, l2StoreContract, FakeClock, MemoryStore } = require("layercache/testing");`],
   ])("%s: layercache/testing runs the contract suites under node --test, finding node:test by itself", (file, imports) => {
@@ -222,6 +244,9 @@ describe("npm pack output", () => {
       void new LayerCache({ l2: new PostgresStore(pgOptions), bus: new PostgresBus({ connectionString: "postgres://localhost/app", heartbeat: "2s" }) });
       const ddl: string = postgresStoreSql({ schema: "cache" });
       void ddl;
+      import { KafkaBus, type KafkaBusOptions } from "layercache/kafka";
+      const kafkaOptions: KafkaBusOptions = { brokers: ["localhost:9092"], partitions: 1, retention: "1h" };
+      void new LayerCache({ bus: new KafkaBus(kafkaOptions) });
       const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
       void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
       const memcachedOptions: MemcachedStoreOptions = { servers: ["127.0.0.1:11211"], timeout: "250ms", maxItemSize: 1024 * 1024 };

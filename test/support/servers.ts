@@ -106,6 +106,14 @@ export async function waitFor(what: string | (() => string), check: () => Promis
   }
 }
 
+/** Sends `signal` to a server process that is still running and waits for it to exit. */
+export async function killProcess(proc: ChildProcess | undefined, signal: NodeJS.Signals): Promise<void> {
+  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+  proc.kill(signal);
+  await gone;
+}
+
 const live = new Set<ServerProcess>();
 process.once("exit", () => {
   for (const s of live) {
@@ -184,11 +192,7 @@ export abstract class ServerProcess {
 
   /** Kills the process (SIGKILL by default) and waits for it to be gone. */
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    proc.kill(signal);
-    await gone;
+    await killProcess(this.proc, signal);
     this.proc = undefined;
   }
 

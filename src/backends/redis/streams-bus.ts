@@ -1,4 +1,4 @@
-import { Heartbeat, optionError, type BusHandlers, type TimerClock } from "../../backend.js";
+import { Heartbeat, optionError, readLoop, type BusHandlers, type TimerClock } from "../../backend.js";
 import { BASE_OPTIONS, Listening, RedisBusBase, type Listener, type RedisBusBaseOptions } from "./bus-base.js";
 import { luaScript, type RedisDriver, type StreamEntry } from "./driver.js";
 
@@ -24,8 +24,6 @@ const STREAM_MAX_LEN = 10_000;
 const BATCH = 256;
 /** Longest a blocking read waits, whatever the heartbeat: a reader that answers every few seconds keeps its connection busy enough for proxies that close idle ones. */
 const MAX_BLOCK_MS = 10_000;
-/** Pause after a failed read, doubling up to the second figure. */
-const RETRY_MS = [50, 2_000] as const;
 
 /**
  * The oldest and newest entry ids of the stream, and the entry `ARGV[1]` (its id and message, or
@@ -158,19 +156,8 @@ class StreamReader {
   }
 
   /** Reads on `conn` until it is replaced or the bus stops. */
-  async #run(conn: RedisDriver): Promise<void> {
-    let delay = 0;
-    while (this.#conn.current(conn)) {
-      try {
-        await this.#read(conn);
-        delay = 0;
-      } catch (error) {
-        if (!this.#conn.current(conn)) return;
-        this.#dropped(error);
-        delay = Math.min(Math.max(delay * 2, RETRY_MS[0]), RETRY_MS[1]);
-        await new Promise<void>((resolve) => this.#clock.setTimeout(resolve, delay, true));
-      }
-    }
+  #run(conn: RedisDriver): Promise<void> {
+    return readLoop(this.#clock, () => this.#conn.current(conn), () => this.#read(conn), (error) => this.#dropped(error));
   }
 
   /**
