@@ -16,7 +16,7 @@ function completeEmptySourceMaps(): void {
 
 // One entry per public subpath; backend entries are added next to `index`.
 export default defineConfig({
-  entry: { index: "src/index.ts", backend: "src/backend.ts", testing: "src/testing.ts", redis: "src/backends/redis/index.ts", postgres: "src/backends/postgres/index.ts" },
+  entry: { index: "src/index.ts", backend: "src/backend.ts", testing: "src/testing.ts", redis: "src/backends/redis/index.ts", memcached: "src/backends/memcached/index.ts", postgres: "src/backends/postgres/index.ts" },
   format: ["esm", "cjs"],
   dts: true,
   sourcemap: true,

@@ -48,11 +48,12 @@ export interface ChaosFamily {
 /** Families, loaded only when a run uses them (a Redis-only run never loads another client library). */
 export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
+  memcached: async () => (await import("./families/memcached.js")).memcached,
   postgres: async () => (await import("./families/postgres.js")).postgres,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
-export const L2_KINDS = ["redis", "postgres"] as const;
+export const L2_KINDS = ["redis", "memcached", "postgres"] as const;
 export type L2Kind = (typeof L2_KINDS)[number];
 
 /** `--bus <kind>`: the family that runs it. */

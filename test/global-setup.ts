@@ -1,4 +1,5 @@
 import type { TestProject } from "vitest/node";
+import { MemcachedServer } from "./support/memcached-server.js";
 import { ensureBinary, RedisServer } from "./support/servers.js";
 import { PostgresServer, postgresBinaries } from "./support/postgres-server.js";
 
@@ -6,6 +7,8 @@ declare module "vitest" {
   export interface ProvidedContext {
     /** A redis-server shared by the test files (each test uses its own prefix). */
     redisUrl: string;
+    /** A memcached shared by the test files, as "host:port" (each test uses its own key prefix). */
+    memcachedServer: string;
     /** A PostgreSQL server shared by the test files (each test uses its own prefix, or its own table). */
     postgresUrl: string;
   }
@@ -19,11 +22,13 @@ declare module "vitest" {
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   ensureBinary("redis-server", "redis-server");
   ensureBinary("redis-cli", "redis-tools");
+  ensureBinary("memcached", "memcached");
   postgresBinaries();
-  const [redis, postgres] = await Promise.all([RedisServer.start(), PostgresServer.start()]);
+  const [redis, memcached, postgres] = await Promise.all([RedisServer.start(), MemcachedServer.start(), PostgresServer.start()]);
   project.provide("redisUrl", redis.url);
+  project.provide("memcachedServer", memcached.address);
   project.provide("postgresUrl", postgres.url);
   return async () => {
-    await Promise.all([redis.stop(), postgres.stop()]);
+    await Promise.all([redis.stop(), memcached.stop(), postgres.stop()]);
   };
 }

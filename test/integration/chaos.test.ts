@@ -47,6 +47,17 @@ describe("chaos (multi-process history check)", () => {
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 
+  test("12 s with Memcached as L2 (Redis pub/sub as the bus), memcached and Redis killed and paused: no violation", async () => {
+    const result = await runChaos({ durationMs: 12_000, seed: seed(), workers: 3, concurrency: 4, l2: "memcached", faultGapMs: [700, 1400] });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.faults.length, summary).toBeGreaterThanOrEqual(4);
+    expect(result.checkedReads, summary).toBeGreaterThan(500);
+    expect(result.events["hit l2"] ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
   test("15 s on PostgreSQL alone (PostgresStore + PostgresBus) with the server killed, paused and its sessions terminated: no violation", async () => {
     const serverFaults = FAULT_KINDS.filter((k) => !k.startsWith("loader-"));
     const result = await runChaos({ durationMs: 15_000, seed: seed(), workers: 3, concurrency: 4, l2: "postgres", bus: "postgres", faultKinds: serverFaults, faultGapMs: [1500, 2500] });

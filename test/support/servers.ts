@@ -4,7 +4,7 @@
  * with one line saying what to install.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -106,45 +106,49 @@ export async function waitFor(what: string | (() => string), check: () => Promis
   }
 }
 
-const live = new Set<RedisServer>();
+const live = new Set<ServerProcess>();
 process.once("exit", () => {
   for (const s of live) {
     s.proc?.kill("SIGKILL"); // a SIGSTOPped server dies of it too
-    rmSync(s.dir, { recursive: true, force: true });
+    s.removeFiles();
   }
 });
 
-export interface RedisServerOptions {
-  cluster?: boolean;
+/** What a server process is started with, and how to tell that it is ready. */
+export interface ServerLaunch {
+  bin: string;
+  args: string[];
+  /** Names the server in a failed wait. */
+  name: string;
+  /** True once the process `pid` answers (it, not another process that took the port). */
+  ready(pid: number): Promise<boolean>;
 }
 
-/** One redis-server process on 127.0.0.1, that a test may kill, restart, pause and resume. */
-export class RedisServer {
+/**
+ * One server process on 127.0.0.1 that a test may kill, restart, pause and resume: what every
+ * server class of the tests shares. A subclass says how to launch it (`launch`) and what it leaves
+ * on disk (`removeFiles`).
+ */
+export abstract class ServerProcess {
   readonly port: number;
-  readonly dir: string;
-  readonly #cluster: boolean;
   proc: ChildProcess | undefined;
+  /** How the current process ended, if it did. */
+  #exit: string | undefined;
 
-  private constructor(port: number, dir: string, cluster: boolean) {
+  protected constructor(port: number) {
     this.port = port;
-    this.dir = dir;
-    this.#cluster = cluster;
   }
 
   /**
-   * Starts a server on a free port. The port is free when drawn, but something else may take it
-   * before redis-server binds it; a server that exits before answering is started again on a new
-   * port (three tries). Cluster nodes need a port ≤ 55535 (the cluster bus listens on port + 10000).
+   * A server from `make(port)` on a free port, started. The port is free when drawn, but something
+   * else may take it before the server binds it; a server that exits before answering is started
+   * again on a new port (three tries).
    */
-  static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
-    const cluster = options.cluster ?? false;
+  protected static async startWith<T extends ServerProcess>(make: (port: number) => T, port: () => Promise<number> = freePort): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      let port = await freePort();
-      while (cluster && port > 55_535) port = await freePort();
-      const dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
-      const server = new RedisServer(port, dir, cluster);
+      const server = make(await port());
       try {
-        await server.#spawn();
+        await server.spawn();
         return server;
       } catch (error) {
         const exitedEarly = server.#exit !== undefined; // read before stop() ends it
@@ -154,17 +158,13 @@ export class RedisServer {
     }
   }
 
-  /** How the current process ended, if it did. */
-  #exit: string | undefined;
+  protected abstract launch(): ServerLaunch;
 
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
+  /** Removes what the server wrote (nothing by default). */
+  removeFiles(): void {}
 
-  async #spawn(): Promise<void> {
-    const bin = ensureBinary("redis-server", "redis-server");
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, "--daemonize", "no", "--loglevel", "warning"];
-    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "15000");
+  protected async spawn(): Promise<void> {
+    const { bin, args, name, ready } = this.launch();
     const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
     this.#exit = undefined;
@@ -174,11 +174,9 @@ export class RedisServer {
     proc.once("exit", (code, signal) => {
       if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
     });
-    // Ready when *this* process answers: a server of someone else's that took the port would
-    // answer PING too, so compare the process id.
     await waitFor(
-      () => `redis-server on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
-      async () => (await rawCommand(this.port, "INFO server")).includes(`process_id:${proc.pid}\r\n`),
+      () => `${name}${stderr ? `: ${stderr.trim()}` : ""}`,
+      () => ready(proc.pid!),
       15_000,
       () => this.#exit,
     );
@@ -197,12 +195,21 @@ export class RedisServer {
   /** Starts the server again on the same port (empty: nothing is persisted). */
   async restart(): Promise<void> {
     await this.kill();
-    await this.#spawn();
+    await this.spawn();
   }
 
   /** SIGSTOP: the server hangs, connections stay open. */
   pause(): void {
     this.proc?.kill("SIGSTOP");
+  }
+
+  /** SIGSTOP, resolving once the process is really stopped (a signal is delivered asynchronously). */
+  async paused(): Promise<void> {
+    this.pause();
+    const pid = this.proc?.pid;
+    if (pid === undefined) return;
+    // Linux: the state after the command name in /proc/<pid>/stat ("T" once stopped).
+    await waitFor(`process ${pid} stopped`, async () => /\) T /.test(readFileSync(`/proc/${pid}/stat`, "utf8")), 5_000);
   }
 
   resume(): void {
@@ -213,6 +220,50 @@ export class RedisServer {
     this.resume();
     await this.kill("SIGTERM");
     live.delete(this);
+    this.removeFiles();
+  }
+}
+
+export interface RedisServerOptions {
+  cluster?: boolean;
+}
+
+/** One redis-server process on 127.0.0.1, that a test may kill, restart, pause and resume. */
+export class RedisServer extends ServerProcess {
+  readonly dir: string;
+  readonly #cluster: boolean;
+
+  private constructor(port: number, cluster: boolean) {
+    super(port);
+    this.dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
+    this.#cluster = cluster;
+  }
+
+  /** Starts a server on a free port. Cluster nodes need a port ≤ 55535 (the cluster bus listens on port + 10000). */
+  static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
+    const cluster = options.cluster ?? false;
+    const port = async () => {
+      let p = await freePort();
+      while (cluster && p > 55_535) p = await freePort();
+      return p;
+    };
+    return ServerProcess.startWith((p) => new RedisServer(p, cluster), port);
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  protected launch(): ServerLaunch {
+    const bin = ensureBinary("redis-server", "redis-server");
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, "--daemonize", "no", "--loglevel", "warning"];
+    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "15000");
+    // Ready when *this* process answers: a server of someone else's that took the port would
+    // answer PING too, so compare the process id.
+    return { bin, args, name: `redis-server on port ${this.port}`, ready: async (pid) => (await rawCommand(this.port, "INFO server")).includes(`process_id:${pid}\r\n`) };
+  }
+
+  override removeFiles(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

@@ -1,18 +1,20 @@
 /**
  * A layercache instance in a child process, driven over IPC by a test (see processes.ts).
- * Argv: <redis:// or postgres:// url> <prefix>: the store and bus of that server's family.
+ * Argv: <redis:// or postgres:// url> <prefix> [<memcached servers>]: the store and bus of that
+ * server's family; with memcached servers, the L2 is a MemcachedStore (the bus stays on the URL's family).
  */
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { MemcachedStore } from "../../src/backends/memcached/index.js";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PATIENT } from "./patient.js";
 
-const [url, prefix] = process.argv.slice(2) as [string, string];
+const [url, prefix, memcached] = process.argv.slice(2) as [string, string, string | undefined];
 // Patient timeouts, and no hard timeout: a gated load is held across several IPC round trips on a
 // machine that may be busy (three processes just started on two cores); these tests are about
 // races between processes, not about timeouts.
 const postgres = /^postgres(ql)?:/.test(url);
-const l2 = postgres ? new PostgresStore({ connectionString: url, ...PATIENT }) : new RedisStore({ url, ...PATIENT });
+const l2 = memcached ? new MemcachedStore({ servers: memcached, ...PATIENT }) : postgres ? new PostgresStore({ connectionString: url, ...PATIENT }) : new RedisStore({ url, ...PATIENT });
 const bus = postgres ? new PostgresBus({ connectionString: url, ...PATIENT }) : new RedisBus({ url, ...PATIENT });
 const cache = new LayerCache({ prefix, l2, bus, hardTimeout: 0 });
 const gates = new Map<string, (value: unknown) => void>();
