@@ -6,12 +6,12 @@
  * owns. The binaries live off the PATH on Debian (/usr/lib/postgresql/<version>/bin); a missing
  * server is installed from the Debian package `postgresql` when the run may.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { ensureBinary, freePort, waitFor } from "./servers.js";
+import { ensureBinary, ServerProcess, type ServerLaunch } from "./servers.js";
 
 /** The version folders of Debian's PostgreSQL packages, newest first. */
 function postgresBinDirs(): string[] {
@@ -42,59 +42,34 @@ function runAs(): { uid: number; gid: number } | undefined {
   }
 }
 
-const live = new Set<PostgresServer>();
-process.once("exit", () => {
-  for (const s of live) {
-    s.proc?.kill("SIGKILL");
-    rmSync(s.dir, { recursive: true, force: true });
-  }
-});
-
-/** One PostgreSQL server on 127.0.0.1 that a test may stop, kill and restart (its data stays). */
-export class PostgresServer {
-  readonly port: number;
+/** One PostgreSQL server on 127.0.0.1 that a test may stop, kill, pause and restart (its data stays). */
+export class PostgresServer extends ServerProcess {
   /** Holds the data folder (`data`) and the unix socket. */
   readonly dir: string;
-  proc: ChildProcess | undefined;
-  #exit: string | undefined;
+  readonly #user = runAs();
 
-  private constructor(port: number, dir: string) {
-    this.port = port;
-    this.dir = dir;
+  private constructor(port: number) {
+    super(port);
+    this.dir = mkdtempSync(join(tmpdir(), `layercache-pg-${port}-`));
+    if (this.#user) chownSync(this.dir, this.#user.uid, this.#user.gid);
   }
 
-  /** initdb, then a server on a free port (three tries: a port drawn free may be taken before the server binds it). */
   static async start(): Promise<PostgresServer> {
-    const bins = postgresBinaries();
-    const user = runAs();
-    for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
-      const dir = mkdtempSync(join(tmpdir(), `layercache-pg-${port}-`));
-      if (user) chownSync(dir, user.uid, user.gid);
-      const server = new PostgresServer(port, dir);
-      live.add(server);
-      try {
-        execFileSync(bins.initdb, ["-D", join(dir, "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"], {
-          stdio: ["ignore", "ignore", "pipe"],
-          ...user,
-          timeout: 60_000,
-        });
-        await server.#spawn();
-        return server;
-      } catch (error) {
-        const exitedEarly = server.#exit !== undefined;
-        await server.stop();
-        if (attempt >= 3 || !exitedEarly) throw error;
-      }
-    }
+    postgresBinaries();
+    return ServerProcess.startWith((port) => new PostgresServer(port));
   }
 
   get url(): string {
     return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
   }
 
-  async #spawn(): Promise<void> {
-    const { postgres } = postgresBinaries();
+  /** initdb on the first start; then the server, ready when *this* one answers (another that took the port would too: compare the data folder). */
+  protected launch(): ServerLaunch {
+    const { initdb, postgres } = postgresBinaries();
+    const data = join(this.dir, "data");
+    if (!existsSync(data)) {
+      execFileSync(initdb, ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"], { stdio: ["ignore", "ignore", "pipe"], ...this.#user, timeout: 60_000 });
+    }
     const settings = {
       listen_addresses: "127.0.0.1",
       port: String(this.port),
@@ -106,22 +81,13 @@ export class PostgresServer {
       shared_buffers: "32MB",
       log_min_messages: "fatal",
     };
-    const args = ["-D", join(this.dir, "data"), ...Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
-    const proc = spawn(postgres, args, { stdio: ["ignore", "ignore", "pipe"], ...runAs() });
-    this.proc = proc;
-    this.#exit = undefined;
-    let stderr = "";
-    proc.stderr?.on("data", (d) => (stderr = (stderr + d.toString()).slice(-4000)));
-    proc.once("exit", (code, signal) => {
-      if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
-    });
-    // Ready when *this* server answers: another one that took the port would answer too, so compare the data folder.
-    await waitFor(
-      () => `postgres on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
-      async () => (await this.#query("SHOW data_directory")) === join(this.dir, "data"),
-      30_000,
-      () => this.#exit,
-    );
+    return {
+      bin: postgres,
+      args: ["-D", data, ...Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])],
+      name: `postgres on port ${this.port}`,
+      ready: async () => (await this.#query("SHOW data_directory")) === data,
+      ...this.#user,
+    };
   }
 
   async #query(sql: string): Promise<unknown> {
@@ -136,24 +102,23 @@ export class PostgresServer {
     }
   }
 
+  override removeFiles(): void {
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
   /**
-   * Stops the server: SIGINT is a fast shutdown (clean; UNLOGGED tables keep their rows), SIGQUIT
-   * an immediate one (a crash: the next start runs recovery and empties UNLOGGED tables), SIGKILL
-   * kills the postmaster alone.
+   * Stops the server: SIGINT (the default) is a fast shutdown (clean; UNLOGGED tables keep their
+   * rows), SIGQUIT an immediate one (a crash: the next start runs recovery and empties UNLOGGED
+   * tables), SIGKILL kills the postmaster alone.
    */
-  async kill(signal: NodeJS.Signals = "SIGINT"): Promise<void> {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    proc.kill(signal);
-    await gone;
-    this.proc = undefined;
+  override async kill(signal: NodeJS.Signals = "SIGINT"): Promise<void> {
+    await super.kill(signal);
   }
 
   /** Stops the server (`signal`, see `kill`) and starts it again on the same port and data. */
-  async restart(signal: NodeJS.Signals = "SIGINT"): Promise<void> {
+  override async restart(signal: NodeJS.Signals = "SIGINT"): Promise<void> {
     await this.kill(signal);
-    await this.#spawn();
+    await this.spawn();
   }
 
   /** The server's processes: the postmaster and its children (the backends, the background workers). */
@@ -177,31 +142,27 @@ export class PostgresServer {
   #paused: number[] = [];
 
   /** SIGSTOP to every process of the server: it hangs, connections stay open (stopping the postmaster alone would leave the backends answering). */
-  pause(): void {
+  override pause(): void {
     this.#paused = this.#processes();
-    for (const pid of this.#paused) {
-      try {
-        process.kill(pid, "SIGSTOP");
-      } catch {
-        // gone meanwhile
-      }
-    }
+    for (const pid of this.#paused) signal(pid, "SIGSTOP");
   }
 
-  resume(): void {
-    for (const pid of this.#paused.splice(0).reverse()) {
-      try {
-        process.kill(pid, "SIGCONT");
-      } catch {
-        // gone meanwhile
-      }
-    }
+  override resume(): void {
+    for (const pid of this.#paused.splice(0).reverse()) signal(pid, "SIGCONT");
   }
 
-  async stop(): Promise<void> {
+  /** An immediate shutdown (nothing to keep), then what the base class does. */
+  override async stop(): Promise<void> {
     this.resume();
     await this.kill("SIGQUIT");
-    live.delete(this);
-    rmSync(this.dir, { recursive: true, force: true });
+    await super.stop();
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // gone meanwhile
   }
 }

@@ -130,6 +130,9 @@ export interface ServerLaunch {
   name: string;
   /** True once the process `pid` answers (it, not another process that took the port). */
   ready(pid: number): Promise<boolean>;
+  /** The user and group to run it as (a server that refuses to run as root: PostgreSQL). */
+  uid?: number;
+  gid?: number;
 }
 
 /**
@@ -172,8 +175,8 @@ export abstract class ServerProcess {
   removeFiles(): void {}
 
   protected async spawn(): Promise<void> {
-    const { bin, args, name, ready } = this.launch();
-    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+    const { bin, args, name, ready, uid, gid } = this.launch();
+    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], ...(uid === undefined ? {} : { uid, gid }) });
     this.proc = proc;
     this.#exit = undefined;
     live.add(this);
