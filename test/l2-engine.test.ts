@@ -211,3 +211,58 @@ describe("L2 through the engine", () => {
     expect(await b.get("k")).toBe("v2");
   });
 });
+
+/**
+ * A store on a pool of connections keeps no order of its own: a write may land after a later one,
+ * and a read may overtake a write still under way. The cache keeps one instance's calls of a key in
+ * order itself, so every store gets this without having to provide it.
+ */
+describe("one instance's L2 calls of a key stay in order on a store that reorders them", () => {
+  /** Each write waits for the gate handed out for it; reads answer at once. */
+  class ReorderingStore extends MapStore {
+    readonly gates: (() => void)[] = [];
+    override set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+      const d = deferred<void>();
+      this.gates.push(() => d.resolve());
+      return d.promise.then(() => super.set(key, record, ttlMs, ifGeneration));
+    }
+  }
+
+  test("a set and the remove right after it land in call order, even when the store would finish the remove first", async () => {
+    const clock = new FakeClock(1_000_000);
+    const store = new ReorderingStore(() => clock.now());
+    const a = new LayerCache({ clock, l2: store });
+    const set = a.set("k", "old");
+    const removed = a.remove("k");
+    await flush();
+    // The store releases the remove's write first if it was sent; the set's write after it.
+    for (const open of [...store.gates].reverse()) open();
+    await flush();
+    for (const open of store.gates.splice(0)) open();
+    await Promise.all([set, removed]);
+    await flush();
+    for (const open of store.gates.splice(0)) open();
+    await flush();
+    const fresh = new LayerCache({ clock, l2: store });
+    expect(await fresh.get("k")).toBeUndefined();
+  });
+
+  test("a read asked for while a remove of the key is on its way waits for it: the removed value is not read back into L1", async () => {
+    const clock = new FakeClock(1_000_000);
+    const store = new ReorderingStore(() => clock.now());
+    const a = new LayerCache({ clock, l2: store });
+    const b = new LayerCache({ clock, l2: store });
+    const set = b.set("k", "old");
+    await flush();
+    for (const open of store.gates.splice(0)) open();
+    await set;
+    await a.ready();
+    const removed = a.remove("k");
+    const read = a.get("k");
+    await flush();
+    for (const open of store.gates.splice(0)) open();
+    await removed;
+    expect(await read).toBeUndefined();
+    expect(await a.get("k")).toBeUndefined();
+  });
+});

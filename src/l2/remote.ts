@@ -16,6 +16,8 @@ import type { Serializer } from "./serializer.js";
  */
 export const GENERATION_MEMORY_MS = 60_000;
 
+const noop = (): void => {};
+
 /** Most keys read by one `getMany`. */
 const MAX_READ_BATCH = 256;
 
@@ -144,6 +146,13 @@ export class RemoteLayer {
   readonly #pending: RetryQueue<PendingTombstone>;
   readonly #onRetried: (ns: RemoteScope, key: string) => void;
   #batch: ReadBatch | undefined;
+  /**
+   * The last store write of each key still under way (settled: it never rejects). A store on a pool
+   * of connections keeps no order between calls: the next write of the key is sent once this one
+   * has settled, and a read of the key waits for it (at most the timeout), so that this instance's
+   * writes land in call order and a read never overtakes them — whatever the store.
+   */
+  readonly #writing = new Map<string, Promise<void>>();
 
   constructor(
     store: L2Store,
@@ -215,7 +224,13 @@ export class RemoteLayer {
     // instance invalidated, so a value read now counts as a miss (whose write-back, fenced on
     // that record's generation, stores a newer value; the removal still lands after it).
     const removedHere = this.#pending.size > 0 && this.#pending.get(full) !== undefined;
-    return this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
+    const writing = this.#writing.size > 0 ? this.#writing.get(full) : undefined;
+    if (writing === undefined) return this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
+    // A write of this key is under way: read what it leaves (or count L2 as unreachable for this read once the timeout is over).
+    return this.#deadlines.wrap(writing).then(
+      () => this.read(ns, key),
+      () => undefined,
+    );
   }
 
   #decode(ns: RemoteScope, key: string, text: Fetched, removedHere: boolean): RemoteRead | undefined | Promise<RemoteRead | undefined> {
@@ -267,6 +282,18 @@ export class RemoteLayer {
     });
   }
 
+  /** Runs a store write of `full` once the previous one of that key has settled (see `#writing`). */
+  #inOrder(full: string, run: () => Promise<boolean>): Promise<boolean> {
+    const before = this.#writing.get(full);
+    const call = before === undefined ? run() : before.then(run);
+    const settled = call.then(noop, noop);
+    this.#writing.set(full, settled);
+    void settled.then(() => {
+      if (this.#writing.get(full) === settled) this.#writing.delete(full);
+    });
+    return call;
+  }
+
   #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
     return Promise.all(keys.map((k) => this.store.get(k).catch(keepRecordError)));
   }
@@ -306,11 +333,11 @@ export class RemoteLayer {
       // A write-back keeps the generation it saw; one that long was not written by layercache, and
       // the record would outgrow the header room `encode` counted on: no write-back.
       if (overBytes(gen, MAX_GENERATION_BYTES)) return "failed";
-      const ok = await this.#write("set", ns, key, () => this.store.set(full, record, ttlMs, ifGen));
+      const ok = await this.#write("set", ns, key, () => this.#inOrder(full, () => this.store.set(full, record, ttlMs, ifGen)));
       return ok === FAILED || ok === REJECTED ? "failed" : ok ? "written" : "conflict";
     }
     this.#pending.delete(full); // this write supersedes a removal still waiting
-    const ok = await this.#write("set", ns, key, () => this.store.set(full, record, ttlMs));
+    const ok = await this.#write("set", ns, key, () => this.#inOrder(full, () => this.store.set(full, record, ttlMs)));
     if (ok === REJECTED) {
       // The old record is still there: no instance may read it after this set.
       await this.remove(ns, key);
@@ -347,7 +374,7 @@ export class RemoteLayer {
   }
 
   #tombstone(full: string, t: PendingTombstone, kind: "write" | "background" = "write"): Promise<boolean | typeof FAILED | typeof REJECTED> {
-    return this.#write("remove", t.ns, t.key, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS), kind);
+    return this.#write("remove", t.ns, t.key, () => this.#inOrder(full, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS)), kind);
   }
 
   async #retry(full: string, t: PendingTombstone): Promise<boolean> {
