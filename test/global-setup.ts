@@ -1,10 +1,16 @@
 import type { TestProject } from "vitest/node";
+import { NatsServer } from "./support/nats-server.js";
+import { RabbitMQServer } from "./support/rabbitmq-server.js";
 import { ensureBinary, RedisServer } from "./support/servers.js";
 
 declare module "vitest" {
   export interface ProvidedContext {
     /** A redis-server shared by the test files (each test uses its own prefix). */
     redisUrl: string;
+    /** A rabbitmq-server shared by the test files (each test uses its own exchanges). */
+    rabbitmqUrl: string;
+    /** A nats-server with JetStream shared by the test files (each test uses its own subjects and streams). */
+    natsUrl: string;
   }
 }
 
@@ -16,9 +22,14 @@ declare module "vitest" {
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   ensureBinary("redis-server", "redis-server");
   ensureBinary("redis-cli", "redis-tools");
-  const redis = await RedisServer.start();
+  ensureBinary("rabbitmq-server", "rabbitmq-server");
+  ensureBinary("nats-server", "nats-server");
+  // RabbitMQ takes seconds to boot: it starts while the others do.
+  const [redis, rabbitmq, nats] = await Promise.all([RedisServer.start(), RabbitMQServer.start(), NatsServer.start()]);
   project.provide("redisUrl", redis.url);
+  project.provide("rabbitmqUrl", rabbitmq.url);
+  project.provide("natsUrl", nats.url);
   return async () => {
-    await redis.stop();
+    await Promise.all([redis.stop(), rabbitmq.stop(), nats.stop()]);
   };
 }
