@@ -314,7 +314,10 @@ class JetStreamReader implements Listener {
   readonly #clock: TimerClock;
   /** The last stream sequence delivered (0: none yet). */
   #applied = 0;
-  /** The messages of the consumer in use (replaced on every resync). */
+  /** When the stream read was created: a stream deleted and created again starts its sequences over. */
+  #created = "";
+  /** The consumer in use and its messages (replaced on every resync). */
+  #consumer: AnyClient | undefined;
   #messages: AnyClient | undefined;
   /** Bumped for each consumer started: deliveries of an older one are ignored. */
   #session = 0;
@@ -350,6 +353,7 @@ class JetStreamReader implements Listener {
     // Messages published from now on have sequences after the stream's last one.
     const state = await reader.#ensureStream();
     reader.#applied = state.last_seq;
+    reader.#created = state.created;
     await reader.#consume();
     reader.#stopWatching = watchStatus(nc, handlers, { down: () => reader.#lost(), back: () => reader.#resync() });
     return reader;
@@ -375,10 +379,10 @@ class JetStreamReader implements Listener {
     await this.#closeConsumer();
   }
 
-  /** The stream's state, creating the stream when it does not exist. */
-  async #ensureStream(): Promise<{ first_seq: number; last_seq: number }> {
+  /** The stream's state and creation time, creating the stream when it does not exist. */
+  async #ensureStream(): Promise<StreamState> {
     try {
-      return (await this.#jsm.streams.info(this.#name)).state;
+      return stateOf(await this.#jsm.streams.info(this.#name));
     } catch (error) {
       if (!isNoStream(error)) throw error;
     }
@@ -401,7 +405,7 @@ class JetStreamReader implements Listener {
       // Another instance created it at the same moment: use it as it is.
       if (!/already in use|exists/i.test(error instanceof Error ? error.message : String(error))) throw error;
     }
-    return (await this.#jsm.streams.info(this.#name)).state;
+    return stateOf(await this.#jsm.streams.info(this.#name));
   }
 
   /** Starts an ordered consumer from the sequence after the last one applied. */
@@ -414,6 +418,7 @@ class JetStreamReader implements Listener {
       await messages.close().catch(() => {});
       return;
     }
+    this.#consumer = consumer;
     this.#messages = messages;
     void (async () => {
       try {
@@ -428,10 +433,15 @@ class JetStreamReader implements Listener {
     })();
   }
 
+  /**
+   * Stops the consumer in use and deletes it on the server (left alone, an ordered consumer the
+   * client created stays until 5 minutes of inactivity — what a crashed instance leaves, briefly).
+   */
   async #closeConsumer(): Promise<void> {
-    const messages = this.#messages;
-    this.#messages = undefined;
+    const [consumer, messages] = [this.#consumer, this.#messages];
+    this.#consumer = this.#messages = undefined;
     await messages?.close().catch(() => {});
+    await consumer?.delete().catch(() => {});
   }
 
   #deliver(session: number, m: AnyClient): void {
@@ -521,9 +531,11 @@ class JetStreamReader implements Listener {
   async #sync(): Promise<void> {
     const state = await this.#ensureStream();
     if (this.#stopped) return;
-    // Intact when nothing after the position was removed: the stream did not go backwards (reset,
-    // recreated), and its oldest message is at most the next one after the position.
-    const intact = state.last_seq >= this.#applied && state.first_seq <= this.#applied + 1;
+    // Intact when nothing after the position was removed: it is the same stream (not deleted and
+    // created again, which starts the sequences over), it did not go backwards (lost in a restart),
+    // and its oldest message is at most the next one after the position.
+    const intact = state.created === this.#created && state.last_seq >= this.#applied && state.first_seq <= this.#applied + 1;
+    this.#created = state.created;
     if (!intact) {
       if (!this.#deaf) this.#handlers.onDisconnect();
       this.#deaf = true;
@@ -538,9 +550,22 @@ class JetStreamReader implements Listener {
   }
 }
 
-/** The error of a request no stream answers (the stream was deleted) or of a stream that does not exist. */
+interface StreamState {
+  first_seq: number;
+  last_seq: number;
+  created: string;
+}
+
+function stateOf(info: AnyClient): StreamState {
+  return { first_seq: info.state.first_seq, last_seq: info.state.last_seq, created: String(info.created) };
+}
+
+/**
+ * The error of a stream that does not exist, or of a publish no stream answers (the client names
+ * that one "JetStream is not enabled": nothing answered on the subject).
+ */
 function isNoStream(error: unknown): boolean {
   const e = error as { code?: unknown; name?: unknown; message?: unknown } | null;
   if (e === null || typeof e !== "object") return false;
-  return e.code === 10059 || e.code === "503" || e.code === 503 || /stream not found|no responders/i.test(String(e.message ?? "")) || e.name === "StreamNotFoundError" || e.name === "NoRespondersError";
+  return e.code === 10059 || e.code === "503" || e.code === 503 || /stream not found|no responders/i.test(String(e.message ?? "")) || /jetstream is not enabled/i.test(String(e.message ?? "")) || ["StreamNotFoundError", "NoRespondersError", "JetStreamNotEnabled"].includes(String(e.name));
 }
