@@ -122,9 +122,10 @@ function parseJetStream(value: NatsBusOptions["jetstream"]): StreamSettings | un
   return { maxMessages, maxAgeMs, storage, replicas };
 }
 
-async function load(name: string): Promise<AnyClient> {
+/** A client module, loaded at run time (each by a literal specifier, so that bundlers see it). */
+async function load(name: string, importer: () => Promise<unknown>): Promise<AnyClient> {
   try {
-    return (await import(name)) as AnyClient;
+    return (await importer()) as AnyClient;
   } catch (error) {
     throw new Error(`layercache/nats: NatsBus needs the client library ${name}; install it: npm install ${name} (${error instanceof Error ? error.message : String(error)})`);
   }
@@ -192,7 +193,7 @@ export class NatsBus implements Bus {
   }
 
   async #open(): Promise<AnyClient> {
-    const lib = await load("@nats-io/transport-node");
+    const lib = await load("@nats-io/transport-node", () => import("@nats-io/transport-node"));
     return (await lib.connect({
       servers: this.#servers,
       name: "layercache bus",
@@ -346,7 +347,7 @@ class JetStreamReader implements Listener {
   }
 
   static async start(nc: AnyClient, subject: string, name: string, settings: StreamSettings, handlers: BusHandlers, clock: TimerClock): Promise<JetStreamReader> {
-    const lib = await load("@nats-io/jetstream");
+    const lib = await load("@nats-io/jetstream", () => import("@nats-io/jetstream"));
     const js = lib.jetstream(nc);
     const jsm = await lib.jetstreamManager(nc);
     const reader = new JetStreamReader(nc, js, jsm, subject, name, settings, handlers, clock);
