@@ -151,8 +151,8 @@ export function boundFor(stalls: readonly [number, number][], t: number, bound: 
   }
 }
 
-/** Faults that keep invalidations from travelling (Redis down, hung, or a connection cut). */
-const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(["redis-kill", "redis-pause", "pubsub-kill", "normal-kill"]);
+/** Faults that keep invalidations from travelling (a server down, hung, or a connection cut). */
+const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(["server-kill", "server-pause", "listener-kill", "client-kill"]);
 
 function inFault(faults: FaultWindow[], time: number, grace: number, kinds?: ReadonlySet<string>): boolean {
   return faults.some((f) => (kinds === undefined || kinds.has(f.kind)) && time >= f.start && time <= f.end + grace);
@@ -165,7 +165,7 @@ function inFault(faults: FaultWindow[], time: number, grace: number, kinds?: Rea
 export interface Situations {
   /** Reads whose value's age was checked against its window (every read that returned a value). */
   windowChecked: number;
-  /** ... of them during a Redis fault or the grace after it (the staleness bound is suspended there, the windows are not). */
+  /** ... of them during a server fault or the grace after it (the staleness bound is suspended there, the windows are not). */
   duringFaults: number;
   /** Reads served a value past its ttl inside the background stale window. */
   stale: number;
@@ -186,7 +186,7 @@ export interface Situations {
 export interface CheckResult {
   violations: Violation[];
   reads: number;
-  /** Reads the staleness promise was checked on (outside Redis faults and their grace). */
+  /** Reads the staleness promise was checked on (outside server faults and their grace). */
   checkedReads: number;
   /** Window-checked reads that returned a value past its ttl (stale window, fail-safe, soft timeout): evidence the windows were exercised. */
   staleReads: number;
@@ -304,7 +304,7 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
     }
     const limit = r.op === "get" ? normal + rules.slack : Math.max(normal, ttl + rules.failSafe) + rules.slack;
     const context = [
-      transport ? "during a Redis fault" : "",
+      transport ? "during a server fault" : "",
       l2Refresh && r.at === l2Refresh.staleAt ? `joined a refresh started from L2 at ${l2Refresh.start.toFixed(1)} after the value's stale window closed at ${staleEnd(l2Refresh.staleAt!).toFixed(1)}` : "",
     ].filter((x) => x !== "");
     violations.push({

@@ -1,9 +1,9 @@
 import type { Rules } from "./checker.js";
+import type { BusKind, L2Kind } from "./families.js";
 
 /** What the coordinator hands each worker process. */
 export interface WorkerConfig {
   id: number;
-  url: string;
   prefix: string;
   seed: number;
   /** Concurrent actors in the process. */
@@ -22,12 +22,13 @@ export interface WorkerConfig {
   coldKeys?: number;
   /** The L1 bound of this process (undefined: the library's default); see l1Bound. */
   maxEntries?: number;
-  /** The invalidation bus: Redis pub/sub (`RedisBus`, the default) or a Redis stream (`RedisStreamsBus`). */
+  /** The L2 store's family (chaos/families.ts; default "redis"). */
+  l2?: L2Kind;
+  /** The invalidation bus (chaos/families.ts BUS_KINDS; default "pubsub", Redis pub/sub). */
   bus?: BusKind;
+  /** The address of each family's server in this run, by family name. */
+  urls: Record<string, string>;
 }
-
-export const BUS_KINDS = ["pubsub", "streams"] as const;
-export type BusKind = (typeof BUS_KINDS)[number];
 
 export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join"] as const;
 export type Sabotage = (typeof SABOTAGES)[number];

@@ -1,15 +1,20 @@
 /**
- * `npm run chaos`: several processes, each with its own LayerCache on one real redis-server (L2 +
- * bus), doing random operations while Redis is killed, paused and has its connections cut, and
- * loaders turn slow, fail, or outlast the values they replace; then every recorded operation is
- * checked (chaos/checker.ts).
+ * `npm run chaos`: several processes, each with its own LayerCache on real servers (L2 + bus; one
+ * redis-server unless `--l2` / `--bus` name other backends, see chaos/families.ts), doing random
+ * operations while the servers are killed, paused and have their connections cut, and loaders turn
+ * slow, fail, or outlast the values they replace; then every recorded operation is checked
+ * (chaos/checker.ts).
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
- *                    [--fault-gap 4000-8000] [--fault-kinds redis-kill,loader-slow,...] [--cold-keys 5]
- *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--bus pubsub|streams] [--dump history.json]
+ *                    [--fault-gap 4000-8000] [--fault-kinds server-kill,loader-slow,...] [--cold-keys 5]
+ *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--l2 redis] [--bus pubsub|streams]
+ *                    [--dump history.json]
  *
- * `--bus streams` runs the caches on `RedisStreamsBus` instead of `RedisBus`; its "pubsub-kill" fault
- * then cuts the stream readers (the connections blocked in XREAD).
+ * Faults on servers: "server-kill" (SIGKILL, then a restart on the same port), "server-pause"
+ * (SIGSTOP/SIGCONT), "listener-kill" (the server closes the buses' listening connections: pub/sub
+ * subscribers, stream readers, LISTEN connections, consumers ...), "client-kill" (the server closes
+ * the other client connections). When the L2 and the bus run on two servers, each server fault
+ * picks one of them. A fault the run's backends cannot take is left out of the deck.
  *
  * Prints operations done, faults injected, how often each rule's situation came up, violations
  * (must be 0), unhandled rejections (must be 0), peak memory and stalls per process; exits 1 on any
@@ -21,13 +26,12 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { Redis } from "ioredis";
 import ms from "ms";
 import { decodeRecord } from "../src/l2/envelope.js";
 import { rng } from "../bench/rng.js";
-import { RedisServer } from "../test/support/servers.js";
 import { check, type FaultWindow, type OpRecord, type Situations, type Violation, type WorkerReport } from "./checker.js";
-import { BUS_KINDS, KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type BusKind, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
+import { KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
+import { BUS_KINDS, FAMILIES, L2_KINDS, type BusKind, type ChaosFamily, type ChaosServer, type L2Kind } from "./families.js";
 
 export interface ChaosOptions {
   durationMs: number;
@@ -43,7 +47,9 @@ export interface ChaosOptions {
   coldKeys?: number;
   /** Only these kinds of fault (default: all seven). */
   faultKinds?: FaultKind[];
-  /** The invalidation bus: Redis pub/sub (default) or a Redis stream. */
+  /** The L2 store's family (default "redis"). */
+  l2?: L2Kind;
+  /** The invalidation bus (default "pubsub": Redis pub/sub). */
   bus?: BusKind;
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
@@ -82,7 +88,7 @@ const sleep = (t: number) => new Promise<void>((r) => setTimeout(r, t));
  * LoaderMode in chaos/config.ts) — with the L1 drops and L1 pressure of the workload, refreshes the
  * cache started from a stale value found in L2 outlive that value's window.
  */
-export const FAULT_KINDS = ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill", "loader-slow", "loader-fail", "loader-outlast"] as const;
+export const FAULT_KINDS = ["server-kill", "server-pause", "listener-kill", "client-kill", "loader-slow", "loader-fail", "loader-outlast"] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 function shuffle<T>(items: T[], random: () => number): T[] {
@@ -125,9 +131,30 @@ class Source {
 export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
   const log = o.log ?? (() => {});
   const dir = mkdtempSync(join(tmpdir(), "layercache-chaos-"));
-  const server = await RedisServer.start();
-  const admin = new Redis(server.url, { maxRetriesPerRequest: 1 });
-  admin.on("error", () => {});
+  const l2Family = o.l2 ?? "redis";
+  const busKind = o.bus ?? "pubsub";
+  const busFamily = BUS_KINDS[busKind];
+  const names = [...new Set([l2Family, busFamily])];
+  const families: Record<string, ChaosFamily> = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await FAMILIES[n]!()] as const)));
+  const servers: Record<string, ChaosServer> = {};
+  const stopServers = async () => {
+    await Promise.all(Object.values(servers).map((s) => s.stop().catch(() => {})));
+  };
+  try {
+    for (const n of names) servers[n] = await families[n]!.start();
+  } catch (error) {
+    await stopServers();
+    throw error;
+  }
+  const urls = Object.fromEntries(names.map((n) => [n, servers[n]!.url]));
+  /** The servers a fault of `kind` can hit (each server fault picks one). */
+  const targetsOf = (kind: FaultKind): string[] => {
+    if (kind === "listener-kill") return servers[busFamily]!.cutListeners && o.sabotage !== "no-bus" ? [busFamily] : [];
+    if (kind === "client-kill") return names.filter((n) => servers[n]!.cutClients);
+    if (kind === "server-pause") return names.filter((n) => servers[n]!.pause);
+    return kind === "server-kill" ? names : [];
+  };
+  const possible = (o.faultKinds ?? FAULT_KINDS).filter((k) => k.startsWith("loader-") || targetsOf(k).length > 0);
   const prefix = `chaos-${o.seed}`;
   const source = new Source();
   const random = rng(o.seed);
@@ -145,7 +172,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   try {
     for (let id = 0; id < o.workers; id++) {
-      const config: WorkerConfig = { id, url: server.url, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id), bus: o.bus };
+      const config: WorkerConfig = { id, urls, l2: o.l2, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id), bus: o.bus };
       const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
       child.on("message", (m: { type: string; req?: number; id?: string }) => {
         if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
@@ -164,7 +191,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       workers.push(child);
     }
     await Promise.all(workers.map((_, i) => expect(i, "ready")));
-    log(`chaos: seed ${o.seed}, ${o.workers} processes × ${o.concurrency} actors, ${Math.round(o.durationMs / 1000)} s, redis ${server.url}, bus ${o.bus ?? "pubsub"}${o.sabotage ? `, SABOTAGE ${o.sabotage}` : ""}`);
+    log(`chaos: seed ${o.seed}, ${o.workers} processes × ${o.concurrency} actors, ${Math.round(o.durationMs / 1000)} s, l2 ${l2Family} (${urls[l2Family]}), bus ${busKind} (${urls[busFamily]})${o.sabotage ? `, SABOTAGE ${o.sabotage}` : ""}`);
     const started = now();
     for (const w of workers) w.send({ type: "start" });
 
@@ -176,22 +203,24 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     while (o.faults !== false && now() - started < o.durationMs - 3000) {
       await sleep(gapMin + random() * (gapMax - gapMin));
       if (now() - started >= o.durationMs - 3000) break;
-      if (deck.length === 0) deck = shuffle([...(o.faultKinds ?? FAULT_KINDS)], random);
+      if (deck.length === 0) deck = shuffle([...possible], random);
       const kind = deck.pop()!;
+      const targets = targetsOf(kind);
+      const target = targets.length > 0 ? targets[Math.floor(random() * targets.length)]! : undefined;
+      const server = target === undefined ? undefined : servers[target]!;
       const start = now();
-      if (kind === "redis-kill") {
-        await server.kill("SIGKILL");
+      if (kind === "server-kill") {
+        await server!.kill();
         await sleep(300 + random() * 1000);
-        await server.restart();
-      } else if (kind === "redis-pause") {
-        server.pause();
+        await server!.restart();
+      } else if (kind === "server-pause") {
+        server!.pause!();
         await sleep(300 + random() * 900);
-        server.resume();
-      } else if (kind === "pubsub-kill" && o.bus === "streams") {
-        // The listening connections of a Streams bus are normal clients blocked in XREAD: cut those.
-        await killReaders(admin).catch(() => {});
-      } else if (kind === "pubsub-kill" || kind === "normal-kill") {
-        await admin.call("CLIENT", "KILL", "TYPE", kind === "pubsub-kill" ? "pubsub" : "normal", "SKIPME", "yes").catch(() => {});
+        server!.resume!();
+      } else if (kind === "listener-kill") {
+        await server!.cutListeners!(busKind).catch(() => {});
+      } else if (kind === "client-kill") {
+        await server!.cutClients!().catch(() => {});
       } else if (kind === "loader-outlast") {
         // Long enough for a value refreshed just before it to age into the last part of its stale
         // window (where the workers drop it from L1) while the fault lasts.
@@ -204,7 +233,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         broadcast("normal");
       }
       faults.push({ kind, start, end: now() });
-      log(`  fault ${faults.length}: ${kind} at +${((start - started) / 1000).toFixed(1)} s for ${(now() - start).toFixed(0)} ms`);
+      log(`  fault ${faults.length}: ${kind}${target !== undefined && names.length > 1 ? ` (${target})` : ""} at +${((start - started) / 1000).toFixed(1)} s for ${(now() - start).toFixed(0)} ms`);
     }
     const remaining = o.durationMs - (now() - started);
     if (remaining > 0) await sleep(remaining);
@@ -225,16 +254,21 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
       for (const r of data.finals) finals.push(r);
       reports.push(data.report);
     }
+    // What L2 holds, read with a store of the run's family (as the caches wrote it).
+    const store = await families[l2Family]!.store!(urls[l2Family]!, { timeoutMs: 5000, circuitBreaker: { threshold: 0, cooldown: "1s" } });
+    await store.connect?.();
     for (const scope of ["fg", "bg"] as const) {
       for (let i = 0; i < KEYS_PER_SCOPE[scope]; i++) {
-        const text = await admin.get(`${prefix}:${scope}:k${i}`);
-        if (text === null) continue;
+        const text = await store.get(`${prefix}:${scope}:k${i}`);
+        if (text === null || text === undefined) continue;
         const rec = decodeRecord(text);
         if (rec.payload === undefined) continue;
         const value = JSON.parse(rec.payload) as { v: number };
         finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
       }
     }
+    await store.close?.();
+    await families[l2Family]!.close?.();
     const { violations, checkedReads, reads, staleReads, finalValues, situations } = check(history, faults, reports, RULES, finals);
     if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, options: { ...o, log: undefined }, started, faults, violations, finals, reports, history }));
     const opsByKind: Record<string, number> = {};
@@ -251,19 +285,9 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
     finished = true;
     clearTimeout(deadline);
     for (const w of workers) if (w.exitCode === null) w.kill("SIGKILL");
-    admin.disconnect();
-    server.resume();
-    await server.stop();
+    await Promise.all(Object.values(families).map((f) => f.close?.().catch(() => {})));
+    await stopServers();
     rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** CLIENT KILL of every connection whose last command is XREAD (the readers of Streams buses). */
-async function killReaders(admin: Redis): Promise<void> {
-  const list = (await admin.call("CLIENT", "LIST")) as string;
-  for (const line of list.split("\n")) {
-    const id = / cmd=xread\b/.test(line) ? /\bid=(\d+)/.exec(line)?.[1] : undefined;
-    if (id !== undefined) await admin.call("CLIENT", "KILL", "ID", id).catch(() => {});
   }
 }
 
@@ -271,7 +295,7 @@ export function summarize(r: ChaosResult): string {
   const lines = [
     `operations: ${r.ops} (${Object.entries(r.opsByKind).map(([k, n]) => `${k} ${n}`).join(", ")})`,
     `faults injected: ${r.faults.length} (${Object.entries(r.faults.reduce<Record<string, number>>((a, f) => ((a[f.kind] = (a[f.kind] ?? 0) + 1), a), {})).map(([k, n]) => `${k} ${n}`).join(", ")})`,
-    `reads checked for staleness (outside Redis faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}; ${r.finalValues} values checked after the run`,
+    `reads checked for staleness (outside server faults and ${RULES.grace} ms after each): ${r.checkedReads} of ${r.reads}; ${r.finalValues} values checked after the run`,
     ...situationLines(r),
     `violations: ${r.violations.length}`,
     ...r.violations.slice(0, 20).map((v) => `  - [${v.rule}] ${v.detail}`),
@@ -289,9 +313,9 @@ function situationLines(r: ChaosResult): string[] {
   const s = r.situations;
   const e = (name: string): number => r.events[name] ?? 0;
   return [
-    `reads checked against their window (staleWindow): ${s.windowChecked}, of them ${s.duringFaults} during Redis faults or ${RULES.grace} ms after; served past ttl: ${s.stale} in the stale window, ${s.failSafe} fail-safe, ${s.softTimeout} after a soft timeout`,
+    `reads checked against their window (staleWindow): ${s.windowChecked}, of them ${s.duringFaults} during server faults or ${RULES.grace} ms after; served past ttl: ${s.stale} in the stale window, ${s.failSafe} fail-safe, ${s.softTimeout} after a soft timeout`,
     `refreshes started from a stale value found in L2: ${s.l2Refreshes}, ${s.l2RefreshesPastWindow} of them still running when that value left its window; reads during them: ${s.duringL2Refresh}, ${s.pastWindowDuringL2Refresh} of them after the value's window had closed`,
-    `bus (${r.options.bus ?? "pubsub"}): disconnects ${e("busDisconnect")}, reconnects with L1 repair ${e("busReconnect")}, caught up without repair ${e("busCaughtUp")}`,
+    `bus (${r.options.bus ?? "pubsub"}, l2 ${r.options.l2 ?? "redis"}): disconnects ${e("busDisconnect")}, reconnects with L1 repair ${e("busReconnect")}, caught up without repair ${e("busCaughtUp")}`,
     `cache events: hits l1 ${e("hit l1")}, l2 ${e("hit l2")}; stale hits background ${e("staleHit background")}, failSafe ${e("staleHit failSafe")}, softTimeout ${e("staleHit softTimeout")}; refreshes from L1 ${e("refreshStart from L1")}, from L2 ${e("refreshStart from L2")}, failed ${e("refreshFailure")}, skipped (pool full ${e("refreshSkipped poolFull")}, cooldown ${e("refreshSkipped cooldown")}); load errors ${e("loadError")}; L1 evictions ${e("evictions")}`,
   ];
 }
@@ -304,6 +328,7 @@ export function replayCommand(o: ChaosOptions): string {
   if (o.faultKinds) args.push(`--fault-kinds ${o.faultKinds.join(",")}`);
   if (o.coldKeys !== undefined) args.push(`--cold-keys ${o.coldKeys}`);
   if (o.sabotage) args.push(`--sabotage ${o.sabotage}`);
+  if (o.l2) args.push(`--l2 ${o.l2}`);
   if (o.bus) args.push(`--bus ${o.bus}`);
   return `npm run chaos -- ${args.join(" ")}`;
 }
@@ -329,8 +354,14 @@ function faultKinds(text: string): FaultKind[] {
 
 function busArg(text: string | undefined): BusKind | undefined {
   if (text === undefined) return undefined;
-  if (!(BUS_KINDS as readonly string[]).includes(text)) throw new Error(`--bus takes one of ${BUS_KINDS.join(", ")} (got ${text})`);
+  if (!Object.hasOwn(BUS_KINDS, text)) throw new Error(`--bus takes one of ${Object.keys(BUS_KINDS).join(", ")} (got ${text})`);
   return text as BusKind;
+}
+
+function l2Arg(text: string | undefined): L2Kind | undefined {
+  if (text === undefined) return undefined;
+  if (!(L2_KINDS as readonly string[]).includes(text)) throw new Error(`--l2 takes one of ${L2_KINDS.join(", ")} (got ${text})`);
+  return text as L2Kind;
 }
 
 function sabotageArg(text: string | undefined): Sabotage | undefined {
@@ -346,7 +377,7 @@ function arg(name: string): string | undefined {
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  // Ctrl-C: exit handlers stop redis-server (even a paused one) and remove its directory.
+  // Ctrl-C: exit handlers stop the servers (even a paused one) and remove their directories.
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(130));
   const d = arg("duration") ?? "2m";
   const durationMs = /^\d+$/.test(d) ? Number(d) * 1000 : (ms as unknown as (s: string) => number | undefined)(d);
@@ -358,6 +389,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     workers: Number(arg("workers") ?? 3),
     concurrency: Number(arg("concurrency") ?? 6),
     sabotage: sabotageArg(arg("sabotage")),
+    l2: l2Arg(arg("l2")),
     bus: busArg(arg("bus")),
     faults: arg("faults") !== "off",
     ...(arg("cold-keys") !== undefined ? { coldKeys: coldKeys(arg("cold-keys")!) } : {}),

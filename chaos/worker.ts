@@ -1,18 +1,18 @@
 /**
- * One process of the chaos run: a LayerCache on the shared Redis (L2 + bus) doing random
+ * One process of the chaos run: a LayerCache on the run's shared L2 and bus (Redis unless the run
+ * says otherwise, see chaos/families.ts) doing random
  * operations over a small key space, recording each one with start and end times — and each run of
  * its loader and each load error its cache reports, which the checker needs to tell a fail-safe or
  * soft-timeout answer from a value served past its window. The source of truth is the coordinator
  * (over IPC): versions only grow. Argv: one JSON object (WorkerConfig).
  */
 import { createWriteStream, writeFileSync } from "node:fs";
-import { Redis } from "ioredis";
 import { LayerCache, type CacheScope } from "../src/index.js";
-import { RedisBus, RedisStore, RedisStreamsBus } from "../src/backends/redis/index.js";
 import { sabotage } from "../src/core/sabotage.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
 import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
+import { BUS_KINDS, FAMILIES, careless } from "./families.js";
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig;
 // Sabotage "stale-join": the engine's fix of issue [5.1] switched off (src/engine/sabotage.ts).
@@ -38,20 +38,17 @@ function ask(type: string, id: string, signal?: AbortSignal): Promise<number> {
 }
 
 // ---------------------------------------------------------------- the cache under test
-const client = new Redis(config.url, { maxRetriesPerRequest: 1 });
-client.on("error", () => {});
-
-/** Sabotage "no-cas": an L2 store that ignores the generation check of load write-backs. */
-class CarelessStore extends RedisStore {
-  override set(key: string, record: string, ttlMs: number): Promise<boolean> {
-    return super.set(key, record, ttlMs);
-  }
-}
-const storeOptions = { client, timeout: CHAOS_POLICY.storeTimeout, circuitBreaker: { threshold: 3, cooldown: "500ms" } } as const;
+const l2Family = config.l2 ?? "redis";
+const busKind = config.bus ?? "pubsub";
+const families = [...new Set([l2Family, BUS_KINDS[busKind]])];
+const loaded = Object.fromEntries(await Promise.all(families.map(async (f) => [f, await FAMILIES[f]!()] as const)));
+const store = await loaded[l2Family]!.store!(config.urls[l2Family]!, { timeoutMs: CHAOS_POLICY.storeTimeout, circuitBreaker: { threshold: 3, cooldown: "500ms" } });
+const bus = config.sabotage === "no-bus" ? undefined : await loaded[BUS_KINDS[busKind]]!.buses![busKind]!(config.urls[BUS_KINDS[busKind]]!, { heartbeat: "250ms" });
 const cache = new LayerCache({
   prefix: config.prefix,
-  l2: config.sabotage === "no-cas" ? new CarelessStore(storeOptions) : new RedisStore(storeOptions),
-  ...(config.sabotage === "no-bus" ? {} : { bus: config.bus === "streams" ? new RedisStreamsBus({ client, heartbeat: "250ms" }) : new RedisBus({ client, heartbeat: "250ms" }) }),
+  // Sabotage "no-cas": the store's write-backs ignore the generation check.
+  l2: config.sabotage === "no-cas" ? careless(store) : store,
+  ...(bus ? { bus } : {}),
   // Sabotage "big-pool": the cache may run more refreshes than the checker's bound.
   refreshConcurrency: CHAOS_POLICY.refreshConcurrency * (config.sabotage === "big-pool" ? 4 : 1),
   refreshCooldown: CHAOS_POLICY.refreshCooldown,
@@ -426,7 +423,7 @@ process.on("message", async (m: { type: string; req?: number; version?: number; 
     const file = `${config.dir}/worker-${config.id}.json`;
     writeFileSync(file, JSON.stringify({ historyFile, finals, report }));
     await cache.close();
-    client.disconnect();
+    for (const f of Object.values(loaded)) await f.close?.();
     send({ type: "done", file });
   }
 });

@@ -23,8 +23,8 @@ describe("history checker", () => {
     const early = [write, op({ op: "get", start: 1010 + RULES.bound - 1, version: 4, at: 1500, policy: "fg" })];
     expect(check(early, [], [report()], RULES).violations).toEqual([]);
     const late = [write, op({ op: "get", start: 5000, version: 4, at: 4000, policy: "fg" })];
-    expect(check(late, [{ kind: "redis-kill", start: 3000, end: 4000 }], [report()], RULES).violations).toEqual([]);
-    expect(check(late, [{ kind: "redis-kill", start: 1000, end: 2000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
+    expect(check(late, [{ kind: "server-kill", start: 3000, end: 4000 }], [report()], RULES).violations).toEqual([]);
+    expect(check(late, [{ kind: "server-kill", start: 1000, end: 2000 }], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleness"]);
   });
 
   test("time the reading process did not run lengthens the bound for its reads, and only for its reads", () => {
@@ -42,7 +42,7 @@ describe("history checker", () => {
 
   test("a process's own invalidation binds its later reads at once, even inside a fault window", () => {
     const own = op({ op: "set", start: 3000, end: 3005, version: 8, worker: 2 });
-    const fault = [{ kind: "redis-pause", start: 2000, end: 6000 }];
+    const fault = [{ kind: "server-pause", start: 2000, end: 6000 }];
     const h = [own, op({ op: "get", start: 3006, version: 7, worker: 2 }), op({ op: "get", start: 3006, version: 7, worker: 1 })];
     expect(check(h, fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["ownInvalidation"]);
     expect(check([own, op({ op: "get", start: 3004, version: 7, worker: 2 })], fault, [report()], RULES).violations).toEqual([]);
@@ -113,10 +113,10 @@ describe("history checker", () => {
     expect(check([past], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["staleWindow"]);
     // During a Redis fault (and its grace) staleness is suspended, the window is not: an L1 copy
     // served while Redis is down is still bounded by its window, a fail-safe value by ttl + failSafe.
-    for (const kind of ["redis-kill", "redis-pause", "pubsub-kill", "normal-kill"]) {
+    for (const kind of ["server-kill", "server-pause", "listener-kill", "client-kill"]) {
       const fault = [{ kind, start: 19_000, end: 19_500 }];
       const during = check([inside, past], fault, [report()], RULES);
-      expect(during.violations.map((v) => v.detail)).toEqual([expect.stringContaining("during a Redis fault")]);
+      expect(during.violations.map((v) => v.detail)).toEqual([expect.stringContaining("during a server fault")]);
       expect(during.situations.duringFaults).toBe(2);
       expect(during.checkedReads).toBe(0);
       const failSafe = bg(RULES.ttl.bg + RULES.failSafe - 10, { end: 20_030 });
