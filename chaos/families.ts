@@ -48,6 +48,8 @@ export interface ChaosFamily {
 /** Families, loaded only when a run uses them (a Redis-only run never loads another client library). */
 export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
+  rabbitmq: async () => (await import("./families/rabbitmq.js")).rabbitmq,
+  nats: async () => (await import("./families/nats.js")).nats,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
@@ -58,6 +60,9 @@ export type L2Kind = (typeof L2_KINDS)[number];
 export const BUS_KINDS = {
   pubsub: "redis",
   streams: "redis",
+  rabbitmq: "rabbitmq",
+  nats: "nats",
+  "nats-jetstream": "nats",
 } as const satisfies Record<string, keyof typeof FAMILIES>;
 export type BusKind = keyof typeof BUS_KINDS;
 

@@ -92,7 +92,17 @@ export class NatsServer {
     await this.#spawn();
   }
 
+  /** SIGSTOP: the server hangs, connections stay open. */
+  pause(): void {
+    this.proc?.kill("SIGSTOP");
+  }
+
+  resume(): void {
+    this.proc?.kill("SIGCONT");
+  }
+
   async stop(): Promise<void> {
+    this.resume();
     await this.kill("SIGTERM");
     live.delete(this);
     rmSync(this.dir, { recursive: true, force: true });

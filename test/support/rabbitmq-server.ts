@@ -180,6 +180,25 @@ export class RabbitMQServer {
     this.#proc = undefined;
   }
 
+  /** SIGSTOP to the broker's process group: it hangs with its connections open. */
+  pause(): void {
+    this.#signalGroup("SIGSTOP");
+  }
+
+  resume(): void {
+    this.#signalGroup("SIGCONT");
+  }
+
+  #signalGroup(signal: NodeJS.Signals): void {
+    const pid = this.#proc?.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      // gone
+    }
+  }
+
   /** Starts the broker again on the same ports and data (durable exchanges survive; exclusive queues do not). */
   async restart(): Promise<void> {
     await this.kill();
@@ -199,6 +218,7 @@ export class RabbitMQServer {
   }
 
   async stop(): Promise<void> {
+    this.resume();
     await this.kill("SIGTERM");
     const epmd = this.#epmd;
     if (epmd && epmd.exitCode === null && epmd.signalCode === null) {

@@ -53,7 +53,7 @@ export const RABBITMQ_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 /** An AMQP exchange name is a short string: at most 255 bytes. */
 const MAX_NAME_BYTES = 255;
 /** Pause after a failed consumer setup, doubling up to the second figure. */
-const RETRY_MS = [100, 5_000] as const;
+const RETRY_MS = [100, 1_000] as const;
 
 /** Anything with methods: `rabbitmq-client` is typed structurally, so its types are not required. */
 type AnyClient = Record<string, any>;
@@ -170,8 +170,9 @@ export class RabbitMQBus implements Bus {
       throw new Error(`layercache/rabbitmq: \`{ url }\` needs the client library rabbitmq-client; install it: npm install rabbitmq-client (${error instanceof Error ? error.message : String(error)})`);
     }
     const Connection = lib.Connection ?? lib.default?.Connection ?? lib.default;
-    // Reconnect soon after a loss (the cache repairs L1 meanwhile anyway), backing off to 5 s.
-    return new Connection({ url: this.#url, heartbeat: this.#heartbeatS, retryLow: 100, retryHigh: 5_000, connectionName: "layercache bus" }) as AnyClient;
+    // Reconnect soon after a loss, backing off to one attempt a second: while the bus is deaf, peers'
+    // invalidations are missed, so a broker that is back must be heard again within a second.
+    return new Connection({ url: this.#url, heartbeat: this.#heartbeatS, retryLow: 100, retryHigh: 1_000, connectionName: "layercache bus" }) as AnyClient;
   }
 }
 
