@@ -4,13 +4,12 @@
  * delete from a Map), in one run, alternating rounds (this 2-vCPU machine is noisy: the ratio of
  * numbers from one run is what counts). Used by bench/rabbitmq.ts and bench/nats.ts.
  */
-import { fork } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { LayerCache } from "../src/index.js";
 import { layercacheBus, rawPublisher, rawSubscriber, type BusKind } from "./bus-kinds.js";
-import { percentile, QUICK, sleep } from "./lib.js";
+import { forkPeer, percentile, QUICK, sleep } from "./lib.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 /** The target of the issue: layercache's invalidation p99 within 1.5× of the raw floor's, same run. */
@@ -21,14 +20,7 @@ type Mode = "layercache" | "raw";
 /** One run of `samples` invalidations of `mode` on `kind`, with a background load of one publish every 2 ms. */
 async function run(kind: BusKind, url: string, mode: Mode, samples: number): Promise<number[]> {
   const prefix = `bench-${kind}-${mode}-${process.pid}-${Date.now()}`;
-  const b = fork(join(root, "bench/bus-peer.ts"), [kind, url, prefix, mode], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const waiting = new Map<string, (m: Record<string, string>) => void>();
-  b.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
-    waiting.get(id)?.(m);
-  });
-  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
-  await expect("ready");
+  const { child: b, expect } = await forkPeer(join(root, "bench/bus-peer.ts"), [kind, url, prefix, mode]);
 
   const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", bus: layercacheBus(kind, url) }) : undefined;
   await a?.ready();

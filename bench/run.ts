@@ -14,7 +14,7 @@ import { LRUCache } from "lru-cache";
 import { LayerCache } from "../src/index.js";
 import { RedisBus, RedisStore, RedisStreamsBus } from "../src/backends/redis/index.js";
 import { RedisServer, ensureBinary } from "../test/support/servers.js";
-import { compare, fmtOps, OPTIONS, percentile, printRatios, QUICK, rng, sleep, zipf } from "./lib.js";
+import { compare, fmtOps, forkPeer, OPTIONS, percentile, printRatios, QUICK, rng, sleep, zipf } from "./lib.js";
 import { bentoPeer, cacheablePeer, cacheManagerPeer, layercachePeer, lruBaseline, rawRedisBaseline, type Peer } from "./peers.js";
 import { renderChart } from "./chart.js";
 
@@ -188,14 +188,7 @@ async function scenario5(): Promise<void> {
  */
 async function invalidationRun(url: string, mode: "layercache" | "streams" | "raw"): Promise<number[]> {
   const prefix = `s6-${mode}-${process.pid}`;
-  const b = fork(join(root, "bench/invalidation-peer.ts"), [url, prefix, mode], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const waiting = new Map<string, (m: Record<string, string>) => void>();
-  b.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
-    waiting.get(id)?.(m);
-  });
-  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
-  await expect("ready");
+  const { child: b, expect } = await forkPeer(join(root, "bench/invalidation-peer.ts"), [url, prefix, mode]);
 
   const client = new Redis(url);
   const bus = mode === "streams" ? new RedisStreamsBus({ client }) : new RedisBus({ client });

@@ -15,4 +15,4 @@ export { systemClock, MAX_TIMER_MS, type Clock, type TimerClock } from "./shared
 export { withTimeout } from "./shared/resilience.js";
 export { Heartbeat, type HeartbeatOptions } from "./bus/heartbeat.js";
 export { parseDuration, type Duration } from "./api/options.js";
-export { checkOptions, parseResilience, type CircuitBreakerOptions } from "./shared/backend-options.js";
+export { checkOptions, checkUrl, parseResilience, type CircuitBreakerOptions } from "./shared/backend-options.js";

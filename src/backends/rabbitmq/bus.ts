@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import {
   checkOptions,
+  checkUrl,
   optionError,
   parseDuration,
   parseResilience,
@@ -70,19 +71,6 @@ export function exchangeName(channel: string): string {
   return `${head}~${hash}`;
 }
 
-function checkAmqpUrl(url: unknown): asserts url is string {
-  let ok = false;
-  if (typeof url === "string") {
-    try {
-      const u = new URL(url);
-      ok = (u.protocol === "amqp:" || u.protocol === "amqps:") && u.hostname !== "";
-    } catch {
-      ok = false;
-    }
-  }
-  if (!ok) throw optionError("url", `must be an amqp:// or amqps:// URL with a host (got ${preview(url)})`);
-}
-
 function isConnection(client: unknown): client is AnyClient {
   const c = client as AnyClient;
   return c !== null && typeof c === "object" && typeof c.acquire === "function" && typeof c.createPublisher === "function" && typeof c.on === "function";
@@ -120,7 +108,7 @@ export class RabbitMQBus implements Bus {
     checkOptions(options, OPTIONS, "RabbitMQBus");
     if ((options.client === undefined) === (options.url === undefined)) throw optionError("client", "or `url` must be given (exactly one of them)");
     if (options.client !== undefined && !isConnection(options.client)) throw optionError("client", `must be a Connection of rabbitmq-client (got ${preview(options.client)})`);
-    if (options.url !== undefined) checkAmqpUrl(options.url);
+    if (options.url !== undefined) checkUrl(options.url, ["amqp", "amqps"]);
     this.#client = options.client as AnyClient | undefined;
     this.connection = this.#client;
     this.#url = options.url;
