@@ -198,7 +198,7 @@ describe("NatsBus, JetStream", () => {
     }, 10_000);
   });
 
-  test("nothing is left behind: one stream per prefix with its limits, no consumer once instances close", async () => {
+  test("nothing is left behind: one stream per prefix with its limits, no consumer once instances close, a minute's life for a crashed one's", async () => {
     const prefix = uniquePrefix();
     for (let round = 0; round < 4; round++) {
       const cache = new LayerCache({ prefix, bus: new NatsBus({ servers: server.url, jetstream: { maxMessages: 100, maxAge: "10m" } }) });
@@ -213,6 +213,16 @@ describe("NatsBus, JetStream", () => {
     expect(info.config.max_age).toBe(10 * 60 * 1e9);
     expect(info.state.messages).toBeLessThanOrEqual(100);
     await eventually(async () => (await jsm.streams.info(streamOf(`${prefix}:bus`))).state.consumer_count === 0, 10_000);
+    // An instance that ends without closing (its connection simply drops, as in a crash) leaves its
+    // ordered consumer, set to be removed by the server after a minute without it.
+    const nc = await connect({ servers: server.url });
+    const crashed = new LayerCache({ prefix, bus: new NatsBus({ client: nc, jetstream: true }) });
+    await crashed.ready();
+    await eventually(async () => {
+      const consumers = await jsm.consumers.list(streamOf(`${prefix}:bus`)).next();
+      return consumers.length === 1 && consumers[0]!.config.inactive_threshold === 60e9;
+    }, 5_000);
+    await nc.close();
     // A raw publish to the subject is stored: the stream is the one instances read.
     await jetstream(raw).publish(subjectOf(`${prefix}:bus`), "x");
   });

@@ -70,6 +70,8 @@ const JETSTREAM_OPTIONS = ["maxMessages", "maxAge", "storage", "replicas"];
 export const NATS_MAX_PAYLOAD_BYTES = 1024 * 1024;
 const DEFAULT_MAX_MESSAGES = 10_000;
 const DEFAULT_MAX_AGE_MS = 60 * 60 * 1000;
+/** How long the server keeps the ordered consumer of an instance that is gone without closing it (crashed). */
+const ORPHAN_CONSUMER_MS = 60_000;
 /** Pause after a failed resync of the JetStream reader, doubling up to the second figure. */
 const RETRY_MS = [100, 5_000] as const;
 
@@ -421,12 +423,14 @@ class JetStreamReader implements Listener {
     }
     this.#consumer = consumer;
     this.#messages = messages;
+    void this.#shortenOrphanLife((await consumer.info(true).catch(() => undefined))?.name);
     void (async () => {
       try {
-        for await (const n of messages.status() as AsyncIterable<{ type: string }>) {
+        for await (const n of messages.status() as AsyncIterable<{ type: string; name?: string }>) {
           if (session !== this.#session || this.#stopped) break;
           // The stream is gone: it is created again, and what it held is lost.
           if (n.type === "stream_not_found") this.#resync();
+          else if (n.type === "ordered_consumer_recreated") void this.#shortenOrphanLife(n.name);
         }
       } catch {
         // the consumer was closed
@@ -435,9 +439,17 @@ class JetStreamReader implements Listener {
   }
 
   /**
-   * Stops the consumer in use and deletes it on the server (left alone, an ordered consumer the
-   * client created stays until 5 minutes of inactivity — what a crashed instance leaves, briefly).
+   * The client creates its ordered consumers to be removed after 5 minutes without a pull: what a
+   * crashed instance leaves. This one is made to go after ORPHAN_CONSUMER_MS instead (a live
+   * consumer always has a pull pending, so it never comes near it). Best effort: a failure only
+   * leaves the client's setting.
    */
+  async #shortenOrphanLife(name: string | undefined): Promise<void> {
+    if (name === undefined || this.#stopped) return;
+    await this.#jsm.consumers.update(this.#name, name, { inactive_threshold: ORPHAN_CONSUMER_MS * 1e6 }).catch(() => {});
+  }
+
+  /** Stops the consumer in use and deletes it on the server. */
   async #closeConsumer(): Promise<void> {
     const [consumer, messages] = [this.#consumer, this.#messages];
     this.#consumer = this.#messages = undefined;
