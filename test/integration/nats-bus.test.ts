@@ -228,6 +228,19 @@ describe("NatsBus, JetStream", () => {
   });
 });
 
+describe("NatsBus close", () => {
+  test.each([
+    ["core NATS", false],
+    ["JetStream", {}],
+  ] as const)("%s: close() while the server is unreachable does not wait for it", async (_name, jetstreamMode) => {
+    const { b, proxy, events } = await pair(jetstreamMode);
+    proxy.cut();
+    await eventually(() => events.includes("busDisconnect"), 10_000);
+    await b.remove("k");
+    await b.close();
+  }, 15_000);
+});
+
 describe("NatsBus options", () => {
   test("bad options are a TypeError naming the option", () => {
     expect(() => new NatsBus({} as never)).toThrow(/client/);

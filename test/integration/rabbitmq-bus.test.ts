@@ -6,6 +6,7 @@ import { RabbitMQBus } from "../../src/backends/rabbitmq/index.js";
 import { exchangeName } from "../../src/backends/rabbitmq/bus.js";
 import { RabbitMQServer } from "../support/rabbitmq-server.js";
 import { eventually, uniquePrefix } from "../support/redis-clients.js";
+import { TcpProxy } from "../support/tcp-proxy.js";
 
 /**
  * RabbitMQBus on a rabbitmq-server of this file's own (its connections are closed from the server
@@ -95,6 +96,19 @@ describe("RabbitMQBus", () => {
       return (await b.get("k")) === undefined;
     }, 20_000);
   }, 60_000);
+
+  test("close() while the broker is unreachable does not wait for it (nothing hangs, nothing is left rejected)", async () => {
+    const proxy = await TcpProxy.start(server.port);
+    const cache = new LayerCache({ prefix: uniquePrefix(), bus: new RabbitMQBus({ url: `amqp://guest:guest@127.0.0.1:${proxy.port}` }) });
+    const events: string[] = [];
+    cache.on("busDisconnect", () => events.push("busDisconnect"));
+    await cache.ready();
+    proxy.cut();
+    await eventually(() => events.includes("busDisconnect"), 10_000);
+    await cache.remove("k"); // queued: the bus is down
+    await cache.close();
+    await proxy.close();
+  }, 15_000);
 
   test("nothing is left behind: after instances come and go (closed, or their connection dropped), one exchange per prefix and no queue", async () => {
     const prefix = uniquePrefix();

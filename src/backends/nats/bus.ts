@@ -332,6 +332,8 @@ class JetStreamReader implements Listener {
   /** While deaf: the stream's last sequence when the reader came back; reaching it is catching up. */
   #target: number | undefined;
   #stopWatching: () => void = () => {};
+  /** The connection is up (as its last status said). */
+  #connected = true;
   #retryTimer: unknown;
   #retryDelay = 0;
   #syncing: Promise<void> | undefined;
@@ -358,7 +360,16 @@ class JetStreamReader implements Listener {
     reader.#applied = state.last_seq;
     reader.#created = state.created;
     await reader.#consume();
-    reader.#stopWatching = watchStatus(nc, handlers, { down: () => reader.#lost(), back: () => reader.#resync() });
+    reader.#stopWatching = watchStatus(nc, handlers, {
+      down: () => {
+        reader.#connected = false;
+        reader.#lost();
+      },
+      back: () => {
+        reader.#connected = true;
+        reader.#resync();
+      },
+    });
     return reader;
   }
 
@@ -449,12 +460,18 @@ class JetStreamReader implements Listener {
     await this.#jsm.consumers.update(this.#name, name, { inactive_threshold: ORPHAN_CONSUMER_MS * 1e6 }).catch(() => {});
   }
 
-  /** Stops the consumer in use and deletes it on the server. */
+  /**
+   * Stops the consumer in use and deletes it on the server — unless the server is away (the
+   * request would only time out; the server removes the consumer by itself, see above).
+   */
   async #closeConsumer(): Promise<void> {
     const [consumer, messages] = [this.#consumer, this.#messages];
     this.#consumer = this.#messages = undefined;
     await messages?.close().catch(() => {});
-    await consumer?.delete().catch(() => {});
+    if (!this.#connected) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([consumer?.delete().catch(() => {}), new Promise<void>((resolve) => (timer = setTimeout(resolve, 1_000)))]);
+    clearTimeout(timer);
   }
 
   #deliver(session: number, m: AnyClient): void {

@@ -56,6 +56,16 @@ const MAX_NAME_BYTES = 255;
 /** Pause after a failed consumer setup, doubling up to the second figure. */
 const RETRY_MS = [100, 1_000] as const;
 
+/** Longest `close()` waits for the broker to answer a channel or connection close. */
+const CLOSE_WAIT_MS = 1_000;
+
+/** Waits for `promise` (its failure ignored) at most `ms`. */
+async function within(ms: number, promise: Promise<unknown>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([promise.catch(() => {}), new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}
+
 /** Anything with methods: `rabbitmq-client` is typed structurally, so its types are not required. */
 type AnyClient = Record<string, any>;
 
@@ -130,8 +140,13 @@ export class RabbitMQBus implements Bus {
     publisher.on?.("error", (error: unknown) => handlers.onError(error, "publish"));
     const consumer = new Consuming(conn, exchange, handlers, context?.clock ?? systemClock);
     const release = async (): Promise<void> => {
-      await publisher.close().catch(() => {});
-      if (owned) await conn.close().catch(() => {});
+      if (conn.ready) await within(CLOSE_WAIT_MS, publisher.close());
+      else void publisher.close().catch(() => {});
+      if (owned) {
+        // A connection that is down (the broker away) would wait for it: drop it at once instead.
+        if (conn.ready) await within(CLOSE_WAIT_MS, conn.close());
+        conn.unsafeDestroy?.();
+      }
       conn.off?.("error", onError);
     };
     try {
@@ -276,10 +291,10 @@ class Consuming {
     this.#stopped = true;
     if (this.#timer !== undefined) this.#clock.clearTimeout(this.#timer);
     this.#timer = undefined;
-    await this.#setting?.catch(() => {});
+    // A setup under way (waiting for the broker to come back) closes its channel itself when it ends.
     const ch = this.#ch;
     this.#ch = undefined;
     // Closing the channel cancels the consumer: the auto-delete queue goes with it.
-    if (ch?.active !== false) await ch?.close().catch(() => {});
+    if (ch !== undefined && ch.active !== false) await within(CLOSE_WAIT_MS, ch.close());
   }
 }
