@@ -26,7 +26,7 @@ async function run(kind: BusKind, url: string, mode: Mode, samples: number): Pro
   await a?.ready();
   const raw = mode === "raw" ? await rawPublisher(kind, url, `${prefix}:raw`) : undefined;
   // The raw floor does what the bus does here too: A listens on the channel as well (and hears its own messages).
-  const rawListener = mode === "raw" ? await rawSubscriber(kind, url, `${prefix}:raw`, () => {}) : undefined;
+  const rawListener = mode === "raw" ? await rawSubscriber(kind, url, `${prefix}:raw`, () => {}, raw!.nc) : undefined;
   const remove = (key: string): Promise<void> => (a ? a.remove(key) : raw!.publish(key));
   let n = 0;
   const bg = setInterval(() => void remove(`bg:${n++ % 2000}`).catch(() => {}), 2);
@@ -50,8 +50,8 @@ async function run(kind: BusKind, url: string, mode: Mode, samples: number): Pro
   b.send({ op: "stop" });
   await stopped;
   await a?.close();
-  await raw?.close();
   await rawListener?.close();
+  await raw?.close();
   return latencies;
 }
 
@@ -68,7 +68,9 @@ export async function busBench(title: string, kinds: { kind: BusKind; url: strin
   const perRound = QUICK ? 60 : 250;
   const results: BusBenchResult[] = [];
   const rows: Record<string, string>[] = [];
-  for (const { kind, url, name, floor } of kinds) {
+  // `--kinds=nats-jetstream,...`: only those.
+  const only = process.argv.find((a) => a.startsWith("--kinds="))?.slice("--kinds=".length).split(",");
+  for (const { kind, url, name, floor } of kinds.filter((k) => only === undefined || only.includes(k.kind))) {
     const got: Record<Mode, number[]> = { layercache: [], raw: [] };
     for (let round = 0; round < rounds; round++) {
       for (const mode of (round % 2 === 0 ? ["layercache", "raw"] : ["raw", "layercache"]) as Mode[]) got[mode].push(...(await run(kind, url, mode, perRound)));

@@ -27,8 +27,8 @@ export interface RabbitMQBusOptions {
    */
   client?: unknown;
   /**
-   * Alternatively, an `amqp://` or `amqps://` URL: the bus opens a connection of its own (with
-   * automatic recovery) for each cache and closes it on `close()`.
+   * Alternatively, an `amqp://` or `amqps://` URL: the bus opens two connections of its own (with
+   * automatic recovery) for each cache — one publishes, one consumes — and closes them on `close()`.
    */
   url?: string;
   /**
@@ -130,24 +130,31 @@ export class RabbitMQBus implements Bus {
 
   async connect(channel: string, handlers: BusHandlers, context?: BusContext): Promise<BusConnection> {
     const owned = this.#client === undefined;
-    const conn = owned ? await this.#open() : this.#client!;
+    // Owned: one connection to publish and one to consume, as RabbitMQ advises — the broker's flow
+    // control throttles a publishing connection by pausing its reads, which would hold back the
+    // deliveries of a consumer on the same connection.
+    const pubConn = owned ? await this.#open() : this.#client!;
+    const subConn = owned ? await this.#open() : pubConn;
+    const conns = owned ? [pubConn, subConn] : [pubConn];
     const exchange = exchangeName(channel);
     const onError = (error: unknown): void => handlers.onError(error, "connection");
     // An `error` event without a listener would end the process.
-    conn.on("error", onError);
+    for (const c of conns) c.on("error", onError);
     const declare = { exchange, type: "fanout", durable: true };
-    const publisher = conn.createPublisher({ confirm: true, maxAttempts: 1, exchanges: [declare] }) as AnyClient;
+    const publisher = pubConn.createPublisher({ confirm: true, maxAttempts: 1, exchanges: [declare] }) as AnyClient;
     publisher.on?.("error", (error: unknown) => handlers.onError(error, "publish"));
-    const consumer = new Consuming(conn, exchange, handlers, context?.clock ?? systemClock);
+    const consumer = new Consuming(subConn, exchange, handlers, context?.clock ?? systemClock);
     const release = async (): Promise<void> => {
-      if (conn.ready) await within(CLOSE_WAIT_MS, publisher.close());
+      if (pubConn.ready) await within(CLOSE_WAIT_MS, publisher.close());
       else void publisher.close().catch(() => {});
-      if (owned) {
-        // A connection that is down (the broker away) would wait for it: drop it at once instead.
-        if (conn.ready) await within(CLOSE_WAIT_MS, conn.close());
-        conn.unsafeDestroy?.();
+      for (const c of conns) {
+        if (owned) {
+          // A connection that is down (the broker away) would wait for it: drop it at once instead.
+          if (c.ready) await within(CLOSE_WAIT_MS, c.close());
+          c.unsafeDestroy?.();
+        }
+        c.off?.("error", onError);
       }
-      conn.off?.("error", onError);
     };
     try {
       await consumer.start();
