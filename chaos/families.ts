@@ -50,10 +50,11 @@ export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
   rabbitmq: async () => (await import("./families/rabbitmq.js")).rabbitmq,
   nats: async () => (await import("./families/nats.js")).nats,
+  memcached: async () => (await import("./families/memcached.js")).memcached,
 };
 
 /** `--l2 <kind>`: the family whose store is the L2. */
-export const L2_KINDS = ["redis"] as const;
+export const L2_KINDS = ["redis", "memcached"] as const;
 export type L2Kind = (typeof L2_KINDS)[number];
 
 /** `--bus <kind>`: the family that runs it. */

@@ -1,4 +1,5 @@
 import type { TestProject } from "vitest/node";
+import { MemcachedServer } from "./support/memcached-server.js";
 import { NatsServer } from "./support/nats-server.js";
 import { RabbitMQServer } from "./support/rabbitmq-server.js";
 import { ensureBinary, RedisServer } from "./support/servers.js";
@@ -11,6 +12,8 @@ declare module "vitest" {
     rabbitmqUrl: string;
     /** A nats-server with JetStream shared by the test files (each test uses its own subjects and streams). */
     natsUrl: string;
+    /** A memcached shared by the test files, as "host:port" (each test uses its own key prefix). */
+    memcachedServer: string;
   }
 }
 
@@ -22,14 +25,16 @@ declare module "vitest" {
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   ensureBinary("redis-server", "redis-server");
   ensureBinary("redis-cli", "redis-tools");
+  ensureBinary("memcached", "memcached");
   ensureBinary("rabbitmq-server", "rabbitmq-server");
   ensureBinary("nats-server", "nats-server");
   // RabbitMQ takes seconds to boot: it starts while the others do.
-  const [redis, rabbitmq, nats] = await Promise.all([RedisServer.start(), RabbitMQServer.start(), NatsServer.start()]);
+  const [redis, memcached, rabbitmq, nats] = await Promise.all([RedisServer.start(), MemcachedServer.start(), RabbitMQServer.start(), NatsServer.start()]);
   project.provide("redisUrl", redis.url);
+  project.provide("memcachedServer", memcached.address);
   project.provide("rabbitmqUrl", rabbitmq.url);
   project.provide("natsUrl", nats.url);
   return async () => {
-    await Promise.all([redis.stop(), rabbitmq.stop(), nats.stop()]);
+    await Promise.all([redis.stop(), memcached.stop(), rabbitmq.stop(), nats.stop()]);
   };
 }

@@ -54,7 +54,7 @@ describe("npm pack output", () => {
     expect(readFileSync(join(root, "dist/rabbitmq.js"), "utf8")).toMatch(/import\(['"]rabbitmq-client['"]\)/);
     expect(readFileSync(join(root, "dist/nats.js"), "utf8")).toMatch(/import\(['"]@nats-io\/transport-node['"]\)/);
     expect(info.unpackedSize).toBeLessThan(2_000_000);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "dist/rabbitmq.js", "dist/rabbitmq.cjs", "dist/rabbitmq.d.ts", "dist/rabbitmq.d.cts", "docs/rabbitmq.md", "dist/nats.js", "dist/nats.cjs", "dist/nats.d.ts", "dist/nats.d.cts", "docs/nats.md"]) {
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "dist/rabbitmq.js", "dist/rabbitmq.cjs", "dist/rabbitmq.d.ts", "dist/rabbitmq.d.cts", "docs/rabbitmq.md", "dist/nats.js", "dist/nats.cjs", "dist/nats.d.ts", "dist/nats.d.cts", "docs/nats.md"]) {
       expect(files).toContain(f);
     }
     // Nothing else: no sources, tests, benchmarks, chaos tooling or examples.
@@ -172,6 +172,26 @@ describe("npm pack output", () => {
   });
 
   test.each([
+    ["mc.mjs", `import { LayerCache, MemoryBus } from "layercache"; import { MemcachedStore } from "layercache/memcached";`],
+    ["mc.cjs", `const { LayerCache, MemoryBus } = require("layercache"); const { MemcachedStore } = require("layercache/memcached");`],
+  ])("%s: MemcachedStore from { servers } shares values (odd keys, a long ttl) and removals through a real memcached", (file, imports) => {
+    const servers = inject("memcachedServer");
+    const body = `
+      const bus = new MemoryBus();
+      const opts = () => ({ prefix: "pack-${file}", l2: new MemcachedStore({ servers: ${JSON.stringify(servers)} }), bus });
+      const a = new LayerCache(opts()); const b = new LayerCache(opts());
+      const odd = "a key with spaces, ünïcødé and a line\\nbreak " + "x".repeat(300);
+      await a.set("k", { n: 1 }); await a.set(odd, "odd", { ttl: "40d" });
+      const seen = [await b.get("k"), await b.get(odd)];
+      await a.remove("k");
+      const after = await b.get("k");
+      await a.close(); await b.close();
+      console.log(JSON.stringify([seen, after === undefined, a.stats().l2Errors + b.stats().l2Errors]));`;
+    writeFileSync(join(dir, file), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
+    expect(JSON.parse(run("node", [file], dir))).toEqual([[{ n: 1 }, "odd"], true, 0]);
+  });
+
+  test.each([
     ["contracts.test.mjs", `import { MemoryBus } from "layercache"; import { busContract, l2StoreContract, FakeClock, MemoryStore } from "layercache/testing";`],
     ["contracts.test.cjs", `const { MemoryBus } = require("layercache"); const { busContract, l2StoreContract, FakeClock, MemoryStore } = require("layercache/testing");`],
   ])("%s: layercache/testing runs the contract suites under node --test, finding node:test by itself", (file, imports) => {
@@ -197,6 +217,7 @@ describe("npm pack output", () => {
   const ts = `
       import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
       import { RedisStore, RedisBus, type RedisStoreOptions } from "layercache/redis";
+      import { MemcachedStore, type MemcachedStoreOptions } from "layercache/memcached";
       import { RabbitMQBus, type RabbitMQBusOptions } from "layercache/rabbitmq";
       import { NatsBus, type NatsBusOptions } from "layercache/nats";
       const rabbitOptions: RabbitMQBusOptions = { url: "amqp://localhost:5672", heartbeat: "5s" };
@@ -205,6 +226,8 @@ describe("npm pack output", () => {
       void new LayerCache({ bus: new NatsBus(natsOptions) });
       const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
       void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
+      const memcachedOptions: MemcachedStoreOptions = { servers: ["127.0.0.1:11211"], timeout: "250ms", maxItemSize: 1024 * 1024 };
+      void new LayerCache({ l2: new MemcachedStore(memcachedOptions) });
       const options: CacheOptions = { ttl: "1m", refresh: "background", bus: new MemoryBus() };
       const cache = new LayerCache(options);
       async function main(): Promise<number> {

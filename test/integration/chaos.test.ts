@@ -72,6 +72,17 @@ describe("chaos (multi-process history check)", () => {
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 
+  test("12 s with Memcached as L2 (Redis pub/sub as the bus), memcached and Redis killed and paused: no violation", async () => {
+    const result = await runChaos({ durationMs: 12_000, seed: seed(), workers: 3, concurrency: 4, l2: "memcached", faultGapMs: [700, 1400] });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.faults.length, summary).toBeGreaterThanOrEqual(4);
+    expect(result.checkedReads, summary).toBeGreaterThan(500);
+    expect(result.events["hit l2"] ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
   test("sabotaged (no invalidation bus): the checker finds stale reads", async () => {
     const result = await runChaos({ durationMs: 8_000, seed: seed(), workers: 3, concurrency: 4, faults: false, sabotage: "no-bus" });
     const summary = summarize(result);

@@ -4,11 +4,10 @@
  * no other broker on the machine and leaves nothing behind.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { accepts, ServerProcess } from "./server-process.js";
-import { ensureBinary, freePort, waitFor } from "./servers.js";
+import { accepts, ensureBinary, freePort, ServerProcess, waitFor, type ServerLaunch } from "./servers.js";
 
 /** The scripts themselves, not Debian's wrapper in /usr/sbin (run as root, it switches to the rabbitmq user, who cannot use our folder). */
 function script(name: "rabbitmq-server" | "rabbitmqctl"): string {
@@ -18,26 +17,22 @@ function script(name: "rabbitmq-server" | "rabbitmqctl"): string {
 }
 
 export class RabbitMQServer extends ServerProcess {
-  readonly port: number;
+  readonly dir: string;
   readonly #distPort: number;
   readonly #epmdPort: number;
   #epmd: ChildProcess | undefined;
-  #output = "";
 
-  private constructor(port: number, distPort: number, epmdPort: number, dir: string) {
-    // A process group of its own: the broker's helpers (erl_child_setup, inet_gethost) go with it.
-    super(dir, true);
-    this.port = port;
+  private constructor(port: number, distPort: number, epmdPort: number) {
+    super(port);
     this.#distPort = distPort;
     this.#epmdPort = epmdPort;
+    this.dir = mkdtempSync(join(tmpdir(), `layercache-rabbitmq-${port}-`));
   }
 
-  /** Starts a broker (about 5–10 s). */
+  /** Starts a broker on free ports (about 5–10 s). */
   static async start(): Promise<RabbitMQServer> {
-    return ServerProcess.retrying(async () => {
-      const [port, distPort, epmdPort] = [await freePort(), await freePort(), await freePort()];
-      return new RabbitMQServer(port, distPort, epmdPort, mkdtempSync(join(tmpdir(), `layercache-rabbitmq-${port}-`)));
-    });
+    const [distPort, epmdPort] = [await freePort(), await freePort()];
+    return ServerProcess.startWith((port) => new RabbitMQServer(port, distPort, epmdPort));
   }
 
   get url(): string {
@@ -70,26 +65,21 @@ export class RabbitMQServer extends ServerProcess {
     };
   }
 
-  protected async spawn(): Promise<void> {
+  protected override async spawn(): Promise<void> {
     writeFileSync(join(this.dir, "rabbitmq.conf"), [`listeners.tcp.default = 127.0.0.1:${this.port}`, "log.console = true", "log.console.level = warning", "log.file = false", ""].join("\n"));
     writeFileSync(join(this.dir, "enabled_plugins"), "[].\n");
-    this.#output = "";
     if (this.#epmd === undefined || this.#epmd.exitCode !== null) {
       // An epmd of our own (not a daemon), so that stopping the broker ends it too.
       const epmd = spawn(ensureBinary("epmd", "erlang-base"), ["-port", String(this.#epmdPort), "-address", "127.0.0.1"], { stdio: "ignore", env: this.env });
       this.#epmd = epmd;
       await waitFor(`epmd on port ${this.#epmdPort}`, () => accepts(this.#epmdPort), 10_000, () => (epmd.exitCode !== null ? `epmd exited (${epmd.exitCode})` : undefined));
     }
-    const proc = spawn(script("rabbitmq-server"), [], { stdio: ["ignore", "pipe", "pipe"], env: this.env, detached: true });
-    this.track(proc);
-    proc.stdout?.on("data", (d) => (this.#output = (this.#output + String(d)).slice(-4000)));
-    proc.stderr?.on("data", (d) => (this.#output = (this.#output + String(d)).slice(-4000)));
-    await waitFor(
-      () => `rabbitmq-server on port ${this.port}: ${this.#output.trim().slice(-1500)}`,
-      () => accepts(this.port),
-      60_000,
-      () => this.exit,
-    );
+    await super.spawn();
+  }
+
+  protected launch(): ServerLaunch {
+    // A process group of its own: the broker's helpers (erl_child_setup, inet_gethost) go with it.
+    return { bin: script("rabbitmq-server"), args: [], env: this.env, group: true, timeoutMs: 60_000, name: `rabbitmq-server on port ${this.port}`, ready: () => accepts(this.port) };
   }
 
   /** Runs rabbitmqctl against this broker. */
@@ -125,19 +115,9 @@ export class RabbitMQServer extends ServerProcess {
     return out.split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("amq."));
   }
 
-  /** Stops the broker, then its epmd. */
-  override async stop(): Promise<void> {
-    await super.stop();
-    const epmd = this.#epmd;
-    if (epmd && epmd.exitCode === null && epmd.signalCode === null) {
-      const gone = new Promise<void>((resolve) => epmd.once("exit", () => resolve()));
-      epmd.kill("SIGKILL");
-      await gone;
-    }
-  }
-
-  override killNow(): void {
-    super.killNow();
+  /** The data folder, and the broker's own epmd (called when it stops, and at exit). */
+  override removeFiles(): void {
     this.#epmd?.kill("SIGKILL");
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

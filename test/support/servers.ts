@@ -4,7 +4,7 @@
  * with one line saying what to install.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -84,6 +84,21 @@ function isComplete(data: string): boolean {
   return len < 0 || Buffer.byteLength(data) >= head + 2 + len + 2;
 }
 
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export function accepts(port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createConnection({ host: "127.0.0.1", port });
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
 /**
  * Polls `check` until it is true, within `timeoutMs`. `what` names the wait in the error; it may be
  * a function, read when the wait fails (so it can include output gathered meanwhile). `givenUp`
@@ -105,45 +120,57 @@ export async function waitFor(what: string | (() => string), check: () => Promis
   }
 }
 
-const live = new Set<RedisServer>();
+const live = new Set<ServerProcess>();
 process.once("exit", () => {
   for (const s of live) {
-    s.proc?.kill("SIGKILL"); // a SIGSTOPped server dies of it too
-    rmSync(s.dir, { recursive: true, force: true });
+    s.signal("SIGKILL"); // a SIGSTOPped server dies of it too
+    s.removeFiles();
   }
 });
 
-export interface RedisServerOptions {
-  cluster?: boolean;
+/** What a server process is started with, and how to tell that it is ready. */
+export interface ServerLaunch {
+  bin: string;
+  args: string[];
+  /** Names the server in a failed wait. */
+  name: string;
+  /** True once the process `pid` answers (it, not another process that took the port). */
+  ready(pid: number): Promise<boolean>;
+  /** The environment of the process (default: this one's). */
+  env?: NodeJS.ProcessEnv;
+  /** Run it in a process group of its own and signal the whole group (a server that starts helper processes). */
+  group?: boolean;
+  /** Longest wait for `ready` (default 15 s). */
+  timeoutMs?: number;
 }
 
-/** One redis-server process on 127.0.0.1, that a test may kill, restart, pause and resume. */
-export class RedisServer {
+/**
+ * One server process on 127.0.0.1 that a test may kill, restart, pause and resume: what every
+ * server class of the tests shares. A subclass says how to launch it (`launch`) and what it leaves
+ * on disk (`removeFiles`).
+ */
+export abstract class ServerProcess {
   readonly port: number;
-  readonly dir: string;
-  readonly #cluster: boolean;
   proc: ChildProcess | undefined;
+  /** How the current process ended, if it did. */
+  #exit: string | undefined;
+  /** Signals go to the process group (see `ServerLaunch.group`). */
+  #group = false;
 
-  private constructor(port: number, dir: string, cluster: boolean) {
+  protected constructor(port: number) {
     this.port = port;
-    this.dir = dir;
-    this.#cluster = cluster;
   }
 
   /**
-   * Starts a server on a free port. The port is free when drawn, but something else may take it
-   * before redis-server binds it; a server that exits before answering is started again on a new
-   * port (three tries). Cluster nodes need a port ≤ 55535 (the cluster bus listens on port + 10000).
+   * A server from `make(port)` on a free port, started. The port is free when drawn, but something
+   * else may take it before the server binds it; a server that exits before answering is started
+   * again on a new port (three tries).
    */
-  static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
-    const cluster = options.cluster ?? false;
+  protected static async startWith<T extends ServerProcess>(make: (port: number) => T, port: () => Promise<number> = freePort): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      let port = await freePort();
-      while (cluster && port > 55_535) port = await freePort();
-      const dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
-      const server = new RedisServer(port, dir, cluster);
+      const server = make(await port());
       try {
-        await server.#spawn();
+        await server.spawn();
         return server;
       } catch (error) {
         const exitedEarly = server.#exit !== undefined; // read before stop() ends it
@@ -153,18 +180,15 @@ export class RedisServer {
     }
   }
 
-  /** How the current process ended, if it did. */
-  #exit: string | undefined;
+  protected abstract launch(): ServerLaunch;
 
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}`;
-  }
+  /** Removes what the server wrote (nothing by default). */
+  removeFiles(): void {}
 
-  async #spawn(): Promise<void> {
-    const bin = ensureBinary("redis-server", "redis-server");
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, "--daemonize", "no", "--loglevel", "warning"];
-    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "15000");
-    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"] });
+  protected async spawn(): Promise<void> {
+    const { bin, args, name, ready, env, group = false, timeoutMs = 15_000 } = this.launch();
+    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env, detached: group });
+    this.#group = group;
     this.proc = proc;
     this.#exit = undefined;
     live.add(this);
@@ -173,14 +197,23 @@ export class RedisServer {
     proc.once("exit", (code, signal) => {
       if (this.proc === proc) this.#exit = `exited (${signal ?? `code ${code}`})`;
     });
-    // Ready when *this* process answers: a server of someone else's that took the port would
-    // answer PING too, so compare the process id.
     await waitFor(
-      () => `redis-server on port ${this.port}${stderr ? `: ${stderr.trim()}` : ""}`,
-      async () => (await rawCommand(this.port, "INFO server")).includes(`process_id:${proc.pid}\r\n`),
-      15_000,
+      () => `${name}${stderr ? `: ${stderr.trim()}` : ""}`,
+      () => ready(proc.pid!),
+      timeoutMs,
       () => this.#exit,
     );
+  }
+
+  /** Sends `signal` to the process (or its group); nothing when it is gone. */
+  signal(signal: NodeJS.Signals): void {
+    const pid = this.proc?.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(this.#group ? -pid : pid, signal);
+    } catch {
+      // gone
+    }
   }
 
   /** Kills the process (SIGKILL by default) and waits for it to be gone. */
@@ -188,30 +221,84 @@ export class RedisServer {
     const proc = this.proc;
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-    proc.kill(signal);
+    this.signal(signal);
     await gone;
+    if (this.#group) this.signal("SIGKILL"); // helpers left in the group
     this.proc = undefined;
   }
 
   /** Starts the server again on the same port (empty: nothing is persisted). */
   async restart(): Promise<void> {
     await this.kill();
-    await this.#spawn();
+    await this.spawn();
   }
 
   /** SIGSTOP: the server hangs, connections stay open. */
   pause(): void {
-    this.proc?.kill("SIGSTOP");
+    this.signal("SIGSTOP");
+  }
+
+  /** SIGSTOP, resolving once the process is really stopped (a signal is delivered asynchronously). */
+  async paused(): Promise<void> {
+    this.pause();
+    const pid = this.proc?.pid;
+    if (pid === undefined) return;
+    // Linux: the state after the command name in /proc/<pid>/stat ("T" once stopped).
+    await waitFor(`process ${pid} stopped`, async () => /\) T /.test(readFileSync(`/proc/${pid}/stat`, "utf8")), 5_000);
   }
 
   resume(): void {
-    this.proc?.kill("SIGCONT");
+    this.signal("SIGCONT");
   }
 
   async stop(): Promise<void> {
     this.resume();
     await this.kill("SIGTERM");
     live.delete(this);
+    this.removeFiles();
+  }
+}
+
+export interface RedisServerOptions {
+  cluster?: boolean;
+}
+
+/** One redis-server process on 127.0.0.1, that a test may kill, restart, pause and resume. */
+export class RedisServer extends ServerProcess {
+  readonly dir: string;
+  readonly #cluster: boolean;
+
+  private constructor(port: number, cluster: boolean) {
+    super(port);
+    this.dir = mkdtempSync(join(tmpdir(), `layercache-redis-${port}-`));
+    this.#cluster = cluster;
+  }
+
+  /** Starts a server on a free port. Cluster nodes need a port ≤ 55535 (the cluster bus listens on port + 10000). */
+  static async start(options: RedisServerOptions = {}): Promise<RedisServer> {
+    const cluster = options.cluster ?? false;
+    const port = async () => {
+      let p = await freePort();
+      while (cluster && p > 55_535) p = await freePort();
+      return p;
+    };
+    return ServerProcess.startWith((p) => new RedisServer(p, cluster), port);
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  protected launch(): ServerLaunch {
+    const bin = ensureBinary("redis-server", "redis-server");
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir, "--daemonize", "no", "--loglevel", "warning"];
+    if (this.#cluster) args.push("--cluster-enabled", "yes", "--cluster-config-file", `nodes-${this.port}.conf`, "--cluster-node-timeout", "15000");
+    // Ready when *this* process answers: a server of someone else's that took the port would
+    // answer PING too, so compare the process id.
+    return { bin, args, name: `redis-server on port ${this.port}`, ready: async (pid) => (await rawCommand(this.port, "INFO server")).includes(`process_id:${pid}\r\n`) };
+  }
+
+  override removeFiles(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

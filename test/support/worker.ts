@@ -1,16 +1,18 @@
 /**
  * A layercache instance in a child process, driven over IPC by a test (see processes.ts).
- * Argv: <redis url> <prefix>.
+ * Argv: <redis url> <prefix> [<memcached servers>]: the bus is a RedisBus; the L2 a RedisStore, or a
+ * MemcachedStore when memcached servers are given.
  */
 import { LayerCache } from "../../src/index.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { MemcachedStore } from "../../src/backends/memcached/index.js";
 import { PATIENT } from "./patient.js";
 
-const [url, prefix] = process.argv.slice(2) as [string, string];
+const [url, prefix, memcached] = process.argv.slice(2) as [string, string, string | undefined];
 // Patient timeouts, and no hard timeout: a gated load is held across several IPC round trips on a
 // machine that may be busy (three processes just started on two cores); these tests are about
 // races between processes, not about timeouts.
-const cache = new LayerCache({ prefix, l2: new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), hardTimeout: 0 });
+const cache = new LayerCache({ prefix, l2: memcached ? new MemcachedStore({ servers: memcached, ...PATIENT }) : new RedisStore({ url, ...PATIENT }), bus: new RedisBus({ url, ...PATIENT }), hardTimeout: 0 });
 const gates = new Map<string, (value: unknown) => void>();
 
 interface Command {
