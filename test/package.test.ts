@@ -53,7 +53,8 @@ describe("npm pack output", () => {
     expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
     expect(readFileSync(join(root, "dist/rabbitmq.js"), "utf8")).toMatch(/import\(['"]rabbitmq-client['"]\)/);
     expect(readFileSync(join(root, "dist/nats.js"), "utf8")).toMatch(/import\(['"]@nats-io\/transport-node['"]\)/);
-    expect(info.unpackedSize).toBeLessThan(2_000_000);
+    // Each backend family adds its build, declarations and source maps (with their sources): ~150-250 kB.
+    expect(info.unpackedSize).toBeLessThan(3_000_000);
     for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "dist/rabbitmq.js", "dist/rabbitmq.cjs", "dist/rabbitmq.d.ts", "dist/rabbitmq.d.cts", "docs/rabbitmq.md", "dist/nats.js", "dist/nats.cjs", "dist/nats.d.ts", "dist/nats.d.cts", "docs/nats.md"]) {
       expect(files).toContain(f);
     }
