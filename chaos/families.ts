@@ -48,6 +48,8 @@ export interface ChaosFamily {
 /** Families, loaded only when a run uses them (a Redis-only run never loads another client library). */
 export const FAMILIES: Record<string, () => Promise<ChaosFamily>> = {
   redis: async () => (await import("./families/redis.js")).redis,
+  rabbitmq: async () => (await import("./families/rabbitmq.js")).rabbitmq,
+  nats: async () => (await import("./families/nats.js")).nats,
   memcached: async () => (await import("./families/memcached.js")).memcached,
   postgres: async () => (await import("./families/postgres.js")).postgres,
   kafka: async () => (await import("./families/kafka.js")).kafka,
@@ -63,6 +65,9 @@ export const BUS_KINDS = {
   streams: "redis",
   postgres: "postgres",
   kafka: "kafka",
+  rabbitmq: "rabbitmq",
+  nats: "nats",
+  "nats-jetstream": "nats",
 } as const satisfies Record<string, keyof typeof FAMILIES>;
 export type BusKind = keyof typeof BUS_KINDS;
 

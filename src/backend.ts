@@ -16,4 +16,4 @@ export { withTimeout } from "./shared/resilience.js";
 export { Heartbeat, type HeartbeatOptions } from "./bus/heartbeat.js";
 export { readLoop, READ_RETRY_MS } from "./bus/read-loop.js";
 export { parseDuration, type Duration } from "./api/options.js";
-export { checkOptions, parseResilience, type CircuitBreakerOptions } from "./shared/backend-options.js";
+export { checkOptions, checkUrl, parseResilience, type CircuitBreakerOptions } from "./shared/backend-options.js";

@@ -22,7 +22,7 @@ beforeAll(() => {
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
   tarball = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz"))!);
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
-  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg", "@platformatic/kafka"], dir);
+  run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg", "@platformatic/kafka", "rabbitmq-client", "@nats-io/transport-node", "@nats-io/jetstream"], dir);
 }, 180_000);
 
 afterAll(() => {
@@ -48,13 +48,16 @@ describe("npm pack output", () => {
     const files = info.files.map((f) => f.path);
     // The client libraries are optional peers, loaded at run time: never bundled into dist.
     for (const f of files.filter((f) => /^dist\/.*\.(c?js)$/.test(f))) {
-      expect(readFileSync(join(root, f), "utf8")).not.toMatch(/node_modules\/(ioredis|@redis|pg|pg-pool|pg-protocol)\//);
+      expect(readFileSync(join(root, f), "utf8")).not.toMatch(/node_modules\/(ioredis|@redis|pg|pg-pool|pg-protocol|@platformatic|rabbitmq-client|@nats-io)\//);
     }
     expect(readFileSync(join(root, "dist/redis.js"), "utf8")).toMatch(/import\(['"]ioredis['"]\)/);
     expect(readFileSync(join(root, "dist/postgres.js"), "utf8")).toMatch(/import\(['"]pg['"]\)/);
     expect(readFileSync(join(root, "dist/kafka.js"), "utf8")).toMatch(/import\(['"]@platformatic\/kafka['"]\)/);
-    expect(info.unpackedSize).toBeLessThan(2_000_000);
-    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "dist/postgres.js", "dist/postgres.cjs", "dist/postgres.d.ts", "dist/postgres.d.cts", "dist/kafka.js", "dist/kafka.cjs", "dist/kafka.d.ts", "dist/kafka.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "docs/postgres.md", "docs/kafka.md"]) {
+    expect(readFileSync(join(root, "dist/rabbitmq.js"), "utf8")).toMatch(/import\(['"]rabbitmq-client['"]\)/);
+    expect(readFileSync(join(root, "dist/nats.js"), "utf8")).toMatch(/import\(['"]@nats-io\/transport-node['"]\)/);
+    // Each backend family adds its build, declarations and source maps (with their sources): ~150-250 kB.
+    expect(info.unpackedSize).toBeLessThan(3_000_000);
+    for (const f of ["dist/index.js", "dist/index.cjs", "dist/index.d.ts", "dist/index.d.cts", "dist/redis.js", "dist/redis.cjs", "dist/redis.d.ts", "dist/redis.d.cts", "dist/memcached.js", "dist/memcached.cjs", "dist/memcached.d.ts", "dist/memcached.d.cts", "dist/postgres.js", "dist/postgres.cjs", "dist/postgres.d.ts", "dist/postgres.d.cts", "dist/kafka.js", "dist/kafka.cjs", "dist/kafka.d.ts", "dist/kafka.d.cts", "dist/rabbitmq.js", "dist/rabbitmq.cjs", "dist/rabbitmq.d.ts", "dist/rabbitmq.d.cts", "dist/nats.js", "dist/nats.cjs", "dist/nats.d.ts", "dist/nats.d.cts", "README.md", "LICENSE", "package.json", "docs/guarantees.md", "docs/redis.md", "docs/memcached.md", "docs/postgres.md", "docs/kafka.md", "docs/rabbitmq.md", "docs/nats.md"]) {
       expect(files).toContain(f);
     }
     // Nothing else: no sources, tests, benchmarks, chaos tooling or examples.
@@ -121,11 +124,14 @@ describe("npm pack output", () => {
     expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null, "function", "function"]);
   });
 
-  /** Two caches of the installed package on a real redis-server, with the bus class `bus`: a value and a removal go across. */
-  function redisRoundTrip(file: string, imports: string, bus: string): void {
+  /**
+   * Two caches of the installed package on a real redis-server, with the bus class `bus` (made by
+   * `busExpression`, default `new <bus>({ url })` on the same Redis): a value and a removal go across.
+   */
+  function redisRoundTrip(file: string, imports: string, bus: string, busExpression?: string): void {
     const url = inject("redisUrl");
     const body = `
-      const opts = () => ({ prefix: "pack-${file}-${bus}", l2: new RedisStore({ url: ${JSON.stringify(url)} }), bus: new ${bus}({ url: ${JSON.stringify(url)} }) });
+      const opts = () => ({ prefix: "pack-${file}-${bus}", l2: new RedisStore({ url: ${JSON.stringify(url)} }), bus: ${busExpression ?? `new ${bus}({ url: ${JSON.stringify(url)} })`} });
       const a = new LayerCache(opts()); const b = new LayerCache(opts());
       await a.set("k", { n: 1 });
       const seen = await b.get("k");
@@ -169,6 +175,25 @@ describe("npm pack output", () => {
       console.log(JSON.stringify([seen, after === undefined, a.stats().l2Errors + b.stats().l2Errors]));`;
     writeFileSync(join(dir, file), file.endsWith(".mjs") ? `${imports}\n${body}` : `${imports}\n(async () => {${body}})();`);
     expect(JSON.parse(run("node", [file], dir))).toEqual([{ n: 1 }, true, 0]);
+  });
+
+  test.each([
+    ["esm.mjs", `import { LayerCache } from "layercache"; import { RedisStore } from "layercache/redis"; import { RabbitMQBus } from "layercache/rabbitmq";`],
+    ["cjs2.cjs", `const { LayerCache } = require("layercache"); const { RedisStore } = require("layercache/redis"); const { RabbitMQBus } = require("layercache/rabbitmq");`],
+  ])("%s: RabbitMQBus from { url } carries invalidations through a real rabbitmq-server", (file, imports) =>
+    redisRoundTrip(file, imports, "RabbitMQBus", `new RabbitMQBus({ url: ${JSON.stringify(inject("rabbitmqUrl"))} })`),
+  );
+
+  test.each([
+    ["esm.mjs", "false"],
+    ["cjs2.cjs", "false"],
+    ["esm.mjs", "{ storage: 'memory' }"],
+    ["cjs2.cjs", "{ storage: 'memory' }"],
+  ])("%s: NatsBus from { servers } (jetstream: %s) carries invalidations through a real nats-server", (file, jetstream) => {
+    const imports = file.endsWith(".mjs")
+      ? `import { LayerCache } from "layercache"; import { RedisStore } from "layercache/redis"; import { NatsBus } from "layercache/nats";`
+      : `const { LayerCache } = require("layercache"); const { RedisStore } = require("layercache/redis"); const { NatsBus } = require("layercache/nats");`;
+    redisRoundTrip(file, imports, `NatsBus${jetstream === "false" ? "" : "-js"}`, `new NatsBus({ servers: ${JSON.stringify(inject("natsUrl"))}, jetstream: ${jetstream} })`);
   });
 
   test.each([
@@ -247,6 +272,12 @@ describe("npm pack output", () => {
       import { KafkaBus, type KafkaBusOptions } from "layercache/kafka";
       const kafkaOptions: KafkaBusOptions = { brokers: ["localhost:9092"], partitions: 1, retention: "1h" };
       void new LayerCache({ bus: new KafkaBus(kafkaOptions) });
+      import { RabbitMQBus, type RabbitMQBusOptions } from "layercache/rabbitmq";
+      import { NatsBus, type NatsBusOptions } from "layercache/nats";
+      const rabbitOptions: RabbitMQBusOptions = { url: "amqp://localhost:5672", heartbeat: "5s" };
+      const natsOptions: NatsBusOptions = { servers: ["nats://localhost:4222"], jetstream: { maxMessages: 1000, maxAge: "1h", storage: "file" } };
+      void new LayerCache({ bus: new RabbitMQBus(rabbitOptions) });
+      void new LayerCache({ bus: new NatsBus(natsOptions) });
       const redisOptions: RedisStoreOptions = { url: "redis://localhost:6379", timeout: "250ms" };
       void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
       const memcachedOptions: MemcachedStoreOptions = { servers: ["127.0.0.1:11211"], timeout: "250ms", maxItemSize: 1024 * 1024 };
@@ -286,5 +317,5 @@ describe("npm pack output", () => {
       out = String((error as { stdout?: string }).stdout ?? error);
     }
     expect(out).toBe("");
-  });
+  }, 120_000); // tsc over the declarations of every subpath takes ~10 s, several times that on a busy machine
 });

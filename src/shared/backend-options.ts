@@ -45,3 +45,21 @@ export function parseResilience(timeout: Duration | undefined, cb: CircuitBreake
     breakerCooldownMs: cb?.cooldown === undefined ? defaultCooldownMs : parseDuration("circuitBreaker.cooldown", cb.cooldown, false),
   };
 }
+
+/**
+ * Throws the TypeError for option `option` unless it is a URL with a host and one of `schemes`
+ * (`["redis", "rediss"]`): a typo in a connection setting fails at construction, not at the first
+ * connect.
+ */
+export function checkUrl(value: unknown, schemes: readonly string[], option = "url"): asserts value is string {
+  let ok = false;
+  if (typeof value === "string") {
+    try {
+      const u = new URL(value);
+      ok = schemes.includes(u.protocol.slice(0, -1)) && u.hostname !== "";
+    } catch {
+      ok = false;
+    }
+  }
+  if (!ok) throw optionError(option, `must be a ${schemes.map((s) => `${s}://`).join(" or ")} URL with a host (got ${JSON.stringify(value)})`);
+}

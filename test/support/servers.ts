@@ -85,6 +85,21 @@ function isComplete(data: string): boolean {
   return len < 0 || Buffer.byteLength(data) >= head + 2 + len + 2;
 }
 
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export function accepts(port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createConnection({ host: "127.0.0.1", port });
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
 /**
  * Polls `check` until it is true, within `timeoutMs`. `what` names the wait in the error; it may be
  * a function, read when the wait fails (so it can include output gathered meanwhile). `givenUp`
@@ -117,7 +132,7 @@ export async function killProcess(proc: ChildProcess | undefined, signal: NodeJS
 const live = new Set<ServerProcess>();
 process.once("exit", () => {
   for (const s of live) {
-    s.proc?.kill("SIGKILL"); // a SIGSTOPped server dies of it too
+    s.signal("SIGKILL"); // a SIGSTOPped server dies of it too
     s.removeFiles();
   }
 });
@@ -133,6 +148,12 @@ export interface ServerLaunch {
   /** The user and group to run it as (a server that refuses to run as root: PostgreSQL). */
   uid?: number;
   gid?: number;
+  /** The environment of the process (default: this one's). */
+  env?: NodeJS.ProcessEnv;
+  /** Run it in a process group of its own and signal the whole group (a server that starts helper processes). */
+  group?: boolean;
+  /** Longest wait for `ready` (default 15 s). */
+  timeoutMs?: number;
 }
 
 /**
@@ -145,6 +166,8 @@ export abstract class ServerProcess {
   proc: ChildProcess | undefined;
   /** How the current process ended, if it did. */
   #exit: string | undefined;
+  /** Signals go to the process group (see `ServerLaunch.group`). */
+  #group = false;
 
   protected constructor(port: number) {
     this.port = port;
@@ -175,8 +198,9 @@ export abstract class ServerProcess {
   removeFiles(): void {}
 
   protected async spawn(): Promise<void> {
-    const { bin, args, name, ready, uid, gid } = this.launch();
-    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], ...(uid === undefined ? {} : { uid, gid }) });
+    const { bin, args, name, ready, uid, gid, env, group = false, timeoutMs = 15_000 } = this.launch();
+    const proc = spawn(bin, args, { stdio: ["ignore", "ignore", "pipe"], env, detached: group, ...(uid === undefined ? {} : { uid, gid }) });
+    this.#group = group;
     this.proc = proc;
     this.#exit = undefined;
     live.add(this);
@@ -188,14 +212,30 @@ export abstract class ServerProcess {
     await waitFor(
       () => `${name}${stderr ? `: ${stderr.trim()}` : ""}`,
       () => ready(proc.pid!),
-      15_000,
+      timeoutMs,
       () => this.#exit,
     );
   }
 
+  /** Sends `signal` to the process (or its group); nothing when it is gone. */
+  signal(signal: NodeJS.Signals): void {
+    const pid = this.proc?.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(this.#group ? -pid : pid, signal);
+    } catch {
+      // gone
+    }
+  }
+
   /** Kills the process (SIGKILL by default) and waits for it to be gone. */
   async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<void> {
-    await killProcess(this.proc, signal);
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+    const gone = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
+    this.signal(signal);
+    await gone;
+    if (this.#group) this.signal("SIGKILL"); // helpers left in the group
     this.proc = undefined;
   }
 
@@ -207,7 +247,7 @@ export abstract class ServerProcess {
 
   /** SIGSTOP: the server hangs, connections stay open. */
   pause(): void {
-    this.proc?.kill("SIGSTOP");
+    this.signal("SIGSTOP");
   }
 
   /** SIGSTOP, resolving once the process is really stopped (a signal is delivered asynchronously). */
@@ -220,7 +260,7 @@ export abstract class ServerProcess {
   }
 
   resume(): void {
-    this.proc?.kill("SIGCONT");
+    this.signal("SIGCONT");
   }
 
   async stop(): Promise<void> {

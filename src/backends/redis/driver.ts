@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { RecordError, optionError } from "../../backend.js";
+import { RecordError, checkUrl } from "../../backend.js";
 
 /**
  * One narrow interface over the Redis client libraries layercache supports — ioredis (standalone
@@ -128,16 +128,7 @@ export function driverFor(client: unknown): RedisDriver {
 
 /** Throws the TypeError for an option `url` that is not a redis:// or rediss:// URL. */
 export function checkRedisUrl(url: unknown): asserts url is string {
-  let ok = false;
-  if (typeof url === "string") {
-    try {
-      const u = new URL(url);
-      ok = (u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "";
-    } catch {
-      ok = false;
-    }
-  }
-  if (!ok) throw optionError("url", `must be a redis:// or rediss:// URL with a host (got ${JSON.stringify(url)})`);
+  checkUrl(url, ["redis", "rediss"]);
 }
 
 /** Creates a client for `{ url }`: ioredis when installed, else node-redis. */
