@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { configure } from "safe-stable-stringify";
 import { optionError, preview } from "../shared/errors.js";
-import { checkOptionNames, derivePolicy, type CachedOptions, type Policy } from "./options.js";
+import { checkOptionNames, derivePolicy, parseTags, type CachedOptions, type Policy } from "./options.js";
 import type { Engine } from "../core/engine.js";
 import type { Namespace } from "../core/namespace.js";
 
@@ -140,6 +140,13 @@ export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unkn
   const policy = derivePolicy(base, o);
   const keyFn = o.key;
   if (keyFn !== undefined && typeof keyFn !== "function") throw optionError("key", "must be a function returning the cache key");
+  // Tags as a function of the arguments: a policy per call, with that call's tags.
+  const tagsFn = typeof o.tags === "function" ? (o.tags as (...a: unknown[]) => unknown) : undefined;
+  const policyOf = (args: unknown[]): Policy => {
+    if (tagsFn === undefined) return policy;
+    const tags = parseTags(tagsFn(...args));
+    return { ...policy, tags: tags.length > 0 ? tags : undefined };
+  };
   if (o.name !== undefined) checkName(o.name, "the name");
   let name: unknown = o.name ?? methodName ?? fn.name;
   if (keyFn === undefined) {
@@ -155,12 +162,14 @@ export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unkn
 
   const wrapper = function (this: unknown, ...args: unknown[]): Promise<unknown> {
     let key: string;
+    let p: Policy;
     try {
       key = keyOf(args);
+      p = policyOf(args);
     } catch (error) {
       return Promise.reject(error);
     }
-    return engine.read(ns, key, policy, fn, this, args);
+    return engine.read(ns, key, p, fn, this, args);
   } as CachedFunction<unknown[], unknown>;
   wrapper.removeCached = (...args: unknown[]): Promise<void> => {
     let key: string;

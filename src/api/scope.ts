@@ -2,7 +2,7 @@ import { isMethodContext, makeCached, methodDecorator, type CachedFunction, type
 import type { Engine } from "../core/engine.js";
 import type { Loader } from "../core/flight.js";
 import type { Namespace } from "../core/namespace.js";
-import { checkOptionNames, derivePolicy, parseBounds, type CachedOptions, type EntryOptions, type Policy, type ScopeOptions } from "./options.js";
+import { checkOptionNames, derivePolicy, parseBounds, parseTags, type CachedOptions, type CallOptions, type Policy, type ScopeOptions } from "./options.js";
 
 /** What a scope view is made of; kept out of the public types. */
 export class ScopeCore {
@@ -61,7 +61,7 @@ export class CacheScope {
   }
 
   /** The cached value, or the loader's result (loaded once per key however many callers miss at once). */
-  getOrSet<V>(key: string, loader: Loader<V>, options?: EntryOptions): Promise<V> {
+  getOrSet<V>(key: string, loader: Loader<V>, options?: CallOptions): Promise<V> {
     const e = this.#engine;
     if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength || !key.isWellFormed()) return rejectKey(e, key);
     if (typeof loader !== "function") return Promise.reject(new TypeError(`layercache: getOrSet(${JSON.stringify(key)}) needs a loader function`));
@@ -77,7 +77,7 @@ export class CacheScope {
   }
 
   /** Writes L1 and L2, then tells peers to drop their copy. `undefined` is refused (use `remove`, or `null`). */
-  set(key: string, value: unknown, options?: EntryOptions): Promise<void> {
+  set(key: string, value: unknown, options?: CallOptions): Promise<void> {
     try {
       this.#engine.checkKey(key);
       const p = options === undefined ? this.#policy : derivePolicy(this.#policy, checkOptionNames(options, "call"));
@@ -85,6 +85,27 @@ export class CacheScope {
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** Whether a fresh value of the key is in L1 or L2 (as `get` would return one). Never loads. */
+  has(key: string): Promise<boolean> {
+    return this.get(key).then((v) => v !== undefined);
+  }
+
+  /**
+   * Invalidates every entry of this scope carrying the tag (or any of the tags): in L1 here, in L2
+   * (so no instance reads it from there again) and on peers; loads in flight that would write such
+   * a value do not write it (as for `remove`). Tags are per scope: nested scopes are not touched.
+   */
+  removeByTag(tag: string | readonly string[]): Promise<void> {
+    let tags: readonly string[];
+    try {
+      tags = parseTags(typeof tag === "string" ? [tag] : tag);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (tags.length === 0) return Promise.resolve();
+    return this.#engine.removeByTag(this.#ns, tags);
   }
 
   /** Deletes the key from L1 and L2, then tells peers. */
