@@ -12,6 +12,7 @@ import type { L2Store } from "../l2/contract.js";
 import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../l2/remote.js";
 import type { Serializer } from "../l2/serializer.js";
 import { Flight, Peek } from "./flight.js";
+import { LoadBatch, type LoadMany } from "./batch.js";
 import { Namespace } from "./namespace.js";
 import { invalidateKey, invalidateScope, invalidateTags, partitionsOf, peerHandlers, tagFenced } from "./invalidation.js";
 import type { TagSnapshot } from "../l2/envelope.js";
@@ -265,6 +266,30 @@ export class Engine {
     return this.#load(ns, key, p, fn, self, args);
   }
 
+  /**
+   * getOrSetMany: one `read` per key — L1 hits answered at once, keys in flight joined — and the
+   * flights it starts read L2 in one batch (`RemoteLayer` gathers the reads of a tick into one
+   * `getMany`) and send the keys that need loading to one `loadMany` call (`LoadBatch`).
+   * One promise per key, in key order.
+   */
+  readMany(ns: Namespace, keys: readonly string[], p: Policy, loadMany: LoadMany<unknown>): Promise<unknown>[] {
+    if (!this.opened) {
+      const later = this.life.afterOpen(async () => this.readMany(ns, keys, p, loadMany));
+      return keys.map((_, i) => later.then((all) => all[i]));
+    }
+    const batch = new LoadBatch(loadMany);
+    const out: Promise<unknown>[] = new Array(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const fn = batch.loaderFor(key);
+      out[i] = this.read(ns, key, p, fn, undefined, undefined);
+      const f = ns.flights?.get(key);
+      if (f !== undefined && f.fn === fn) f.onDone = batch.expect(key);
+    }
+    batch.begin();
+    return out;
+  }
+
   /** No usable value in L1: join the key's flight, serve a throttled fallback, or start a load. */
   #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
     const running = ns.flights?.get(key);
@@ -387,6 +412,7 @@ export class Engine {
     if (flights?.get(f.key) === f) flights.delete(f.key);
     this.#flights.delete(f);
     this.#dropTagFences(f.ns);
+    f.onDone?.();
     if (f.kind === "refresh") this.#pool.release();
   }
 
@@ -709,6 +735,17 @@ export class Engine {
     await this.#invalidateOut(
       remote === undefined ? () => undefined : () => Promise.all(tags.map((t) => remote.invalidateTag(ns, t))),
       () => this.link?.publish("tag", ns.path, [...tags]),
+    );
+  }
+
+  /** Removes several keys: L1 here, L2 (in parallel), then one bus message for all of them. */
+  async removeMany(ns: Namespace, keys: readonly string[]): Promise<void> {
+    if (!this.opened) await this.life.afterOpen(async () => {});
+    for (const key of keys) invalidateKey(ns, key, true);
+    const remote = this.remote;
+    await this.#invalidateOut(
+      remote === undefined ? () => undefined : () => Promise.all(keys.map((k) => remote.remove(ns, k))),
+      () => this.link?.publish("remove", ns.path, [...keys]),
     );
   }
 

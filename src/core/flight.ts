@@ -108,6 +108,8 @@ export class Flight extends Fenced {
   written: Policy | undefined = undefined;
   /** The loader called `noCache()`. */
   uncached = false;
+  /** Called once when the flight is done (a `getOrSetMany` batch stops waiting for it). */
+  onDone: (() => void) | undefined = undefined;
   readonly promise: Promise<unknown>;
   #abortReason: unknown = undefined;
   #resolve!: (value: unknown) => void;
