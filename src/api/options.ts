@@ -86,6 +86,22 @@ export interface CacheOptions extends ScopeOptions {
   clock?: Clock;
   /** Shared secret: bus messages are signed with HMAC-SHA256 and unsigned or forged ones dropped. */
   busSecret?: string | Uint8Array;
+  /**
+   * Distributed single flight (docs/distributed-lock.md): a load that misses L2 first takes a lease
+   * in L2; instances that find the lease taken wait for the holder's value (woken by its bus
+   * message, or re-reading L2 every `poll`) up to `wait`, then load themselves. `true` for the
+   * defaults. Needs an L2. Default off.
+   */
+  distributedLock?: boolean | DistributedLockOptions;
+}
+
+export interface DistributedLockOptions {
+  /** How long a lease holds: the lease record's expiry in L2. Default `"10s"`. */
+  lease?: Duration;
+  /** Longest a load waits for the holder's value before loading itself. Default `"5s"`. */
+  wait?: Duration;
+  /** How often a waiting load re-reads L2 when no bus message woke it. Default `"100ms"`. */
+  poll?: Duration;
 }
 
 /** Entry options parsed to milliseconds; `undefined` means "inherit". */
@@ -144,6 +160,7 @@ const CACHE_KEYS = [
   "logger",
   "clock",
   "busSecret",
+  "distributedLock",
 ] as const;
 
 export type OptionLevel = "cache" | "scope" | "cached" | "call";
@@ -298,6 +315,8 @@ export interface CacheSettings {
   maxKeyLength: number;
   maxValueBytes: number;
   busSecret?: Uint8Array;
+  /** Distributed single flight, when on (milliseconds). */
+  lock?: { leaseMs: number; waitMs: number; pollMs: number };
 }
 
 export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
@@ -319,6 +338,18 @@ export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
     if (typeof secret === "string" && secret.length > 0) s.busSecret = new TextEncoder().encode(secret);
     else if (secret instanceof Uint8Array && secret.length > 0) s.busSecret = secret;
     else throw optionError("busSecret", "must be a non-empty string or Uint8Array");
+  }
+  const lock = o.distributedLock;
+  if (lock !== undefined && lock !== false) {
+    if (lock !== true && (lock === null || typeof lock !== "object" || Array.isArray(lock))) throw optionError("distributedLock", `must be true, false or an object { lease, wait, poll } (got ${preview(lock)})`);
+    const l = (lock === true ? {} : lock) as Record<string, unknown>;
+    for (const name of Object.keys(l)) if (!["lease", "wait", "poll"].includes(name)) throw optionError(`distributedLock.${name}`, "is not a known option (known: lease, wait, poll)");
+    const positive = (name: string, v: unknown, def: number): number => {
+      const n = v === undefined ? def : parseDuration(`distributedLock.${name}`, v, false);
+      if (n <= 0) throw optionError(`distributedLock.${name}`, "must be positive");
+      return n;
+    };
+    s.lock = { leaseMs: positive("lease", l.lease, 10_000), waitMs: positive("wait", l.wait, 5_000), pollMs: positive("poll", l.poll, 100) };
   }
   requireMethods("l2", o.l2, ["get", "set"]);
   requireMethods("bus", o.bus, ["connect"]);

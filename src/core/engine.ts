@@ -387,6 +387,11 @@ export class Engine {
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
       if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      // Distributed single flight: take the key's lease, or wait for the instance holding it.
+      if (this.settings.lock !== undefined && f.gen !== undefined && f.clean) {
+        if (await this.#awaitLease(f)) return;
+        if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      }
       this.report.miss(ns.label, key, f.answer === "none" ? f.callers : 0);
       f.phase = "loading";
       await this.#callLoader(f, held);
@@ -396,9 +401,68 @@ export class Engine {
       this.#finish(f, "error", error);
     } finally {
       this.#done(f);
+      if (f.lease !== undefined) this.life.track(this.remote!.releaseLease(ns, key, f.lease));
       // A scope that holds nothing any more is reclaimed.
       ns.settle();
     }
+  }
+
+  /**
+   * Distributed single flight (SPEC 10). Takes the key's lease in L2, or — while another instance
+   * holds it — waits for that instance's value: woken by its "update" message or re-reading L2
+   * every `poll`, and trying the lease again each time (a holder that died lets it expire), for
+   * `wait` at most. True when the flight was answered with a value another instance loaded; false
+   * when it should load itself (it holds the lease, the wait is over, L2 is unreachable, or an
+   * invalidation fenced it).
+   */
+  async #awaitLease(f: Flight): Promise<boolean> {
+    const lock = this.settings.lock!;
+    const remote = this.remote!;
+    const { ns, key } = f;
+    const deadline = this.clock.now() + lock.waitMs;
+    for (;;) {
+      const got = await remote.lease(ns, key, lock.leaseMs);
+      if (got === undefined) return false;
+      if (got !== null) {
+        f.lease = got;
+        return false;
+      }
+      const now = this.clock.now();
+      if (now >= deadline || !f.clean) return false;
+      await this.#leaseWait(f, Math.min(lock.pollMs, deadline - now));
+      if (!f.clean) return false;
+      const found = await remote.read(ns, key, this.#tagsToRead(ns, f.policy));
+      if (found === undefined) return false;
+      const e = found.entry;
+      if (e !== undefined && f.accepts(found.gen) && !tagFenced(ns, e.tags, f.tagSeq) && this.clock.now() < e.times.fresh) {
+        this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", f.answer === "early" ? f.lateCallers : f.callers);
+        this.#finish(f, "value", e.value, true);
+        return true;
+      }
+      // Our own load, if it comes to that, writes back over what is there now.
+      f.gen = found.gen;
+      f.tagGens = found.tagGens;
+    }
+  }
+
+  /** Waits `ms`, or until a peer's message says the key's value is in L2. */
+  #leaseWait(f: Flight, ms: number): Promise<void> {
+    const { ns, key } = f;
+    return new Promise((resolve) => {
+      const all = (ns.leaseWaits ??= new Map());
+      const waits = all.get(key) ?? new Set();
+      all.set(key, waits);
+      const wake = (): void => {
+        this.clock.clearTimeout(timer);
+        waits.delete(wake);
+        if (waits.size === 0 && ns.leaseWaits?.get(key) === waits) ns.leaseWaits!.delete(key);
+        resolve();
+      };
+      waits.add(wake);
+      // A caller awaits this flight: the timer keeps the process alive (a refresh alone does not).
+      const timer = this.clock.setTimeout(wake, ms, !f.waited);
+    });
   }
 
   /**
@@ -535,8 +599,9 @@ export class Engine {
         // A tagged value goes to L2 only with the generations its tags had before it was loaded.
         const snapshot = tags === undefined ? undefined : await this.#loadSnapshot(f, tags);
         if (!enc.tooLarge && snapshot !== null) {
-          // A load keeps the generation it saw: concurrent loads of one value do not conflict.
-          gen = f.gen === "" ? this.#newGen() : f.gen;
+          // A load keeps the generation it saw: concurrent loads of one value do not conflict. Under a
+          // lease it takes a new one: a holder that outlived its lease cannot overwrite the next one's value.
+          gen = f.gen === "" || f.lease !== undefined ? this.#newGen() : f.gen;
           const result = await this.remote.put(ns, key, enc, times, gen, f.gen, snapshot);
           if (result === "conflict") return this.#discard(f, value, "conflict");
           published = result === "written";

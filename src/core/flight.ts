@@ -106,6 +106,8 @@ export class Flight extends Fenced {
   tagGens: Map<string, string> | undefined = undefined;
   /** Options the loader set for its value (`setOptions`): the policy the value is written with. */
   written: Policy | undefined = undefined;
+  /** The generation of the distributed lease this flight holds (distributed single flight). */
+  lease: string | undefined = undefined;
   /** The loader called `noCache()`. */
   uncached = false;
   /** Called once when the flight is done (a `getOrSetMany` batch stops waiting for it). */

@@ -108,6 +108,9 @@ export function peerHandlers(root: Namespace, report: Reporter, nextTagSeq: () =
             ns.peeks!.delete(key);
           }
           if (ns.part.delete(ns, key)) dropped++;
+          // Loads waiting for the lease holder's value: it is in L2 now.
+          const waits = ns.leaseWaits?.get(key);
+          if (waits !== undefined) for (const wake of [...waits]) wake();
         }
       }
       reported("update", scope, keys, dropped, from);

@@ -136,6 +136,8 @@ export class Namespace implements SlotOwner {
    * sequence number) must not write a value carrying that tag.
    */
   tagFences: Map<string, number> | undefined;
+  /** Loads waiting for another instance's lease (distributed single flight), by key: wake them when its value comes. */
+  leaseWaits: Map<string, Set<() => void>> | undefined;
   /** A loader here named tags of its own (`setOptions`): loads read the scope's tag epoch with their key. */
   lateTags = false;
 

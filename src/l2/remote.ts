@@ -228,10 +228,38 @@ export class RemoteLayer {
    * marker is "%#") can be equal to it; past `maxKeyBytes` it is hashed like any key.
    */
   tagKeyOf(ns: RemoteScope, tag: string): string {
+    return this.#markedKey(ns, "%tag:", tag);
+  }
+
+  /** `<prefix>:<scope/path><marker><name>` ("%tag:", "%lock:": never a user key, see `tagKeyOf`), hashed when too long. */
+  #markedKey(ns: RemoteScope, marker: string, name: string): string {
     const p = (ns.l2Prefix ??= `${this.#prefix}:${ns.path.map(escapePart).join("/")}:`);
-    const head = p.slice(0, -1) + "%tag:";
-    const full = head + tag;
+    const head = p.slice(0, -1) + marker;
+    const full = head + name;
     return overBytes(full, this.#maxKeyBytes) ? hashedKey(full, head, this.#maxKeyBytes) : full;
+  }
+
+  /**
+   * Takes the lease of a key for distributed single flight: a record at
+   * `<prefix>:<scope>%lock:<key>` written only when there is none, expiring after `ms`. The
+   * lease's generation when taken; null when another instance holds it; undefined when L2 could
+   * not be reached.
+   */
+  async lease(ns: RemoteScope, key: string, ms: number): Promise<string | null | undefined> {
+    const gen = this.#newGen();
+    const full = this.#markedKey(ns, "%lock:", key);
+    const ok = await this.#write("lease", ns, key, () => this.store.set(full, encodeTombstone(gen, this.#clock.now()), ms, ""));
+    if (ok === FAILED || ok === REJECTED) return undefined;
+    return ok ? gen : null;
+  }
+
+  /**
+   * Gives a lease back (only if it is still ours): its record is replaced by text that is not a
+   * record — generation "" by the contract, so the next `lease` takes it at once — expiring at once.
+   */
+  async releaseLease(ns: RemoteScope, key: string, gen: string): Promise<void> {
+    const full = this.#markedKey(ns, "%lock:", key);
+    await this.#write("lease", ns, key, () => this.store.set(full, "free", 1, gen));
   }
 
   async connect(): Promise<void> {
