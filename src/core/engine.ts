@@ -423,14 +423,15 @@ export class Engine {
     for (;;) {
       const got = await remote.lease(ns, key, lock.leaseMs);
       if (got === undefined) return false;
-      if (got !== null) {
-        f.lease = got;
-        return false;
-      }
-      const now = this.clock.now();
-      if (now >= deadline || !f.clean) return false;
-      await this.#leaseWait(f, Math.min(lock.pollMs, deadline - now));
-      if (!f.clean) return false;
+      if (got === null) {
+        const now = this.clock.now();
+        if (now >= deadline || !f.clean) return false;
+        await this.#leaseWait(f, Math.min(lock.pollMs, deadline - now));
+        if (!f.clean) return false;
+      } else f.lease = got; // given back when the flight ends
+      // Read again: with the lease, because the previous holder may have written and let it go
+      // since this flight last read L2 (one loader call per value across the fleet); without it,
+      // to see whether the holder's value has come.
       const found = await remote.read(ns, key, this.#tagsToRead(ns, f.policy));
       if (found === undefined) return false;
       const e = found.entry;
@@ -443,6 +444,7 @@ export class Engine {
       // Our own load, if it comes to that, writes back over what is there now.
       f.gen = found.gen;
       f.tagGens = found.tagGens;
+      if (f.lease !== undefined) return false;
     }
   }
 

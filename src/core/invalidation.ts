@@ -58,11 +58,28 @@ export function invalidateTags(ns: Namespace, tags: readonly string[], seq: numb
     const fences = (ns.tagFences ??= new Map());
     for (const t of tags) fences.set(t, seq);
   }
+  // Loads that will write a value carrying one of the tags (their call named it) are fenced and
+  // detached, as by `remove`: callers arriving from now on start a new load rather than join one
+  // that read the source before the invalidation. Loads that name no tags cannot be told apart in
+  // a scope whose loaders set tags themselves: there they are detached (their write-back is still
+  // checked against the tags their loader set, by sequence number). L2 reads of `get` are detached.
+  const flights = ns.flights;
+  if (flights !== undefined) {
+    for (const [key, f] of [...flights]) {
+      const declared = f.policy.tags;
+      if (declared !== undefined ? declared.some((t) => tags.includes(t)) : ns.lateTags) {
+        if (declared !== undefined) f.fence();
+        flights.delete(key);
+      }
+    }
+  }
+  ns.peeks?.clear();
   for (const t of tags) {
     const keys = ns.tagIndex?.get(t);
     if (keys === undefined) continue;
     for (const key of [...keys]) if (invalidateKey(ns, key, true)) dropped++;
   }
+  ns.settle();
   return dropped;
 }
 
