@@ -28,6 +28,17 @@ export interface WorkerConfig {
   bus?: BusKind;
   /** The address of each family's server in this run, by family name. */
   urls: Record<string, string>;
+  /** The caches run with `distributedLock` (distributed single flight). */
+  lock?: boolean;
+}
+
+/**
+ * Tags: every value of the foreground scope carries the tag of its key's group (k0, k4, k8, … in
+ * "g0"; k1, k5, … in "g1"; …), and actors invalidate whole groups with `removeByTag`.
+ */
+export const TAG_GROUPS = 4;
+export function tagOf(key: string): string {
+  return `g${Number(key.slice(1)) % TAG_GROUPS}`;
 }
 
 export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join"] as const;

@@ -737,7 +737,7 @@ export class Engine {
     const toL2 = () =>
       remote === undefined ? undefined : gen === undefined ? remote.remove(ns, key) : tags === undefined ? remote.put(ns, key, enc!, times, gen) : put();
     // Peers whose load or read finds this very record in L2 (generation `gen`) may keep it.
-    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen));
+    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen), tags === undefined);
     if (failure) throw failure;
   }
 
@@ -754,8 +754,9 @@ export class Engine {
    * L2 first, then the bus: a peer that drops its copy and re-reads L2 must find the new state.
    * On one order-keeping connection both are sent back to back; otherwise the bus waits for L2.
    */
-  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined): Promise<void> {
-    if (this.#ordered) {
+  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined, oneStep = true): Promise<void> {
+    // Back to back only when the L2 write is sent at once: one that reads first (tags) must land before the message.
+    if (this.#ordered && oneStep) {
       const l2 = toL2();
       await Promise.all([l2, toBus()]);
       return;
@@ -802,6 +803,7 @@ export class Engine {
     await this.#invalidateOut(
       remote === undefined ? () => undefined : () => Promise.all(tags.map((t) => remote.invalidateTag(ns, t))),
       () => this.link?.publish("tag", ns.path, [...tags]),
+      false,
     );
   }
 

@@ -61,19 +61,24 @@ export function invalidateTags(ns: Namespace, tags: readonly string[], seq: numb
   // Loads that will write a value carrying one of the tags (their call named it) are fenced and
   // detached, as by `remove`: callers arriving from now on start a new load rather than join one
   // that read the source before the invalidation. Loads that name no tags cannot be told apart in
-  // a scope whose loaders set tags themselves: there they are detached (their write-back is still
-  // checked against the tags their loader set, by sequence number). L2 reads of `get` are detached.
+  // a scope whose loaders set tags themselves: there they are fenced and detached too. L2 reads of
+  // `get` (whose tags are unknown until they answer) likewise. Whatever is detached is fenced: once
+  // out of the maps, a later invalidation of its key could not reach it.
   const flights = ns.flights;
   if (flights !== undefined) {
     for (const [key, f] of [...flights]) {
       const declared = f.policy.tags;
       if (declared !== undefined ? declared.some((t) => tags.includes(t)) : ns.lateTags) {
-        if (declared !== undefined) f.fence();
+        f.fence();
         flights.delete(key);
       }
     }
   }
-  ns.peeks?.clear();
+  const peeks = ns.peeks;
+  if (peeks !== undefined) {
+    for (const peek of peeks.values()) peek.fence();
+    peeks.clear();
+  }
   for (const t of tags) {
     const keys = ns.tagIndex?.get(t);
     if (keys === undefined) continue;

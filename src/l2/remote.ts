@@ -163,6 +163,8 @@ export class RemoteLayer {
   readonly #pending: RetryQueue<PendingTombstone>;
   readonly #onRetried: (ns: RemoteScope, key: string, tag: boolean) => void;
   #batch: ReadBatch | undefined;
+  /** Tag records (full keys) this instance is invalidating right now: until written, what L2 holds for them is outdated. */
+  readonly #invalidating = new Map<string, number>();
 
   constructor(
     store: L2Store,
@@ -297,9 +299,9 @@ export class RemoteLayer {
     for (let i = 0; i < tags.length; i++) {
       const text = texts[i];
       if (text === FAILED) return undefined;
-      const full = this.#pending.size > 0 ? this.tagKeyOf(ns, tags[i]!) : undefined;
-      // A tag invalidation of this instance still waiting to reach L2: the tag's record there is outdated.
-      if (full !== undefined && this.#pending.get(full) !== undefined) gens.set(tags[i]!, "\u0000pending");
+      const full = this.#pending.size > 0 || this.#invalidating.size > 0 ? this.tagKeyOf(ns, tags[i]!) : undefined;
+      // A tag invalidation of this instance under way or still waiting to reach L2: the tag's record there is outdated.
+      if (full !== undefined && (this.#pending.get(full) !== undefined || this.#invalidating.has(full))) gens.set(tags[i]!, "\u0000pending");
       else gens.set(tags[i]!, typeof text === "string" ? generationOf(text) : "");
     }
     return gens;
@@ -327,8 +329,9 @@ export class RemoteLayer {
    * conditional write "only when absent"), so that a written value never carries "" — a tag record
    * that expires or is evicted later then makes the value a miss, never valid again. With `retry`
    * (a `set`, which wins whatever happened meanwhile) a lost race re-reads the tag; without it (a
-   * load, whose tags had no record when it started) a lost race means the tag may have been
-   * invalidated while the loader ran: undefined, no write. Undefined too when L2 is unreachable.
+   * load, whose tags had no record when it started) the tag read again must hold a creation ("c."
+   * generation, someone else's): anything else means it may have been invalidated while the loader
+   * ran — undefined, no write. Undefined too when L2 is unreachable.
    */
   async tagSnapshot(ns: RemoteScope, gens: Map<string, string>, retry: boolean): Promise<TagSnapshot | undefined> {
     const out: [string, string][] = [];
@@ -340,7 +343,9 @@ export class RemoteLayer {
         out.push([tag, gen]);
         continue;
       }
-      const mine = this.#newGen();
+      // "c." marks a creation: only a removeByTag writes any other generation, and nothing but
+      // expiry brings "c." back, so a tag found created (by anybody) was not invalidated since it was absent.
+      const mine = `c.${this.#newGen()}`;
       fresh.push([tag, mine]);
       const full = this.tagKeyOf(ns, tag);
       created.push(this.#write("set", ns, tag, () => this.store.set(full, encodeTombstone(mine, this.#clock.now()), TAG_MEMORY_MS, "")));
@@ -354,11 +359,10 @@ export class RemoteLayer {
       else lost.push(fresh[i]![0]);
     }
     if (lost.length > 0) {
-      if (!retry) return undefined;
       const again = await this.tagGenerations(ns, lost);
       if (again === undefined) return undefined;
       for (const [tag, gen] of again) {
-        if (gen === "" || gen.startsWith("\u0000")) return undefined;
+        if (gen === "" || gen.startsWith("\u0000") || (!retry && !gen.startsWith("c."))) return undefined;
         out.push([tag, gen]);
       }
     }
@@ -372,13 +376,22 @@ export class RemoteLayer {
    */
   async invalidateTag(ns: RemoteScope, tag: string): Promise<PutResult> {
     const results: PutResult[] = [];
-    for (const t of ["", tag]) {
-      const full = this.tagKeyOf(ns, t);
-      this.#pending.delete(full);
-      const item: PendingTombstone = { ns, key: t, gen: this.#newGen(), tag: true };
-      const ok = await this.#tombstone(full, item);
-      if (ok === FAILED) this.#pending.put(full, item);
-      results.push(ok === FAILED || ok === REJECTED ? "failed" : "written");
+    // Reads of this instance that run meanwhile must not take the tag's old generation for valid.
+    const tagFull = this.tagKeyOf(ns, tag);
+    this.#invalidating.set(tagFull, (this.#invalidating.get(tagFull) ?? 0) + 1);
+    try {
+      for (const t of ["", tag]) {
+        const full = t === tag ? tagFull : this.tagKeyOf(ns, t);
+        this.#pending.delete(full);
+        const item: PendingTombstone = { ns, key: t, gen: this.#newGen(), tag: true };
+        const ok = await this.#tombstone(full, item);
+        if (ok === FAILED) this.#pending.put(full, item);
+        results.push(ok === FAILED || ok === REJECTED ? "failed" : "written");
+      }
+    } finally {
+      const n = this.#invalidating.get(tagFull)! - 1;
+      if (n === 0) this.#invalidating.delete(tagFull);
+      else this.#invalidating.set(tagFull, n);
     }
     return results[1]!;
   }
