@@ -7,7 +7,7 @@
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
  *                    [--fault-gap 4000-8000] [--fault-kinds server-kill,loader-slow,...] [--cold-keys 5]
- *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--l2 redis] [--bus pubsub|streams] [--lock on]
+ *                    [--sabotage no-bus|no-cas|big-pool|stale-join|no-lock] [--l2 redis] [--bus pubsub|streams] [--lock on]
  *                    [--dump history.json]
  *
  * Faults on servers: "server-kill" (SIGKILL, then a restart on the same port), "server-pause"

@@ -56,7 +56,8 @@ const cache = new LayerCache({
   failSafe: CHAOS_POLICY.failSafe,
   // L1 pressure in some processes (l1Bound in chaos/config.ts): entries are evicted, stale ones too.
   ...(config.maxEntries !== undefined ? { maxEntries: config.maxEntries } : {}),
-  ...(config.lock ? { distributedLock: true } : {}),
+  // Sabotage "no-lock": the run checks distributed single flight, but the caches do not do it.
+  ...(config.lock && config.sabotage !== "no-lock" ? { distributedLock: true } : {}),
 });
 /** Foreground values carry their key's group tag (chaos/config.ts tagOf); background ones none. */
 const tagged = (scope: "fg" | "bg", key: string): { tags: string[] } | undefined => (scope === "fg" ? { tags: [tagOf(key)] } : undefined);
