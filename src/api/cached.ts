@@ -227,7 +227,6 @@ export type CachedBatchFunction<A, V> = ((arg: A) => Promise<V>) & {
  * like DataLoader) and read with `Engine.readMany`, so their misses reach one `loadMany(args)`.
  */
 export function makeCachedBatch<A, V>(
-  _scope: unknown,
   engine: Engine,
   ns: Namespace,
   base: Policy,

@@ -214,7 +214,7 @@ export class CacheScope {
    * an array in the order of `args` or a `Map` by argument. With `removeCached(arg)` and `cacheKey(arg)`.
    */
   cachedBatch<A, V>(loadMany: (args: A[]) => Promise<ReadonlyMap<A, V> | readonly V[]> | ReadonlyMap<A, V> | readonly V[], options?: CachedBatchOptions<A>): CachedBatchFunction<A, V> {
-    return makeCachedBatch<A, V>(this, this.#engine, this.#ns, this.#policy, loadMany, options);
+    return makeCachedBatch<A, V>(this.#engine, this.#ns, this.#policy, loadMany, options);
   }
 
   /**
