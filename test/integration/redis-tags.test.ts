@@ -1,6 +1,9 @@
 import { afterAll, describe, expect, inject, test } from "vitest";
+import { LayerCache } from "../../src/index.js";
+import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
+import { PATIENT } from "../support/patient.js";
 import { WorkerProcess } from "../support/processes.js";
-import { uniquePrefix } from "../support/redis-clients.js";
+import { eventually, uniquePrefix } from "../support/redis-clients.js";
 
 /**
  * Tags, getOrSetMany and distributed single flight across separate Node processes on one real
@@ -71,4 +74,51 @@ describe("tags, bulk and distributed single flight over Redis, in separate proce
   test("no worker saw an unhandled rejection", async () => {
     for (const w of workers) expect(w.events.filter((e) => e.event === "unhandledRejection")).toEqual([]);
   });
+});
+
+describe("tags on Redis, in one process (RedisStore + RedisBus, and RedisStore alone)", () => {
+  const caches: LayerCache[] = [];
+  afterAll(async () => {
+    await Promise.all(caches.map((c) => c.close()));
+  });
+  const make = (prefix: string, bus: boolean, extra: Record<string, unknown> = {}) => {
+    const c = new LayerCache({ prefix, l2: new RedisStore({ url, ...PATIENT }), ...(bus ? { bus: new RedisBus({ url, ...PATIENT }) } : {}), hardTimeout: 0, ...extra });
+    caches.push(c);
+    return c;
+  };
+
+  test("a background refresh running when removeByTag comes does not write; without a bus L2 still serves it to nobody", async () => {
+    for (const bus of [true, false]) {
+      const prefix = uniquePrefix();
+      const a = make(prefix, bus, { ttl: 150, refresh: "background", maxStale: "1m" });
+      const b = make(prefix, bus);
+      const c = make(prefix, bus);
+      await a.getOrSet("k", async () => "v1", { tags: ["t"] });
+      await new Promise((r) => setTimeout(r, 200));
+      let release!: (v: string) => void;
+      const gate = new Promise<string>((r) => (release = r));
+      expect(await a.getOrSet("k", () => gate, { tags: ["t"] })).toBe("v1"); // stale: a refresh starts
+      await b.removeByTag("t");
+      release("v2-loaded-before");
+      await new Promise((r) => setTimeout(r, 100));
+      expect(await c.get("k")).toBeUndefined();
+      expect(await c.getOrSet("k", async () => "v3", { tags: ["t"] })).toBe("v3");
+      if (bus) expect(await a.getOrSet("k", async () => "v4", { tags: ["t"] })).toBe("v3");
+    }
+  }, 60_000);
+
+  test("tags set by the loader, getOrSetMany with tags, and removeByTag of several tags", async () => {
+    const prefix = uniquePrefix();
+    const a = make(prefix, true);
+    const b = make(prefix, true);
+    await a.getOrSet("warm", ({ setOptions }) => (setOptions({ tags: ["late"] }), 0)); // the scope reads its tag epoch from now on
+    expect(await a.getOrSet("x", ({ setOptions }) => (setOptions({ tags: ["late"] }), "x1"))).toBe("x1");
+    expect(await b.get("x")).toBe("x1"); // shared through L2
+    expect(await a.getOrSetMany(["m1", "m2"], async (keys) => keys.map((k) => `${k}!`), { tags: ["many"] })).toEqual(["m1!", "m2!"]);
+    expect(await b.getMany(["m1", "m2"])).toEqual(["m1!", "m2!"]);
+    await b.removeByTag(["late", "many"]);
+    expect(await b.has("x")).toBe(false);
+    // a's L1 copies go when the bus message arrives (over Redis: shortly after removeByTag resolved).
+    await eventually(async () => (await a.getMany(["x", "m1", "m2"])).every((v) => v === undefined));
+  }, 60_000);
 });
