@@ -21,6 +21,8 @@ export interface Peer {
   getOrSet(key: string, loader: Loader): Promise<unknown>;
   set(key: string, value: unknown): Promise<void>;
   get(key: string): Promise<unknown>;
+  /** The library's own cache object, for calls only some libraries have (bulk reads, scenario 9). */
+  cache?: unknown;
   /** A cached function `(id) => load(id)` keyed `user:<id>`, built the library's way. */
   cached(load: (id: string) => Promise<unknown>): (id: string) => Promise<unknown>;
   close(): Promise<void>;
@@ -67,6 +69,7 @@ export function cacheManagerPeer(o: { l1Size?: number; redisUrl?: string; prefix
   const cache = createCache({ stores, ttl: HOUR });
   return {
     name: "cache-manager",
+    cache,
     getOrSet: (key, loader) => cache.wrap(key, loader),
     set: async (key, value) => void (await cache.set(key, value)),
     get: (key) => cache.get(key),
@@ -85,6 +88,7 @@ export function cacheablePeer(o: { l1Size?: number; redisUrl?: string; prefix?: 
     : new Cacheable({ ttl: HOUR });
   return {
     name: "cacheable",
+    cache,
     getOrSet: (key, loader) => cache.getOrSet(key, loader),
     set: async (key, value) => void (await cache.set(key, value)),
     get: (key) => cache.get(key),

@@ -336,6 +336,110 @@ async function scenario8(): Promise<void> {
   target("8", "loader concurrency ≤ refreshConcurrency (8)", String(maxRunning), maxRunning <= 8);
 }
 
+// ------------------------------------------------------------------ 9. bulk read, L1 cold, L2 warm
+async function scenario9(url: string): Promise<void> {
+  const clients: Redis[] = [];
+  const client = () => {
+    const c = new Redis(url);
+    clients.push(c);
+    return c;
+  };
+  // L1 bounded to one entry: every read of a random key among 10 000 goes to L2.
+  const lc = layercachePeer({ l1Size: 1, redis: client(), prefix: "s9-lc" });
+  const bento = bentoPeer({ l1Size: 1, redis: client(), prefix: "s9-bento" });
+  const cm = cacheManagerPeer({ l1Size: 1, redisUrl: url, prefix: "s9-cm" });
+  const ca = cacheablePeer({ l1Size: 1, redisUrl: url, prefix: "s9-ca" });
+  const N = 10_000;
+  for (const p of [lc, bento, cm, ca]) for (let i = 0; i < N; i += 500) await Promise.all(Array.from({ length: 500 }, (_, j) => p.set(`key:${i + j}`, { ...VALUE, id: i + j })));
+  const random = rng(9);
+  const picks = Array.from({ length: 100 * 512 }, () => `key:${Math.floor(random() * N)}`);
+  let cursor = 0;
+  const next = (): string[] => picks.slice((cursor = (cursor + 100) % picks.length), cursor + 100);
+  const loader = async () => VALUE;
+  const loadMany = async (keys: string[]) => keys.map(() => VALUE);
+  const check = (values: unknown[], who: string) => {
+    if (values.length !== 100 || values[0] === undefined) throw new Error(`${who}: expected 100 L2 hits`);
+  };
+  const r = await compare(
+    {
+      "layercache getOrSetMany": async () => check(await lc.cache.getOrSetMany(next(), loadMany), "getOrSetMany"),
+      "layercache 100 × getOrSet": async () => check(await Promise.all(next().map((k) => lc.cache.getOrSet(k, loader))), "getOrSet"),
+      "layercache getMany": async () => check(await lc.cache.getMany(next()), "getMany"),
+      "BentoCache 100 × getOrSet (no bulk call)": async () => check(await Promise.all(next().map((k) => bento.getOrSet(k, loader))), "bento"),
+      "cache-manager mget": async () => check(await (cm as unknown as { cache: { mget(keys: string[]): Promise<unknown[]> } }).cache.mget(next()), "mget"),
+      "cacheable getMany": async () => check(await (ca as unknown as { cache: { getMany(keys: string[]): Promise<unknown[]> } }).cache.getMany(next()), "cacheable"),
+    },
+    100,
+  );
+  printRatios("9. Bulk read of 100 keys, L1 cold, L2 warm (Redis): keys per second", r, "layercache getOrSetMany");
+  results.s9 = r;
+  const vsParallel = r["layercache getOrSetMany"]! / r["layercache 100 × getOrSet"]!;
+  target("9", "getOrSetMany ≥ 5× 100 parallel getOrSet", `${vsParallel.toFixed(2)}× (parallel getOrSet already shares one MGET)`, vsParallel >= 5);
+  await closeAll([lc, bento, cm, ca]);
+  for (const c of clients) c.disconnect();
+}
+
+// ------------------------------------------------------------------ 10. stampede over 3 processes
+async function scenario10(url: string): Promise<void> {
+  const r: Record<string, number> = {};
+  for (const mode of ["lock", "nolock"] as const) {
+    const prefix = `s10-${mode}-${Date.now()}`;
+    const peers = Array.from({ length: 3 }, () => fork(join(root, "bench/stampede-peer.ts"), [url, prefix, mode], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+    await Promise.all(peers.map((p) => new Promise((res) => p.once("message", res))));
+    const answers = await Promise.all(
+      peers.map((p, i) => {
+        const answer = new Promise<{ calls: number }>((res) => p.once("message", (m) => res(m as { calls: number })));
+        p.send({ key: "hot", n: i === 0 ? 334 : 333, ms: 100 });
+        return answer;
+      }),
+    );
+    r[mode === "lock" ? "with distributedLock" : "without"] = answers.reduce((a, m) => a + m.calls, 0);
+  }
+  console.log("\n10. Stampede: 1 000 concurrent misses of one key spread over 3 processes (loader 100 ms): loader calls in total");
+  console.table(Object.entries(r).map(([k, v]) => ({ setup: k, "loader calls": v })));
+  results.s10 = r;
+  target("10", "1 loader call with distributedLock (3 without)", `${r["with distributedLock"]} / ${r.without}`, r["with distributedLock"] === 1);
+}
+
+// ------------------------------------------------------------------ 11. tags
+async function scenario11(): Promise<void> {
+  const cache = new LayerCache({ ttl: "1h", maxEntries: 30_000 });
+  const N = 10_000;
+  const untagged = Array.from({ length: 1000 }, (_, i) => `plain:${i}`);
+  const tagged = Array.from({ length: 1000 }, (_, i) => `tagged:${i}`);
+  for (const k of untagged) await cache.set(k, VALUE);
+  for (const k of tagged) await cache.set(k, VALUE, { tags: ["hot", `t:${k}`] });
+  const loader = async () => VALUE;
+  const r = await compare(
+    {
+      "untagged L1 hits": async () => {
+        for (let i = 0; i < 1000; i++) await cache.getOrSet(untagged[i]!, loader);
+      },
+      "tagged L1 hits": async () => {
+        for (let i = 0; i < 1000; i++) await cache.getOrSet(tagged[i]!, loader);
+      },
+    },
+    1000,
+  );
+  printRatios("11a. L1 hits (getOrSet): tagged vs untagged entries", r, "tagged L1 hits");
+  // removeByTag of one tag carried by 10 000 entries (no L2: the L1 index and the fences).
+  const times: number[] = [];
+  for (let round = 0; round < (QUICK ? 3 : 7); round++) {
+    const scope = cache.scope(`bulk${round}`);
+    await Promise.all(Array.from({ length: N }, (_, i) => scope.set(`k${i}`, i, { tags: ["big"] })));
+    const t = performance.now();
+    await scope.removeByTag("big");
+    times.push(performance.now() - t);
+    if ((await scope.get("k0")) !== undefined) throw new Error("removeByTag left an entry");
+  }
+  const ms = percentile(times, 50);
+  console.log(`\n11b. removeByTag of a tag on ${N.toLocaleString("en")} L1 entries: median ${ms.toFixed(2)} ms (${((ms * 1000) / N).toFixed(2)} µs per entry)`);
+  await cache.close();
+  results.s11 = { ...r, removeByTag10kMs: ms };
+  const ratio = r["tagged L1 hits"]! / r["untagged L1 hits"]!;
+  target("11", "tagged L1 hits ≥ 90% of untagged", `${(ratio * 100).toFixed(0)}%`, ratio >= 0.9);
+}
+
 // ------------------------------------------------------------------ main
 const SCENARIOS: Record<string, (url: string) => Promise<void>> = {
   "1": () => scenario1(),
@@ -346,6 +450,9 @@ const SCENARIOS: Record<string, (url: string) => Promise<void>> = {
   "6": (url) => scenario6(url),
   "7": () => scenario7(),
   "8": () => scenario8(),
+  "9": (url) => scenario9(url),
+  "10": (url) => scenario10(url),
+  "11": () => scenario11(),
 };
 
 /**

@@ -10,7 +10,7 @@
  * loader (start and end, `ok`), "loadError" a `loadError` event of its cache (at `start`, with
  * `refresh` when the cache reported the failure as a background refresh's).
  */
-export type OpKind = "get" | "getOrSet" | "cached" | "set" | "remove" | "clear" | "removeLocal" | "clearMemory" | "load" | "loadError";
+export type OpKind = "get" | "getOrSet" | "cached" | "getOrSetMany" | "set" | "remove" | "removeByTag" | "clear" | "removeLocal" | "clearMemory" | "load" | "loadError";
 
 export interface OpRecord {
   worker: number;
@@ -38,6 +38,8 @@ export interface OpRecord {
   fromL2?: boolean;
   /** loadError: the cache reported it as a failed background refresh (no fail-safe throttle follows). */
   refresh?: boolean;
+  /** Loads: when the operation whose flight runs this load was called (the flight started then; its loader may run much later, e.g. in a getOrSetMany batch). */
+  called?: number;
 }
 
 export interface FaultWindow {
@@ -85,23 +87,25 @@ export interface Rules {
   slack: number;
   /** Error messages a read may legitimately fail with (loader failures, timeouts). */
   allowedErrors: RegExp;
+  /** The caches ran with `distributedLock` and no fault was injected: the "distributedFlight" rule applies. */
+  distributedLock?: boolean;
 }
 
 export interface Violation {
-  rule: "staleness" | "ownInvalidation" | "staleWindow" | "wrongKey" | "singleFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
+  rule: "staleness" | "ownInvalidation" | "tagInvalidation" | "staleWindow" | "wrongKey" | "singleFlight" | "distributedFlight" | "refreshPool" | "unexpectedError" | "unhandledRejection" | "finalState";
   detail: string;
 }
 
-const READS: ReadonlySet<OpKind> = new Set(["get", "getOrSet", "cached"]);
+const READS: ReadonlySet<OpKind> = new Set(["get", "getOrSet", "cached", "getOrSetMany"]);
 
 /**
  * Invalidations of one key, in completion order, with the highest version known by each end time;
  * `perWorker` keeps each process's own invalidations apart.
  */
-function floorsByKey(history: OpRecord[], perWorker = false): Map<string, { end: number; version: number }[]> {
+function floorsByKey(history: OpRecord[], perWorker = false, ops: readonly OpKind[] = ["set", "remove"]): Map<string, { end: number; version: number }[]> {
   const byKey = new Map<string, { end: number; version: number }[]>();
   for (const r of history) {
-    if ((r.op !== "set" && r.op !== "remove") || !r.ok || r.version === undefined) continue;
+    if (!ops.includes(r.op) || !r.ok || r.version === undefined) continue;
     const id = perWorker ? `${r.worker}|${r.scope}/${r.key}` : `${r.scope}/${r.key}`;
     let list = byKey.get(id);
     if (!list) byKey.set(id, (list = []));
@@ -222,6 +226,10 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
   const violations: Violation[] = [];
   const floors = floorsByKey(history);
   const ownFloors = floorsByKey(history, true);
+  // A removeByTag is recorded once per key of the tag, with the version it established for that key.
+  const tagFloors = floorsByKey(history, false, ["removeByTag"]);
+  const ownTagFloors = floorsByKey(history, true, ["removeByTag"]);
+  const finalFloors = floorsByKey(history, false, ["set", "remove", "removeByTag"]);
   const loads = byProcessAndKey(history, "load");
   const loadErrors = byProcessAndKey(history, "loadError");
   const stalls = new Map(reports.map((w) => [w.worker, w.stalls]));
@@ -268,6 +276,16 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
       const own = floorAt(ownFloors.get(pid), r.start);
       if (r.version < own) {
         violations.push({ rule: "ownInvalidation", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version} after its own invalidation to v${own} had completed` });
+      }
+    }
+    // Tag invalidations: in the process that made it, at once and during faults too; elsewhere after
+    // the propagation bound (like staleness), outside transport faults.
+    if (r.version !== undefined && tagFloors.has(id)) {
+      const own = floorAt(ownTagFloors.get(pid), r.start);
+      const bound = boundFor(stalls.get(r.worker) ?? [], r.start, rules.bound);
+      const peer = inFault(faults, r.start, rules.grace, TRANSPORT_FAULTS) ? -Infinity : floorAt(tagFloors.get(id), r.start - bound);
+      if (r.version < Math.max(own, peer)) {
+        violations.push({ rule: "tagInvalidation", detail: `${r.op} ${id} by worker ${r.worker} at ${r.start.toFixed(1)} returned v${r.version} after a removeByTag of its tag had established v${Math.max(own, peer)}${own >= peer ? " in that same process" : ""}` });
       }
     }
     // Faults that keep invalidations from travelling suspend the cross-process promise
@@ -319,16 +337,70 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
     if (w.unhandledRejections > 0) violations.push({ rule: "unhandledRejection", detail: `worker ${w.worker}: ${w.unhandledRejections}` });
   }
 
+  if (rules.distributedLock && faults.length === 0) violations.push(...distributedFlight(history, rules));
+
   // After the run (faults over, settled): nobody may still hold a version older than the last invalidation.
   for (const r of finalReads) {
     const id = `${r.scope}/${r.key}`;
-    const list = floors.get(id);
+    const list = finalFloors.get(id);
     const last = list?.length ? list[list.length - 1]!.version : -Infinity;
     if (r.ok && r.version !== undefined && r.version < last) {
       violations.push({ rule: "finalState", detail: `final ${r.op} ${id} by ${r.worker === -1 ? "L2" : `worker ${r.worker}`} found v${r.version}, last invalidation was v${last}` });
     }
   }
   return { violations, reads, checkedReads, staleReads: s.stale + s.failSafe + s.softTimeout, finalValues: finalReads.filter((r) => r.ok && r.version !== undefined).length, situations: s };
+}
+
+/**
+ * Distributed single flight, with no faults: at most one loader call per key per value across all
+ * processes. Two successful loads of a key (any processes) break it when the second started
+ * after the first had begun and before the first one's value could have expired in L2 — within
+ * `ttl` (less the slack) of the first load's end — with no invalidation of the key (set, remove,
+ * removeByTag, in any process) in between: the second process should have found that value in
+ * L2, or waited for the lease holder's. L1-only drops are no excuse for the second load (L2 still
+ * holds the value), only for the first: one that came while it ran fenced it (no write-back).
+ */
+function distributedFlight(history: OpRecord[], rules: Rules): Violation[] {
+  const out: Violation[] = [];
+  const loads = new Map<string, OpRecord[]>();
+  const invalidations = new Map<string, OpRecord[]>();
+  for (const r of history) {
+    const id = `${r.scope}/${r.key}`;
+    const into = r.op === "load" && r.ok ? loads : (r.op === "set" || r.op === "remove" || r.op === "removeByTag") && r.ok ? invalidations : undefined;
+    if (into === undefined) continue;
+    let list = into.get(id);
+    if (!list) into.set(id, (list = []));
+    list.push(r);
+  }
+  // L1-only drops fence the loads in flight of their process (clear: of every process): such a load
+  // writes nothing back (so the next one is expected), and one fenced before its L2 read answered
+  // loads for its waiting callers without using what L2 held.
+  const drops: OpRecord[] = history.filter((r) => r.op === "removeLocal" || r.op === "clearMemory" || r.op === "clear");
+  const fencedByDrop = (l: OpRecord): boolean =>
+    drops.some(
+      (d) =>
+        d.scope === l.scope &&
+        (d.op === "clear" || d.worker === l.worker) &&
+        (d.op !== "removeLocal" || d.key === l.key) &&
+        d.end > (l.called ?? l.start) - rules.slack &&
+        d.start < l.end + rules.writeBack,
+    );
+  for (const [id, list] of loads) {
+    list.sort((a, b) => a.start - b.start);
+    const inv = invalidations.get(id) ?? [];
+    const ttl = rules.ttl[id.startsWith("bg/") ? "bg" : "fg"];
+    for (let i = 1; i < list.length; i++) {
+      const a = list[i - 1]!;
+      const b = list[i]!;
+      if (b.start >= a.end + ttl - rules.slack) continue;
+      // An invalidation after the first load began, or after the second load's flight was made (a
+      // flight made before an invalidation still loads, for the callers who were waiting for it).
+      const since = Math.min(a.start, b.called ?? b.start) - rules.slack;
+      if (inv.some((x) => x.end > since && x.start < b.start) || fencedByDrop(a) || fencedByDrop(b)) continue;
+      out.push({ rule: "distributedFlight", detail: `loads of ${id} by workers ${a.worker} (${a.start.toFixed(1)}–${a.end.toFixed(1)}) and ${b.worker} (from ${b.start.toFixed(1)}) with no invalidation between: the second should have found the first's value or waited for its lease` });
+    }
+  }
+  return out;
 }
 
 /**

@@ -15,7 +15,8 @@ export interface WorkerConfig {
    * "no-cas" (an L2 store that ignores the generation check of load write-backs), "big-pool" (the
    * cache may run four times the refreshes the checker allows), "stale-join" (the engine's fix of
    * issue [5.1] switched off: callers joining a refresh that answered early with a stale value get
-   * that value even past its window).
+   * that value even past its window), "no-lock" (with `lock`: the checker applies the distributed
+   * single-flight rule, but the caches run without `distributedLock`).
    */
   sabotage?: Sabotage;
   /** Keys k0.. of each scope that are rarely written (default COLD_KEYS). */
@@ -28,9 +29,20 @@ export interface WorkerConfig {
   bus?: BusKind;
   /** The address of each family's server in this run, by family name. */
   urls: Record<string, string>;
+  /** The caches run with `distributedLock` (distributed single flight). */
+  lock?: boolean;
 }
 
-export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join"] as const;
+/**
+ * Tags: every value of the foreground scope carries the tag of its key's group (k0, k4, k8, … in
+ * "g0"; k1, k5, … in "g1"; …), and actors invalidate whole groups with `removeByTag`.
+ */
+export const TAG_GROUPS = 4;
+export function tagOf(key: string): string {
+  return `g${Number(key.slice(1)) % TAG_GROUPS}`;
+}
+
+export const SABOTAGES = ["no-bus", "no-cas", "big-pool", "stale-join", "no-lock"] as const;
 export type Sabotage = (typeof SABOTAGES)[number];
 
 /**

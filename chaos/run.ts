@@ -7,7 +7,7 @@
  *
  *   npm run chaos -- [--duration 2m] [--seed N] [--workers 3] [--concurrency 6] [--faults off]
  *                    [--fault-gap 4000-8000] [--fault-kinds server-kill,loader-slow,...] [--cold-keys 5]
- *                    [--sabotage no-bus|no-cas|big-pool|stale-join] [--l2 redis|memcached|postgres] [--bus pubsub|streams|postgres|kafka|rabbitmq|nats|nats-jetstream]
+ *                    [--sabotage no-bus|no-cas|big-pool|stale-join|no-lock] [--l2 redis|memcached|postgres] [--bus pubsub|streams|postgres|kafka|rabbitmq|nats|nats-jetstream] [--lock on]
  *                    [--dump history.json]
  *
  * Faults on servers: "server-kill" (SIGKILL, then a restart on the same port), "server-pause"
@@ -27,7 +27,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import ms from "ms";
-import { decodeRecord } from "../src/l2/envelope.js";
+import { decodeRecord, generationOf } from "../src/l2/envelope.js";
 import { rng } from "../bench/rng.js";
 import { check, type FaultWindow, type OpRecord, type Situations, type Violation, type WorkerReport } from "./checker.js";
 import { KEYS_PER_SCOPE, RULES, SABOTAGES, STALL, l1Bound, type LoaderMode, type Sabotage, type WorkerConfig } from "./config.js";
@@ -51,6 +51,8 @@ export interface ChaosOptions {
   l2?: L2Kind;
   /** The invalidation bus (default "pubsub": Redis pub/sub). */
   bus?: BusKind;
+  /** The caches run with `distributedLock`; with `faults: false` the "distributedFlight" rule is checked. */
+  lock?: boolean;
   /** Write the whole history, faults and violations to this file (to study a failure). */
   dump?: string;
   log?: (line: string) => void;
@@ -172,7 +174,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
 
   try {
     for (let id = 0; id < o.workers; id++) {
-      const config: WorkerConfig = { id, urls, l2: o.l2, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id), bus: o.bus };
+      const config: WorkerConfig = { id, urls, l2: o.l2, prefix, seed: o.seed, concurrency: o.concurrency, dir, sabotage: o.sabotage, coldKeys: o.coldKeys, maxEntries: l1Bound(id), bus: o.bus, lock: o.lock };
       const child = fork(join(root, "chaos/worker.ts"), [JSON.stringify(config)], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
       child.on("message", (m: { type: string; req?: number; id?: string }) => {
         if (m.type === "read") child.send({ req: m.req, version: source.read(m.id!) });
@@ -263,13 +265,20 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosResult> {
         if (text === null || text === undefined) continue;
         const rec = decodeRecord(text);
         if (rec.payload === undefined) continue;
+        // A tagged value whose tag was invalidated since it was written is no value any more.
+        let invalidated = false;
+        for (const [tag, gen] of rec.tags ?? []) {
+          const tagText = await store.get(`${prefix}:${scope}%tag:${tag}`);
+          if (typeof tagText !== "string" || generationOf(tagText) !== gen) invalidated = true;
+        }
+        if (invalidated) continue;
         const value = JSON.parse(rec.payload) as { v: number };
         finals.push({ worker: -1, op: "get", scope, key: `k${i}`, start: now(), end: now(), ok: true, version: value.v });
       }
     }
     await store.close?.();
     await families[l2Family]!.close?.();
-    const { violations, checkedReads, reads, staleReads, finalValues, situations } = check(history, faults, reports, RULES, finals);
+    const { violations, checkedReads, reads, staleReads, finalValues, situations } = check(history, faults, reports, { ...RULES, distributedLock: o.lock === true }, finals);
     if (o.dump) writeFileSync(o.dump, JSON.stringify({ seed: o.seed, options: { ...o, log: undefined }, started, faults, violations, finals, reports, history }));
     const opsByKind: Record<string, number> = {};
     let ops = 0;
@@ -330,6 +339,7 @@ export function replayCommand(o: ChaosOptions): string {
   if (o.sabotage) args.push(`--sabotage ${o.sabotage}`);
   if (o.l2) args.push(`--l2 ${o.l2}`);
   if (o.bus) args.push(`--bus ${o.bus}`);
+  if (o.lock) args.push("--lock on");
   return `npm run chaos -- ${args.join(" ")}`;
 }
 
@@ -392,6 +402,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     l2: l2Arg(arg("l2")),
     bus: busArg(arg("bus")),
     faults: arg("faults") !== "off",
+    lock: arg("lock") === "on",
     ...(arg("cold-keys") !== undefined ? { coldKeys: coldKeys(arg("cold-keys")!) } : {}),
     ...(arg("fault-gap") !== undefined ? { faultGapMs: faultGap(arg("fault-gap")!) } : {}),
     ...(arg("fault-kinds") !== undefined ? { faultKinds: faultKinds(arg("fault-kinds")!) } : {}),

@@ -11,7 +11,7 @@ import { LayerCache, type CacheScope } from "../src/index.js";
 import { sabotage } from "../src/core/sabotage.js";
 import { rng } from "../bench/rng.js";
 import type { OpKind, OpRecord, WorkerReport } from "./checker.js";
-import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, type LoaderMode, type WorkerConfig } from "./config.js";
+import { CHAOS_POLICY, COLD_KEYS, KEYS_PER_SCOPE, STALL, TAG_GROUPS, tagOf, type LoaderMode, type WorkerConfig } from "./config.js";
 import { BUS_KINDS, FAMILIES, careless } from "./families.js";
 
 const config = JSON.parse(process.argv[2]!) as WorkerConfig;
@@ -56,7 +56,12 @@ const cache = new LayerCache({
   failSafe: CHAOS_POLICY.failSafe,
   // L1 pressure in some processes (l1Bound in chaos/config.ts): entries are evicted, stale ones too.
   ...(config.maxEntries !== undefined ? { maxEntries: config.maxEntries } : {}),
+  // Sabotage "no-lock": the run checks distributed single flight, but the caches do not do it.
+  ...(config.lock && config.sabotage !== "no-lock" ? { distributedLock: true } : {}),
 });
+/** Foreground values carry their key's group tag (chaos/config.ts tagOf); background ones none. */
+const tagged = (scope: "fg" | "bg", key: string): { tags: string[] } | undefined => (scope === "fg" ? { tags: [tagOf(key)] } : undefined);
+const groupKeys = (tag: string): string[] => Array.from({ length: KEYS_PER_SCOPE.fg }, (_, i) => `k${i}`).filter((k) => tagOf(k) === tag);
 const scopes: Record<"fg" | "bg", CacheScope> = {
   fg: cache.scope("fg", { ttl: CHAOS_POLICY.ttl.fg, softTimeout: CHAOS_POLICY.softTimeout.fg }),
   bg: cache.scope("bg", { ttl: CHAOS_POLICY.ttl.bg, refresh: "background", maxStale: CHAOS_POLICY.maxStale, hardTimeout: CHAOS_POLICY.hardTimeout.bg }),
@@ -79,6 +84,7 @@ const bumpScope = (scope: string): void => {
 cache.on("peerInvalidation", (e) => {
   if (e.op === "clear") bumpScope(e.scope);
   else if (e.op === "remove") for (const key of e.keys) bump(`${e.scope}/${key}`);
+  else if (e.op === "tag") for (const tag of e.keys) for (const key of groupKeys(tag)) bump(`${e.scope}/${key}`);
 });
 cache.on("busReconnect", () => {
   count("busReconnect");
@@ -197,7 +203,7 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
-async function load(scope: "fg" | "bg", key: string, epoch: number, cacheSignal?: AbortSignal, stale?: Value): Promise<Value> {
+async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
   // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
@@ -205,7 +211,7 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, cacheSignal?
   const own = cacheSignal ? undefined : ownDeadline(scope);
   const signal = cacheSignal ?? own!.signal;
   const id = `${scope}/${key}`;
-  const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: now(), end: 0, ok: false, staleAt: stale?.at };
+  const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: now(), end: 0, ok: false, staleAt: stale?.at, called };
   if (refreshFromL2 === id) {
     rec.fromL2 = true;
     refreshFromL2 = undefined;
@@ -271,8 +277,8 @@ function outlast(scope: "fg" | "bg", stale: Value | undefined, fromL2: boolean, 
 
 // The key is the key alone; `epoch` only rides along for the bookkeeping above.
 const cachedFns = {
-  fg: scopes.fg.cached((key: string, epoch: number) => load("fg", key, epoch), { key: (key) => key }),
-  bg: scopes.bg.cached((key: string, epoch: number) => load("bg", key, epoch), { key: (key) => key }),
+  fg: scopes.fg.cached((key: string, epoch: number, called: number) => load("fg", key, epoch, called), { key: (key) => key, tags: (key) => [tagOf(key)] }),
+  bg: scopes.bg.cached((key: string, epoch: number, called: number) => load("bg", key, epoch, called), { key: (key) => key }),
 };
 
 // ---------------------------------------------------------------- operations
@@ -282,14 +288,65 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
   const id = `${scopeName}/${key}`;
   const rec: OpRecord = { worker: config.id, op, scope: scopeName, key, start: now(), end: 0, ok: true };
   try {
-    if (op === "set" || op === "remove") {
+    if (op === "removeByTag") {
+      // Every key of the group gets a new version under its write lock (in key order: no deadlock
+      // with writers of one key), then the tag is invalidated: one record per key, with its version.
+      const tag = tagOf(key);
+      const keys = groupKeys(tag).sort();
+      for (const k of keys) await ask("lock", `${scopeName}/${k}`);
+      try {
+        const versions: number[] = [];
+        for (const k of keys) versions.push(await ask("bump", `${scopeName}/${k}`));
+        rec.start = now();
+        const done = scope.removeByTag(tag);
+        for (const k of keys) bump(`${scopeName}/${k}`);
+        await done;
+        const end = now();
+        keys.forEach((k, i) => {
+          if (k !== key) record({ ...rec, key: k, version: versions[i], end });
+        });
+        rec.version = versions[keys.indexOf(key)];
+      } finally {
+        for (const k of keys) send({ type: "unlock", id: `${scopeName}/${k}` });
+      }
+    } else if (op === "getOrSetMany") {
+      // The key and the next ones of its group (one call, one tag), each a read record of its own.
+      const group = groupKeys(tagOf(key));
+      const at = group.indexOf(key);
+      const keys = [group[at]!, group[(at + 1) % group.length]!, group[(at + 2) % group.length]!];
+      const epochsAt = keys.map((k) => epochs.get(`${scopeName}/${k}`) ?? 0);
+      inCall = true;
+      let pending: Promise<unknown[]>;
+      try {
+        pending = scope.getOrSetMany(
+          keys,
+          (missing, { signal }) => Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal))),
+          tagged(scopeName, key),
+        );
+      } finally {
+        inCall = false;
+      }
+      const values = (await pending.catch((error: unknown) => {
+        rec.ok = false;
+        rec.error = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+        return undefined;
+      })) as (Value | undefined)[] | undefined;
+      const end = now();
+      keys.forEach((k, i) => {
+        const v = values?.[i];
+        const r: OpRecord = { ...rec, key: k, end, policy: scopeName, version: v?.v, at: v?.at };
+        if (v !== undefined && v.id !== `${scopeName}/${k}`) r.foreign = String(v.id);
+        if (k !== key) record(r);
+        else Object.assign(rec, r);
+      });
+    } else if (op === "set" || op === "remove") {
       // Writes to one key are serialized by the source of truth (as a row lock would).
       await ask("lock", id);
       try {
         rec.version = await ask("bump", id);
         rec.start = now();
         // The cache fences the key synchronously when the call starts; count it right after.
-        const done = op === "set" ? scope.set(key, { v: rec.version, at: now(), id } satisfies Value) : scope.remove(key);
+        const done = op === "set" ? scope.set(key, { v: rec.version, at: now(), id } satisfies Value, tagged(scopeName, key)) : scope.remove(key);
         bump(id);
         await done;
       } finally {
@@ -319,8 +376,8 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
             op === "get"
               ? scope.get(key)
               : op === "cached"
-                ? cachedFns[scopeName](key, epoch)
-                : scope.getOrSet(key, ({ signal, stale }) => load(scopeName, key, epoch, signal, stale as Value | undefined));
+                ? cachedFns[scopeName](key, epoch, rec.start)
+                : scope.getOrSet(key, ({ signal, stale }) => load(scopeName, key, epoch, rec.start, signal, stale as Value | undefined), tagged(scopeName, key));
         } finally {
           inCall = false;
         }
@@ -380,6 +437,9 @@ async function actor(seed: number): Promise<void> {
     // Cold keys are rarely invalidated, so their values live to their windows: stale reads,
     // refreshes. (removeLocal writes nothing: it leaves them cold.)
     if (k < (config.coldKeys ?? COLD_KEYS) && (op === "set" || op === "remove") && random() < 0.97) op = "getOrSet";
+    // In the tagged (foreground) scope: some reads are bulk, some removals are tag removals of the key's group.
+    if (scopeName === "fg" && op === "getOrSet" && random() < 0.15) op = "getOrSetMany";
+    if (scopeName === "fg" && op === "remove" && random() < 0.03 && TAG_GROUPS > 0) op = "removeByTag";
     record(await run(op, scopeName, `k${k}`));
     await sleep(random() * 10);
   }

@@ -40,6 +40,30 @@ describe("history checker", () => {
     expect(boundFor([], 1000, 500)).toBe(500);
   });
 
+  test("a removeByTag binds its own process's later reads at once, and the others' after the bound", () => {
+    const tag = op({ op: "removeByTag", start: 3000, end: 3005, version: 8, worker: 2 });
+    const fault = [{ kind: "server-pause", start: 2000, end: 6000 }];
+    const read = (worker: number, start: number) => op({ op: "getOrSetMany", start, version: 7, at: start - 10, policy: "fg", worker });
+    expect(check([tag, read(2, 3006)], fault, [report()], RULES).violations.map((v) => v.rule)).toEqual(["tagInvalidation"]);
+    expect(check([tag, read(1, 3006)], [], [report()], RULES).violations).toEqual([]);
+    expect(check([tag, read(1, 3005 + RULES.bound + 1)], [], [report()], RULES).violations.map((v) => v.rule)).toEqual(["tagInvalidation"]);
+    // After the run, a version older than a removeByTag's is a finalState violation too.
+    expect(check([tag], [], [report()], RULES, [op({ op: "get", start: 9000, version: 7, worker: -1 })]).violations.map((v) => v.rule)).toEqual(["finalState"]);
+  });
+
+  test("distributedFlight (lock on, no faults): a second load of a value another process loaded is flagged, unless an invalidation or an L1 drop came between", () => {
+    const rules = { ...RULES, distributedLock: true };
+    const first = op({ op: "load", start: 1000, end: 1010, worker: 0 });
+    const second = op({ op: "load", start: 1100, end: 1110, worker: 1, called: 1090 });
+    expect(check([first, second], [], [report()], rules).violations.map((v) => v.rule)).toEqual(["distributedFlight"]);
+    expect(check([first, second], [], [report()], RULES).violations).toEqual([]); // lock off
+    expect(check([first, second], [{ kind: "server-kill", start: 0, end: 1 }], [report()], rules).violations).toEqual([]); // faults
+    const later = op({ op: "load", start: 1010 + RULES.ttl.fg, end: 1010 + RULES.ttl.fg + 5, worker: 1 });
+    expect(check([first, later], [], [report()], rules).violations).toEqual([]); // the first value had expired
+    expect(check([first, op({ op: "remove", start: 1050, end: 1060, worker: 2 }), second], [], [report()], rules).violations).toEqual([]);
+    expect(check([first, op({ op: "removeLocal", start: 1095, end: 1095, worker: 1 }), second], [], [report()], rules).violations).toEqual([]);
+  });
+
   test("a process's own invalidation binds its later reads at once, even inside a fault window", () => {
     const own = op({ op: "set", start: 3000, end: 3005, version: 8, worker: 2 });
     const fault = [{ kind: "server-pause", start: 2000, end: 6000 }];

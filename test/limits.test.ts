@@ -296,7 +296,7 @@ describe("bus messages larger than the bus's maxMessageBytes", () => {
       channel: "c",
       id: "sender",
       secret: new TextEncoder().encode("k"),
-      peer: { onRemove: () => {}, onUpdate: () => {}, onClear: () => {}, onDisconnect: () => {}, onReconnect: () => {}, onCaughtUp: () => {} },
+      peer: { onRemove: () => {}, onUpdate: () => {}, onClear: () => {}, onTag: () => {}, onDisconnect: () => {}, onReconnect: () => {}, onCaughtUp: () => {} },
       report,
       clock,
     });

@@ -124,6 +124,36 @@ describe("npm pack output", () => {
     expect(JSON.parse(run("node", ["cjs.cjs"], dir))).toEqual([1, "u1", "user:1", "function", null, "function", "function"]);
   });
 
+  const featureScript = `
+    const clock = new FakeClock(1000);
+    const bus = new MemoryBus();
+    const a = new LayerCache({ bus, clock }); const b = new LayerCache({ bus, clock });
+    await a.set("u1", "one", { tags: ["users"] });
+    await b.set("v1", "one", { tags: ["users"] });
+    const tagged = await a.getOrSet("u2", async ({ key, setOptions }) => { setOptions({ tags: ["users"] }); return key; });
+    const many = await a.getOrSetMany(["m1", "m2"], async (keys) => new Map(keys.map((k) => [k, k.toUpperCase()])));
+    const batch = a.cachedBatch(async (ids) => ids.map((id) => id * 2), { key: (id) => "n:" + id });
+    const doubled = await Promise.all([batch(1), batch(2)]);
+    const had = [await a.has("u1"), await b.has("v1")];
+    await b.removeByTag("users");
+    const gone = [await a.has("u1"), await a.get("u2"), await b.has("v1")];
+    const got = await a.getMany(["m1", "nope"]);
+    await a.removeMany(["m1"]);
+    const uncached = await a.getOrSet("x", ({ noCache }) => { noCache(); return 1; });
+    const r = [tagged, many, doubled, had, gone, got, await a.has("m1"), uncached, await a.has("x")];
+    await a.close(); await b.close();
+    console.log(JSON.stringify(r));
+  `;
+  const featureResult = ["u2", ["M1", "M2"], [2, 4], [true, true], [false, null, false], ["M1", null], false, 1, false];
+
+  test.each([
+    ["features.mjs", `import { LayerCache, MemoryBus, FakeClock } from "layercache";\n`, (body: string) => body],
+    ["features.cjs", `const { LayerCache, MemoryBus, FakeClock } = require("layercache");\n`, (body: string) => `(async () => {${body}})();`],
+  ])("%s: tags, removeByTag, has, getOrSetMany, getMany, removeMany, cachedBatch and the loader context", (file, imports, wrap) => {
+    writeFileSync(join(dir, file), imports + wrap(featureScript));
+    expect(JSON.parse(run("node", [file], dir))).toEqual(featureResult);
+  });
+
   /**
    * Two caches of the installed package on a real redis-server, with the bus class `bus` (made by
    * `busExpression`, default `new <bus>({ url })` on the same Redis): a value and a removal go across.
@@ -261,7 +291,7 @@ describe("npm pack output", () => {
   });
 
   const ts = `
-      import { LayerCache, MemoryBus, type CacheOptions, type Stats } from "layercache";
+      import { LayerCache, MemoryBus, type CacheOptions, type CallOptions, type Stats } from "layercache";
       import { RedisStore, RedisBus, type RedisStoreOptions } from "layercache/redis";
       import { MemcachedStore, type MemcachedStoreOptions } from "layercache/memcached";
       import { PostgresStore, PostgresBus, postgresStoreSql, type PostgresStoreOptions } from "layercache/postgres";
@@ -282,7 +312,7 @@ describe("npm pack output", () => {
       void new LayerCache({ l2: new RedisStore(redisOptions), bus: new RedisBus({ url: "redis://localhost:6379" }) });
       const memcachedOptions: MemcachedStoreOptions = { servers: ["127.0.0.1:11211"], timeout: "250ms", maxItemSize: 1024 * 1024 };
       void new LayerCache({ l2: new MemcachedStore(memcachedOptions) });
-      const options: CacheOptions = { ttl: "1m", refresh: "background", bus: new MemoryBus() };
+      const options: CacheOptions = { ttl: "1m", refresh: "background", bus: new MemoryBus(), distributedLock: { lease: "10s", wait: "2s" } };
       const cache = new LayerCache(options);
       async function main(): Promise<number> {
         const n: number = await cache.getOrSet("k", async ({ signal }) => (signal.aborted ? 0 : 1));
@@ -290,7 +320,16 @@ describe("npm pack output", () => {
         const u: { id: string } = await getUser("1");
         await getUser.removeCached("1");
         const s: Stats = cache.stats();
-        return n + u.id.length + s.hits;
+        const tagged: string = await cache.getOrSet("t", async ({ key, setOptions, noCache }) => (setOptions({ ttl: "5s", tags: ["a"] }), key === "" ? (noCache(), key) : key), { tags: ["b"] });
+        const many: number[] = await cache.getOrSetMany(["a", "b"], async (keys) => keys.map((k) => k.length));
+        const batch = cache.cachedBatch(async (ids: number[]) => ids.map((id) => ({ id })), { key: (id) => "n:" + id, tags: ["ns"] });
+        const one: { id: number } = await batch(1);
+        await batch.removeCached(1);
+        const has: boolean = await cache.has("t");
+        const call: CallOptions = { tags: ["x"], ttl: "1s" };
+        await cache.setMany([["k", 1, call]]);
+        await cache.removeByTag(["a", "b"]);
+        return n + u.id.length + s.hits + tagged.length + many[0]! + one.id + Number(has);
       }
       void main;
     `;

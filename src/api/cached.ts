@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { configure } from "safe-stable-stringify";
 import { optionError, preview } from "../shared/errors.js";
-import { checkOptionNames, derivePolicy, type CachedOptions, type Policy } from "./options.js";
+import { checkOptionNames, derivePolicy, parseTags, type CachedOptions, type EntryOptions, type Policy } from "./options.js";
 import type { Engine } from "../core/engine.js";
 import type { Namespace } from "../core/namespace.js";
 
@@ -140,6 +140,13 @@ export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unkn
   const policy = derivePolicy(base, o);
   const keyFn = o.key;
   if (keyFn !== undefined && typeof keyFn !== "function") throw optionError("key", "must be a function returning the cache key");
+  // Tags as a function of the arguments: a policy per call, with that call's tags.
+  const tagsFn = typeof o.tags === "function" ? (o.tags as (...a: unknown[]) => unknown) : undefined;
+  const policyOf = (args: unknown[]): Policy => {
+    if (tagsFn === undefined) return policy;
+    const tags = parseTags(tagsFn(...args));
+    return { ...policy, tags: tags.length > 0 ? tags : undefined };
+  };
   if (o.name !== undefined) checkName(o.name, "the name");
   let name: unknown = o.name ?? methodName ?? fn.name;
   if (keyFn === undefined) {
@@ -155,12 +162,14 @@ export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unkn
 
   const wrapper = function (this: unknown, ...args: unknown[]): Promise<unknown> {
     let key: string;
+    let p: Policy;
     try {
       key = keyOf(args);
+      p = policyOf(args);
     } catch (error) {
       return Promise.reject(error);
     }
-    return engine.read(ns, key, policy, fn, this, args);
+    return engine.read(ns, key, p, fn, this, args);
   } as CachedFunction<unknown[], unknown>;
   wrapper.removeCached = (...args: unknown[]): Promise<void> => {
     let key: string;
@@ -193,4 +202,99 @@ export function methodDecorator(engine: Engine, ns: Namespace, base: Policy, opt
     // The method name (when it derives keys) is checked when the class is defined.
     return makeCached(engine, ns, base, method, o, String(context.name));
   };
+}
+
+/** Options of `cache.cachedBatch(loadMany, options)`: entry options, tags, and how an argument becomes a key. */
+export interface CachedBatchOptions<A> extends EntryOptions {
+  /** The cache key of an argument. Without it: `name` plus a stable encoding of the argument. */
+  key?: (arg: A) => string;
+  /** Name used in derived keys. Default: `loadMany`'s own name. */
+  name?: string;
+  /** Tags of every value. */
+  tags?: readonly string[];
+}
+
+/** A function made by `cache.cachedBatch(loadMany, options)`. */
+export type CachedBatchFunction<A, V> = ((arg: A) => Promise<V>) & {
+  /** Removes the cached value of this argument (the same as `remove(cacheKey(arg))` in its scope). */
+  removeCached(arg: A): Promise<void>;
+  /** The key under which the value of this argument is cached. */
+  cacheKey(arg: A): string;
+};
+
+/**
+ * Builds `cachedBatch`: calls made in the same tick are gathered (flushed on `process.nextTick`,
+ * like DataLoader) and read with `Engine.readMany`, so their misses reach one `loadMany(args)`.
+ */
+export function makeCachedBatch<A, V>(
+  engine: Engine,
+  ns: Namespace,
+  base: Policy,
+  loadMany: unknown,
+  options: unknown,
+): CachedBatchFunction<A, V> {
+  if (typeof loadMany !== "function") throw new TypeError(`layercache: cachedBatch() needs a loadMany function (got ${loadMany === null ? "null" : typeof loadMany})`);
+  const o = checkOptionNames(options, "cached");
+  if (typeof o.tags === "function") throw optionError("tags", "of cachedBatch must be an array of strings");
+  const policy = derivePolicy(base, o);
+  const keyFn = o.key;
+  if (keyFn !== undefined && typeof keyFn !== "function") throw optionError("key", "must be a function returning the cache key");
+  if (o.name !== undefined) checkName(o.name, "the name");
+  const name = o.name ?? loadMany.name;
+  if (keyFn === undefined) {
+    if (typeof name !== "string" || name === "") throw optionError("name", "is needed: an anonymous loadMany without `key` or `name` cannot derive cache keys");
+    if (o.name === undefined) checkName(name, "the function's name");
+  }
+  const maxKeyLength = engine.settings.maxKeyLength;
+  const keyOf = (arg: A): string => (keyFn !== undefined ? engine.checkKey((keyFn as (a: A) => unknown)(arg)) : deriveKey(name as string, [arg], maxKeyLength));
+
+  let queue: { key: string; arg: A; resolve(v: V): void; reject(e: unknown): void }[] = [];
+  const flush = (): void => {
+    const calls = queue;
+    queue = [];
+    const argOf = new Map<string, A>();
+    for (const c of calls) if (!argOf.has(c.key)) argOf.set(c.key, c.arg);
+    const keys = [...argOf.keys()];
+    const byKeys = async (missing: string[]): Promise<Map<string, unknown>> => {
+      const args = missing.map((k) => argOf.get(k) as A);
+      const result = await (loadMany as (args: A[]) => unknown)(args);
+      const out = new Map<string, unknown>();
+      if (result instanceof Map) {
+        for (let i = 0; i < missing.length; i++) out.set(missing[i]!, result.get(args[i]));
+      } else if (Array.isArray(result) && result.length === args.length) {
+        for (let i = 0; i < missing.length; i++) out.set(missing[i]!, result[i]);
+      } else {
+        throw new TypeError(`layercache: cachedBatch's loadMany must return a Map or an array of ${args.length} values in argument order`);
+      }
+      return out;
+    };
+    const results = engine.readMany(ns, keys, policy, byKeys);
+    const byKey = new Map(keys.map((k, i) => [k, results[i]!]));
+    for (const c of calls) byKey.get(c.key)!.then(c.resolve as (v: unknown) => void, c.reject);
+  };
+
+  const batched = ((arg: A): Promise<V> => {
+    let key: string;
+    try {
+      key = keyOf(arg);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return new Promise<V>((resolve, reject) => {
+      if (queue.length === 0) process.nextTick(flush);
+      queue.push({ key, arg, resolve, reject });
+    });
+  }) as CachedBatchFunction<A, V>;
+  batched.removeCached = (arg: A): Promise<void> => {
+    let key: string;
+    try {
+      key = keyOf(arg);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return engine.remove(ns, key);
+  };
+  batched.cacheKey = (arg: A): string => keyOf(arg);
+  Object.defineProperty(batched, "name", { value: typeof name === "string" && name !== "" ? name : "cachedBatch" });
+  return batched;
 }

@@ -36,6 +36,16 @@ export interface EntryOptions {
   jitter?: Duration;
 }
 
+/** Options of one call (`getOrSet`, `set`, `getOrSetMany`, `setMany`): entry options plus tags. */
+export interface CallOptions extends EntryOptions {
+  /**
+   * Tags of the entry, for `removeByTag(tag)` of its scope. Non-empty strings, per scope. A tagged
+   * entry costs nothing more on an L1 hit; read from L2 it is checked against its tags' current
+   * generations (read in the same L2 batch when the call names them). See docs/tags.md.
+   */
+  tags?: readonly string[];
+}
+
 /** Options of a scope: entry defaults plus an L1 bound of its own. */
 export interface ScopeOptions extends EntryOptions {
   /** Most entries L1 holds (for a scope: a partition of its own). Default 10 000. */
@@ -45,6 +55,8 @@ export interface ScopeOptions extends EntryOptions {
 }
 
 export interface CachedOptions<A extends unknown[] = unknown[]> extends EntryOptions {
+  /** Tags of every result, or a function of the arguments giving them (see `CallOptions.tags`). */
+  tags?: readonly string[] | ((...args: A) => readonly string[]);
   /** Builds the cache key from the arguments. Without it the key is `name` plus a stable encoding of the arguments. */
   key?: (...args: A) => string;
   /** Name used in derived keys. Default: the function's own name. */
@@ -74,6 +86,22 @@ export interface CacheOptions extends ScopeOptions {
   clock?: Clock;
   /** Shared secret: bus messages are signed with HMAC-SHA256 and unsigned or forged ones dropped. */
   busSecret?: string | Uint8Array;
+  /**
+   * Distributed single flight (docs/distributed-lock.md): a load that misses L2 first takes a lease
+   * in L2; instances that find the lease taken wait for the holder's value (woken by its bus
+   * message, or re-reading L2 every `poll`) up to `wait`, then load themselves. `true` for the
+   * defaults. Needs an L2. Default off.
+   */
+  distributedLock?: boolean | DistributedLockOptions;
+}
+
+export interface DistributedLockOptions {
+  /** How long a lease holds: the lease record's expiry in L2. Default `"10s"`. */
+  lease?: Duration;
+  /** Longest a load waits for the holder's value before loading itself. Default `"5s"`. */
+  wait?: Duration;
+  /** How often a waiting load re-reads L2 when no bus message woke it. Default `"100ms"`. */
+  poll?: Duration;
 }
 
 /** Entry options parsed to milliseconds; `undefined` means "inherit". */
@@ -86,6 +114,7 @@ export interface EntryLayer {
   softTimeout?: number;
   refreshAhead?: number;
   jitter?: number;
+  tags?: readonly string[];
 }
 
 /** Fully resolved entry options, as the engine reads them on every request. */
@@ -98,6 +127,8 @@ export interface Policy {
   readonly softTimeout: number;
   readonly refreshAhead: number;
   readonly jitter: number;
+  /** Tags given to the entries written under this policy (a call's or a cached function's; never a scope's). */
+  readonly tags: readonly string[] | undefined;
   /** The explicit settings this policy was built from, for further inheritance. */
   readonly layer: EntryLayer;
 }
@@ -116,7 +147,7 @@ export const DEFAULTS = {
 
 const ENTRY_KEYS = ["ttl", "refresh", "maxStale", "failSafe", "hardTimeout", "softTimeout", "refreshAhead", "jitter"] as const;
 const BOUND_KEYS = ["maxEntries", "maxBytes"] as const;
-const CACHED_KEYS = ["key", "name"] as const;
+const CACHED_KEYS = ["key", "name", "tags"] as const;
 const CACHE_KEYS = [
   "l2",
   "bus",
@@ -129,6 +160,7 @@ const CACHE_KEYS = [
   "logger",
   "clock",
   "busSecret",
+  "distributedLock",
 ] as const;
 
 export type OptionLevel = "cache" | "scope" | "cached" | "call";
@@ -137,7 +169,7 @@ const ALLOWED: Record<OptionLevel, ReadonlySet<string>> = {
   cache: new Set<string>([...ENTRY_KEYS, ...BOUND_KEYS, ...CACHE_KEYS]),
   scope: new Set<string>([...ENTRY_KEYS, ...BOUND_KEYS]),
   cached: new Set<string>([...ENTRY_KEYS, ...CACHED_KEYS]),
-  call: new Set<string>(ENTRY_KEYS),
+  call: new Set<string>([...ENTRY_KEYS, "tags"]),
 };
 
 /** Rejects anything but a plain options object, and names the first unknown or misplaced option. */
@@ -160,6 +192,7 @@ export function checkOptionNames(options: unknown, level: OptionLevel): Record<s
 function whereAllowed(name: string): string {
   if ((CACHE_KEYS as readonly string[]).includes(name)) return "it is a cache-level option (constructor only)";
   if ((BOUND_KEYS as readonly string[]).includes(name)) return "it is an L1 bound (cache or scope only)";
+  if (name === "tags") return "tags belong to an entry: give them to set, getOrSet or a cached function";
   return "it belongs to cache.cached(fn, options)";
 }
 
@@ -207,7 +240,22 @@ export function parseEntryLayer(o: Record<string, unknown>): EntryLayer {
     layer.refreshAhead = r;
   }
   if (o.jitter !== undefined) layer.jitter = parseDuration("jitter", o.jitter, false);
+  if (o.tags !== undefined && typeof o.tags !== "function") layer.tags = parseTags(o.tags);
   return layer;
+}
+
+/** Longest tag, in characters (a tag becomes part of an L2 key and of bus messages). */
+export const MAX_TAG_LENGTH = 1024;
+
+/** Checks a list of tags: an array of non-empty, well-formed strings; duplicates are dropped. */
+export function parseTags(tags: unknown): readonly string[] {
+  if (!Array.isArray(tags)) throw optionError("tags", `must be an array of strings (got ${preview(tags)})`);
+  for (const t of tags) {
+    if (typeof t !== "string" || t.length === 0 || t.length > MAX_TAG_LENGTH || !t.isWellFormed()) {
+      throw optionError("tags", `must hold non-empty, well-formed strings of at most ${MAX_TAG_LENGTH} characters (got ${preview(t)})`);
+    }
+  }
+  return tags.length < 2 ? [...tags] : [...new Set(tags as string[])];
 }
 
 /** Field-by-field inheritance: every field the child sets wins, the rest come from the parent. */
@@ -236,6 +284,7 @@ export function toPolicy(layer: EntryLayer): Policy {
     softTimeout: layer.softTimeout === Infinity ? 0 : (layer.softTimeout ?? 0),
     refreshAhead: layer.refreshAhead ?? 0,
     jitter: layer.jitter ?? 0,
+    tags: layer.tags !== undefined && layer.tags.length > 0 ? layer.tags : undefined,
     layer,
   };
 }
@@ -266,6 +315,8 @@ export interface CacheSettings {
   maxKeyLength: number;
   maxValueBytes: number;
   busSecret?: Uint8Array;
+  /** Distributed single flight, when on (milliseconds). */
+  lock?: { leaseMs: number; waitMs: number; pollMs: number };
 }
 
 export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
@@ -287,6 +338,18 @@ export function parseCacheSettings(o: Record<string, unknown>): CacheSettings {
     if (typeof secret === "string" && secret.length > 0) s.busSecret = new TextEncoder().encode(secret);
     else if (secret instanceof Uint8Array && secret.length > 0) s.busSecret = secret;
     else throw optionError("busSecret", "must be a non-empty string or Uint8Array");
+  }
+  const lock = o.distributedLock;
+  if (lock !== undefined && lock !== false) {
+    if (lock !== true && (lock === null || typeof lock !== "object" || Array.isArray(lock))) throw optionError("distributedLock", `must be true, false or an object { lease, wait, poll } (got ${preview(lock)})`);
+    const l = (lock === true ? {} : lock) as Record<string, unknown>;
+    for (const name of Object.keys(l)) if (!["lease", "wait", "poll"].includes(name)) throw optionError(`distributedLock.${name}`, "is not a known option (known: lease, wait, poll)");
+    const positive = (name: string, v: unknown, def: number): number => {
+      const n = v === undefined ? def : parseDuration(`distributedLock.${name}`, v, false);
+      if (n <= 0) throw optionError(`distributedLock.${name}`, "must be positive");
+      return n;
+    };
+    s.lock = { leaseMs: positive("lease", l.lease, 10_000), waitMs: positive("wait", l.wait, 5_000), pollMs: positive("poll", l.poll, 100) };
   }
   requireMethods("l2", o.l2, ["get", "set"]);
   requireMethods("bus", o.bus, ["connect"]);

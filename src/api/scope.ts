@@ -1,8 +1,9 @@
-import { isMethodContext, makeCached, methodDecorator, type CachedFunction, type CachedMethod } from "./cached.js";
+import { isMethodContext, makeCached, makeCachedBatch, methodDecorator, type CachedBatchFunction, type CachedBatchOptions, type CachedFunction, type CachedMethod } from "./cached.js";
+import type { LoadMany } from "../core/batch.js";
 import type { Engine } from "../core/engine.js";
 import type { Loader } from "../core/flight.js";
 import type { Namespace } from "../core/namespace.js";
-import { checkOptionNames, derivePolicy, parseBounds, type CachedOptions, type EntryOptions, type Policy, type ScopeOptions } from "./options.js";
+import { checkOptionNames, derivePolicy, parseBounds, parseTags, type CachedOptions, type CallOptions, type Policy, type ScopeOptions } from "./options.js";
 
 /** What a scope view is made of; kept out of the public types. */
 export class ScopeCore {
@@ -61,7 +62,7 @@ export class CacheScope {
   }
 
   /** The cached value, or the loader's result (loaded once per key however many callers miss at once). */
-  getOrSet<V>(key: string, loader: Loader<V>, options?: EntryOptions): Promise<V> {
+  getOrSet<V>(key: string, loader: Loader<V>, options?: CallOptions): Promise<V> {
     const e = this.#engine;
     if (typeof key !== "string" || key.length === 0 || key.length > e.settings.maxKeyLength || !key.isWellFormed()) return rejectKey(e, key);
     if (typeof loader !== "function") return Promise.reject(new TypeError(`layercache: getOrSet(${JSON.stringify(key)}) needs a loader function`));
@@ -77,7 +78,7 @@ export class CacheScope {
   }
 
   /** Writes L1 and L2, then tells peers to drop their copy. `undefined` is refused (use `remove`, or `null`). */
-  set(key: string, value: unknown, options?: EntryOptions): Promise<void> {
+  set(key: string, value: unknown, options?: CallOptions): Promise<void> {
     try {
       this.#engine.checkKey(key);
       const p = options === undefined ? this.#policy : derivePolicy(this.#policy, checkOptionNames(options, "call"));
@@ -85,6 +86,90 @@ export class CacheScope {
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** Fresh values of several keys (`undefined` for a miss), in key order: L1 first, then the L1 misses in one multi-key L2 read. */
+  getMany<V = unknown>(keys: readonly string[]): Promise<(V | undefined)[]> {
+    try {
+      this.#checkKeys(keys, "getMany");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return Promise.all(keys.map((k) => this.#engine.get(this.#ns, k))) as Promise<(V | undefined)[]>;
+  }
+
+  /**
+   * The values of several keys, in key order: fresh hits from L1, then one multi-key L2 read;
+   * keys another caller is loading join that load; every other key goes to ONE
+   * `loadMany(keys, { signal })` call, which returns a `Map` by key or an array in the order of
+   * the keys it was given. Single flight, fail-safe, timeouts and no-resurrection hold per key.
+   * Rejects (with the first error) when a key's load fails with no fail-safe value.
+   */
+  getOrSetMany<V>(keys: readonly string[], loadMany: LoadMany<V>, options?: CallOptions): Promise<V[]> {
+    let p = this.#policy;
+    try {
+      this.#checkKeys(keys, "getOrSetMany");
+      if (typeof loadMany !== "function") throw new TypeError("layercache: getOrSetMany(keys, loadMany) needs a loadMany function");
+      if (options !== undefined) p = derivePolicy(p, checkOptionNames(options, "call"));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return Promise.all(this.#engine.readMany(this.#ns, keys, p, loadMany as LoadMany<unknown>)) as Promise<V[]>;
+  }
+
+  /** Writes several entries (`[key, value, options?]`), as `set` does each; everything is checked before anything is written. */
+  setMany(entries: readonly (readonly [key: string, value: unknown, options?: CallOptions])[]): Promise<void> {
+    const e = this.#engine;
+    const jobs: [string, unknown, Policy][] = [];
+    try {
+      if (!Array.isArray(entries)) throw new TypeError("layercache: setMany needs an array of [key, value, options?] entries");
+      for (const entry of entries) {
+        if (!Array.isArray(entry)) throw new TypeError("layercache: setMany needs an array of [key, value, options?] entries");
+        const [key, value, options] = entry;
+        e.checkKey(key);
+        if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
+        jobs.push([key, value, options === undefined ? this.#policy : derivePolicy(this.#policy, checkOptionNames(options, "call"))]);
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return Promise.all(jobs.map(([k, v, p]) => e.set(this.#ns, k, v, p))).then(() => undefined);
+  }
+
+  /** Removes several keys from L1 and L2, then tells peers in one message. */
+  removeMany(keys: readonly string[]): Promise<void> {
+    try {
+      this.#checkKeys(keys, "removeMany");
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#engine.removeMany(this.#ns, keys);
+  }
+
+  #checkKeys(keys: readonly string[], method: string): void {
+    if (!Array.isArray(keys)) throw new TypeError(`layercache: ${method} needs an array of keys`);
+    for (const k of keys) this.#engine.checkKey(k);
+  }
+
+  /** Whether a fresh value of the key is in L1 or L2 (as `get` would return one). Never loads. */
+  has(key: string): Promise<boolean> {
+    return this.get(key).then((v) => v !== undefined);
+  }
+
+  /**
+   * Invalidates every entry of this scope carrying the tag (or any of the tags): in L1 here, in L2
+   * (so no instance reads it from there again) and on peers; loads in flight that would write such
+   * a value do not write it (as for `remove`). Tags are per scope: nested scopes are not touched.
+   */
+  removeByTag(tag: string | readonly string[]): Promise<void> {
+    let tags: readonly string[];
+    try {
+      tags = parseTags(typeof tag === "string" ? [tag] : tag);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (tags.length === 0) return Promise.resolve();
+    return this.#engine.removeByTag(this.#ns, tags);
   }
 
   /** Deletes the key from L1 and L2, then tells peers. */
@@ -121,6 +206,15 @@ export class CacheScope {
     const policy = derivePolicy(this.#policy, o);
     const hasBounds = bounds.maxEntries !== undefined || bounds.maxBytes !== undefined;
     return new CacheScope(new ScopeCore(this.#engine, this.#ns.child(name, hasBounds ? bounds : undefined), policy));
+  }
+
+  /**
+   * A function of one argument whose calls in the same tick are gathered: their keys go through
+   * `getOrSetMany`, so the misses reach ONE `loadMany(args)` call (DataLoader-style), which returns
+   * an array in the order of `args` or a `Map` by argument. With `removeCached(arg)` and `cacheKey(arg)`.
+   */
+  cachedBatch<A, V>(loadMany: (args: A[]) => Promise<ReadonlyMap<A, V> | readonly V[]> | ReadonlyMap<A, V> | readonly V[], options?: CachedBatchOptions<A>): CachedBatchFunction<A, V> {
+    return makeCachedBatch<A, V>(this.#engine, this.#ns, this.#policy, loadMany, options);
   }
 
   /**

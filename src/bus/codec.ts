@@ -14,6 +14,11 @@ import { createHmac, timingSafeEqual } from "node:crypto";
  *   still use it (it is the newest value); nothing older.
  * - "update" says a load just wrote the record of that generation to L2: peers drop their other
  *   L1 copies so their next read takes it from L2, and leave loads in flight alone.
+ * - "tag" carries tags in place of keys: peers drop their copies of the scope's entries carrying
+ *   any of them and fence their loads that would write such a value (`removeByTag`). Added after
+ *   version 1 was out, without a version change: it only adds an operation, and a peer from
+ *   before it drops the message as malformed (and counts it) — that peer cannot hold tagged
+ *   entries either, since it reads tagged L2 records as corrupt.
  * - sentAtMs is the sender's cache clock (the wall clock unless one was injected); with a secret, a signed message more than 5 minutes away from
  *   the receiver's clock is refused, so a captured message cannot be replayed later.
  */
@@ -22,7 +27,7 @@ export const BUS_VERSION = 1;
 /** How far a signed message's send time may be from the receiver's clock. */
 export const REPLAY_WINDOW_MS = 5 * 60_000;
 
-export type BusOp = "remove" | "clear" | "update";
+export type BusOp = "remove" | "clear" | "update" | "tag";
 
 export interface BusMessage {
   from: string;
@@ -65,7 +70,7 @@ export function decodeMessage(text: unknown, secret?: Uint8Array, now: number = 
   if (parsed[0] !== BUS_VERSION) return { ok: false, reason: "version" };
   if (parsed.length < 7 || parsed.length > 8) return { ok: false, reason: "malformed" };
   const [, from, op, scope, keys, gen, at, sig] = parsed as unknown[];
-  if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear" && op !== "update") || !isStringArray(scope) || !isStringArray(keys)) {
+  if (typeof from !== "string" || from === "" || (op !== "remove" && op !== "clear" && op !== "update" && op !== "tag") || !isStringArray(scope) || !isStringArray(keys)) {
     return { ok: false, reason: "malformed" };
   }
   if (op !== "clear" && (keys.length === 0 || keys.some((k) => k === ""))) return { ok: false, reason: "malformed" };

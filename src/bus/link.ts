@@ -10,6 +10,8 @@ export interface PeerHandlers {
   onRemove(scope: string[], keys: string[], from: string, gen: string | undefined): void;
   onUpdate(scope: string[], keys: string[], from: string, gen: string | undefined): void;
   onClear(scope: string[], from: string): void;
+  /** A peer's `removeByTag` of these tags in `scope`. */
+  onTag(scope: string[], tags: string[], from: string): void;
   /** The bus lost its subscription: invalidations may be missed. */
   onDisconnect(): void;
   /** The bus hears again after being deaf (or after connecting late): what was missed must be repaired. */
@@ -295,8 +297,9 @@ export class BusLink {
   }
 
   /** Queues an invalidation that could not be published; bounded by MAX_PENDING_KEYS. */
-  #queue(op: "remove" | "clear", scope: readonly string[], keys: string[]): void {
-    this.#add(JSON.stringify(scope), scope, op === "clear" ? "clear" : keys);
+  #queue(op: "remove" | "clear" | "tag", scope: readonly string[], keys: string[]): void {
+    // A tag invalidation that could not be sent is republished as a clear of its scope: a superset.
+    this.#add(JSON.stringify(scope), scope, op === "remove" ? keys : "clear");
     if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
       this.#report.note("busPublishesCollapsed", "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
@@ -391,6 +394,7 @@ export class BusLink {
     if (m.from === this.#id) return;
     if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from, m.gen);
     else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from, m.gen);
+    else if (m.op === "tag") this.#peer.onTag(m.scope, m.keys, m.from);
     else this.#peer.onClear(m.scope, m.from);
   }
 

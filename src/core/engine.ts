@@ -12,8 +12,10 @@ import type { L2Store } from "../l2/contract.js";
 import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../l2/remote.js";
 import type { Serializer } from "../l2/serializer.js";
 import { Flight, Peek } from "./flight.js";
+import { LoadBatch, type LoadMany } from "./batch.js";
 import { Namespace } from "./namespace.js";
-import { invalidateKey, invalidateScope, partitionsOf, peerHandlers } from "./invalidation.js";
+import { invalidateKey, invalidateScope, invalidateTags, partitionsOf, peerHandlers, tagFenced } from "./invalidation.js";
+import type { TagSnapshot } from "../l2/envelope.js";
 import { Lifecycle } from "./lifecycle.js";
 import { RefreshPool, stamp } from "./refresh-pool.js";
 import { sabotage } from "./sabotage.js";
@@ -81,6 +83,8 @@ export class Engine {
   readonly life: Lifecycle;
   readonly #pool: RefreshPool;
   #genSeq = 0;
+  /** Counts tag invalidations (local and peers'): flights and L2 reads remember it when they start. */
+  #tagSeq = 0;
   /** L2 and bus send on one connection that keeps call order: an invalidation needs no round trip in between. */
   readonly #ordered: boolean;
   /** Every flight not yet done, detached ones included (for close). */
@@ -106,7 +110,7 @@ export class Engine {
         clock: init.clock,
         newGen: () => this.#newGen(),
         // A removal that reached L2 late: peers may have re-read the old value meanwhile.
-        onRetried: (ns, key) => void this.link?.publish("remove", ns.path, [key]),
+        onRetried: (ns, key, tag) => void this.link?.publish(tag ? "tag" : "remove", ns.path, [key]),
       });
     this.link =
       init.bus &&
@@ -116,7 +120,7 @@ export class Engine {
         id: this.id,
         secret: init.settings.busSecret,
         clock: init.clock,
-        peer: peerHandlers(this.root, this.report),
+        peer: peerHandlers(this.root, this.report, () => ++this.#tagSeq),
       });
     this.life = new Lifecycle(
       {
@@ -206,6 +210,7 @@ export class Engine {
     }
     const peek = new Peek();
     peek.callers = 1;
+    peek.tagSeq = this.#tagSeq;
     (ns.peeks ??= new Map()).set(key, peek);
     peek.promise = this.#peek(ns, key, peek);
     return peek.promise;
@@ -217,7 +222,7 @@ export class Engine {
       const e = found?.entry;
       if (e !== undefined && this.clock.now() < e.times.fresh) {
         // An invalidation that happened while L2 answered must not be undone by this fill.
-        if (peek.accepts(found!.gen)) this.#fillL1(ns, key, e);
+        if (peek.accepts(found!.gen) && !tagFenced(ns, e.tags, peek.tagSeq)) this.#fillL1(ns, key, e);
         this.report.hit(ns.label, key, "l2", peek.callers);
         return e.value;
       }
@@ -225,6 +230,7 @@ export class Engine {
       return undefined;
     } finally {
       if (ns.peeks?.get(key) === peek) ns.peeks.delete(key);
+      this.#dropTagFences(ns);
       ns.settle();
     }
   }
@@ -258,6 +264,30 @@ export class Engine {
       }
     }
     return this.#load(ns, key, p, fn, self, args);
+  }
+
+  /**
+   * getOrSetMany: one `read` per key — L1 hits answered at once, keys in flight joined — and the
+   * flights it starts read L2 in one batch (`RemoteLayer` gathers the reads of a tick into one
+   * `getMany`) and send the keys that need loading to one `loadMany` call (`LoadBatch`).
+   * One promise per key, in key order.
+   */
+  readMany(ns: Namespace, keys: readonly string[], p: Policy, loadMany: LoadMany<unknown>): Promise<unknown>[] {
+    if (!this.opened) {
+      const later = this.life.afterOpen(async () => this.readMany(ns, keys, p, loadMany));
+      return keys.map((_, i) => later.then((all) => all[i]));
+    }
+    const batch = new LoadBatch(loadMany);
+    const out: Promise<unknown>[] = new Array(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const fn = batch.loaderFor(key);
+      out[i] = this.read(ns, key, p, fn, undefined, undefined);
+      const f = ns.flights?.get(key);
+      if (f !== undefined && f.fn === fn) f.onDone = batch.expect(key);
+    }
+    batch.begin();
+    return out;
   }
 
   /** No usable value in L1: join the key's flight, serve a throttled fallback, or start a load. */
@@ -305,6 +335,7 @@ export class Engine {
 
   #flight(ns: Namespace, key: string, p: Policy, now: number, fn: Function, self: unknown, args: unknown[] | undefined): Flight {
     const f = new Flight(ns, key, p, now, fn, self, args);
+    f.tagSeq = this.#tagSeq;
     (ns.flights ??= new Map()).set(key, f);
     this.#flights.add(f);
     return f;
@@ -325,11 +356,12 @@ export class Engine {
     try {
       let held = this.#heldInL1(ns, key, p, f.started);
       if (this.remote !== undefined) {
-        const found = await this.remote.read(ns, key);
+        const found = await this.remote.read(ns, key, this.#tagsToRead(ns, p));
         if (found !== undefined) {
           f.gen = found.gen;
+          f.tagGens = found.tagGens;
           const e = found.entry;
-          if (e !== undefined && f.accepts(found.gen)) {
+          if (e !== undefined && f.accepts(found.gen) && !tagFenced(ns, e.tags, f.tagSeq)) {
             const now = this.clock.now();
             const t = e.times;
             // Another instance loaded it (a refresh only adopts a value newer than the one it replaces).
@@ -355,6 +387,11 @@ export class Engine {
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
       if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      // Distributed single flight: take the key's lease, or wait for the instance holding it.
+      if (this.settings.lock !== undefined && f.gen !== undefined && f.clean) {
+        if (await this.#awaitLease(f)) return;
+        if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      }
       this.report.miss(ns.label, key, f.answer === "none" ? f.callers : 0);
       f.phase = "loading";
       await this.#callLoader(f, held);
@@ -364,9 +401,70 @@ export class Engine {
       this.#finish(f, "error", error);
     } finally {
       this.#done(f);
+      if (f.lease !== undefined) this.life.track(this.remote!.releaseLease(ns, key, f.lease));
       // A scope that holds nothing any more is reclaimed.
       ns.settle();
     }
+  }
+
+  /**
+   * Distributed single flight (SPEC 10). Takes the key's lease in L2, or — while another instance
+   * holds it — waits for that instance's value: woken by its "update" message or re-reading L2
+   * every `poll`, and trying the lease again each time (a holder that died lets it expire), for
+   * `wait` at most. True when the flight was answered with a value another instance loaded; false
+   * when it should load itself (it holds the lease, the wait is over, L2 is unreachable, or an
+   * invalidation fenced it).
+   */
+  async #awaitLease(f: Flight): Promise<boolean> {
+    const lock = this.settings.lock!;
+    const remote = this.remote!;
+    const { ns, key } = f;
+    const deadline = this.clock.now() + lock.waitMs;
+    for (;;) {
+      const got = await remote.lease(ns, key, lock.leaseMs);
+      if (got === undefined) return false;
+      if (got === null) {
+        const now = this.clock.now();
+        if (now >= deadline || !f.clean) return false;
+        await this.#leaseWait(f, Math.min(lock.pollMs, deadline - now));
+        if (!f.clean) return false;
+      } else f.lease = got; // given back when the flight ends
+      // Read again: with the lease, because the previous holder may have written and let it go
+      // since this flight last read L2 (one loader call per value across the fleet); without it,
+      // to see whether the holder's value has come.
+      const found = await remote.read(ns, key, this.#tagsToRead(ns, f.policy));
+      if (found === undefined) return false;
+      const e = found.entry;
+      if (e !== undefined && f.accepts(found.gen) && !tagFenced(ns, e.tags, f.tagSeq) && this.clock.now() < e.times.fresh) {
+        this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", f.answer === "early" ? f.lateCallers : f.callers);
+        this.#finish(f, "value", e.value, true);
+        return true;
+      }
+      // Our own load, if it comes to that, writes back over what is there now.
+      f.gen = found.gen;
+      f.tagGens = found.tagGens;
+      if (f.lease !== undefined) return false;
+    }
+  }
+
+  /** Waits `ms`, or until a peer's message says the key's value is in L2. */
+  #leaseWait(f: Flight, ms: number): Promise<void> {
+    const { ns, key } = f;
+    return new Promise((resolve) => {
+      const all = (ns.leaseWaits ??= new Map());
+      const waits = all.get(key) ?? new Set();
+      all.set(key, waits);
+      const wake = (): void => {
+        this.clock.clearTimeout(timer);
+        waits.delete(wake);
+        if (waits.size === 0 && ns.leaseWaits?.get(key) === waits) ns.leaseWaits!.delete(key);
+        resolve();
+      };
+      waits.add(wake);
+      // A caller awaits this flight: the timer keeps the process alive (a refresh alone does not).
+      const timer = this.clock.setTimeout(wake, ms, !f.waited);
+    });
   }
 
   /**
@@ -379,6 +477,8 @@ export class Engine {
     const flights = f.ns.flights;
     if (flights?.get(f.key) === f) flights.delete(f.key);
     this.#flights.delete(f);
+    this.#dropTagFences(f.ns);
+    f.onDone?.();
     if (f.kind === "refresh") this.#pool.release();
   }
 
@@ -458,7 +558,7 @@ export class Engine {
     if (held !== undefined && now < held.safeEnd && f.clean) {
       if (!refresh) {
         // Throttle: a down backend is not called again on every read while the fallback is served.
-        if (held.remote !== undefined) this.#fillL1(ns, key, held.remote);
+        if (held.remote !== undefined && !tagFenced(ns, held.remote.tags, f.tagSeq)) this.#fillL1(ns, key, held.remote);
         stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
         this.report.note(undefined, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
@@ -475,13 +575,16 @@ export class Engine {
 
   /** Writes a loaded value back: L2 first (conditional on the generation seen), then L1, then peers. */
   async #commit(f: Flight, value: unknown): Promise<void> {
-    const { ns, key, policy: p } = f;
-    if (value === undefined) {
-      // Documented: `undefined` is returned but never cached.
-      this.#finish(f, "value", undefined, true);
+    const { ns, key } = f;
+    // The options the value is written with: the call's, or what the loader set (`setOptions`).
+    const p = f.written ?? f.policy;
+    if (value === undefined || f.uncached) {
+      // Documented: `undefined` is returned but never cached; nor is a value the loader said not to cache.
+      this.#finish(f, "value", value, true);
       return;
     }
-    if (!f.clean) return this.#discard(f, value, "invalidated");
+    const tags = p.tags;
+    if (!f.clean || tagFenced(ns, tags, f.tagSeq)) return this.#discard(f, value, "invalidated");
     const now = this.clock.now();
     const times = this.#times(p, now);
     let bytes = 0;
@@ -495,22 +598,68 @@ export class Engine {
         this.report.fact("l2Error", { operation: "serialize", key, scope: ns.label, error: enc }, { message: "layercache: value kept in L1 only" });
       } else {
         bytes = enc.bytes;
-        if (!enc.tooLarge) {
-          // A load keeps the generation it saw: concurrent loads of one value do not conflict.
-          gen = f.gen === "" ? this.#newGen() : f.gen;
-          const result = await this.remote.put(ns, key, enc, times, gen, f.gen);
+        // A tagged value goes to L2 only with the generations its tags had before it was loaded.
+        const snapshot = tags === undefined ? undefined : await this.#loadSnapshot(f, tags);
+        if (!enc.tooLarge && snapshot !== null) {
+          // A load keeps the generation it saw: concurrent loads of one value do not conflict. Under a
+          // lease it takes a new one: a holder that outlived its lease cannot overwrite the next one's value.
+          gen = f.gen === "" || f.lease !== undefined ? this.#newGen() : f.gen;
+          const result = await this.remote.put(ns, key, enc, times, gen, f.gen, snapshot);
           if (result === "conflict") return this.#discard(f, value, "conflict");
           published = result === "written";
         }
       }
-      if (!f.clean) return this.#discard(f, value, "invalidated");
+      if (!f.clean || tagFenced(ns, tags, f.tagSeq)) return this.#discard(f, value, "invalidated");
     }
-    this.#writeL1(ns, key, value, times, bytes);
+    this.#writeL1(ns, key, value, times, bytes, tags);
     ns.throttles?.delete(key);
     ns.cooldowns?.delete(key);
     // With an L2, peers drop their older copies and re-read it; without one, each instance owns its copy.
     if (published && this.link !== undefined) this.life.track(this.link.publish("update", ns.path, [key], gen));
     this.#finish(f, "value", value, true);
+  }
+
+  /**
+   * The tag generations a loaded value is written to L2 with, or null: not to L2 (L1 only). Tags
+   * the call declared were read with the key, before the loader ran; a tag without a record then
+   * gets one now, unless somebody wrote it meanwhile (it may have been invalidated while the loader
+   * ran). Tags first named by the loader (`setOptions`) are read now and count only if the scope's
+   * tag epoch — read with the key — did not change since (no `removeByTag` in the scope while the
+   * loader ran); the epoch is read by loads of scopes whose loaders have named tags that way.
+   */
+  async #loadSnapshot(f: Flight, tags: readonly string[]): Promise<TagSnapshot | null> {
+    const { ns } = f;
+    const remote = this.remote!;
+    const seen = f.tagGens;
+    const gens = new Map<string, string>();
+    const late: string[] = [];
+    for (const t of tags) {
+      const g = seen?.get(t);
+      if (g === undefined) late.push(t);
+      else gens.set(t, g);
+    }
+    if (late.length > 0) {
+      ns.lateTags = true;
+      const epoch = seen?.get("");
+      if (epoch === undefined) return null;
+      const now = await remote.tagGenerations(ns, late);
+      // The epoch is read after the tags: a tag invalidated before they were read moved it first.
+      const after = now && (await remote.tagGenerations(ns, [""]));
+      if (now === undefined || after === undefined || after.get("") !== epoch) return null;
+      for (const [t, g] of now) gens.set(t, g);
+    }
+    return (await remote.tagSnapshot(ns, gens, false)) ?? null;
+  }
+
+  /** Tags a load reads with its key: the declared ones, and the scope's tag epoch ("") once its loaders name tags of their own. */
+  #tagsToRead(ns: Namespace, p: Policy): readonly string[] | undefined {
+    if (!ns.lateTags) return p.tags;
+    return p.tags === undefined ? [""] : [...p.tags, ""];
+  }
+
+  /** Tag fences matter only to what is in flight. */
+  #dropTagFences(ns: Namespace): void {
+    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0) ns.tagFences = undefined;
   }
 
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
@@ -563,6 +712,7 @@ export class Engine {
     if (value === undefined) throw new TypeError(`layercache: cannot set key ${JSON.stringify(key)} to undefined (use remove, or null)`);
     invalidateKey(ns, key, false);
     const times = this.#times(p, this.clock.now());
+    const tags = p.tags;
     let enc: Encoded | undefined;
     let failure: SerializationError | undefined;
     if (this.remote !== undefined) {
@@ -570,13 +720,24 @@ export class Engine {
       if (encoded instanceof SerializationError) failure = encoded;
       else enc = encoded;
     }
-    this.#writeL1(ns, key, value, times, enc?.bytes ?? 0);
+    const seq = this.#tagSeq;
+    this.#writeL1(ns, key, value, times, enc?.bytes ?? 0, tags);
     // A value L2 cannot hold still replaces the old one there: peers must not re-read an outdated value.
     const gen = enc !== undefined && !enc.tooLarge ? this.#newGen() : undefined;
     const remote = this.remote;
-    const toL2 = () => (remote === undefined ? undefined : gen !== undefined ? remote.put(ns, key, enc!, times, gen) : remote.remove(ns, key));
+    const put = async (): Promise<unknown> => {
+      const gens = await remote!.tagGenerations(ns, tags!);
+      const snapshot = gens && (await remote!.tagSnapshot(ns, gens, true));
+      // Tags whose generations could not be read: no value in L2 without them, only the removal.
+      if (snapshot === undefined) return remote!.remove(ns, key);
+      // A removeByTag here while the tags were read: the value it removed must not reach L2 either.
+      if (tagFenced(ns, tags, seq)) return;
+      return remote!.put(ns, key, enc!, times, gen!, undefined, snapshot);
+    };
+    const toL2 = () =>
+      remote === undefined ? undefined : gen === undefined ? remote.remove(ns, key) : tags === undefined ? remote.put(ns, key, enc!, times, gen) : put();
     // Peers whose load or read finds this very record in L2 (generation `gen`) may keep it.
-    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen));
+    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen), tags === undefined);
     if (failure) throw failure;
   }
 
@@ -593,8 +754,9 @@ export class Engine {
    * L2 first, then the bus: a peer that drops its copy and re-reads L2 must find the new state.
    * On one order-keeping connection both are sent back to back; otherwise the bus waits for L2.
    */
-  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined): Promise<void> {
-    if (this.#ordered) {
+  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined, oneStep = true): Promise<void> {
+    // Back to back only when the L2 write is sent at once: one that reads first (tags) must land before the message.
+    if (this.#ordered && oneStep) {
       const l2 = toL2();
       await Promise.all([l2, toBus()]);
       return;
@@ -628,6 +790,34 @@ export class Engine {
     await this.link?.publish("clear", ns.path, []);
   }
 
+  /**
+   * Invalidates every entry of scope `ns` carrying one of `tags`: here (L1, and loads in flight
+   * that would write such a value), in L2 (each tag's record gets a new generation, which every
+   * tagged value written before no longer matches), then on peers.
+   */
+  async removeByTag(ns: Namespace, tags: readonly string[]): Promise<void> {
+    if (!this.opened) await this.life.afterOpen(async () => {});
+    // Fences for the loads in flight are kept while they run (see #dropTagFences).
+    invalidateTags(ns, tags, ++this.#tagSeq);
+    const remote = this.remote;
+    await this.#invalidateOut(
+      remote === undefined ? () => undefined : () => Promise.all(tags.map((t) => remote.invalidateTag(ns, t))),
+      () => this.link?.publish("tag", ns.path, [...tags]),
+      false,
+    );
+  }
+
+  /** Removes several keys: L1 here, L2 (in parallel), then one bus message for all of them. */
+  async removeMany(ns: Namespace, keys: readonly string[]): Promise<void> {
+    if (!this.opened) await this.life.afterOpen(async () => {});
+    for (const key of keys) invalidateKey(ns, key, true);
+    const remote = this.remote;
+    await this.#invalidateOut(
+      remote === undefined ? () => undefined : () => Promise.all(keys.map((k) => remote.remove(ns, k))),
+      () => this.link?.publish("remove", ns.path, [...keys]),
+    );
+  }
+
   removeLocal(ns: Namespace, key: string): void {
     invalidateKey(ns, key, true);
   }
@@ -651,13 +841,14 @@ export class Engine {
   #fillL1(ns: Namespace, key: string, e: RemoteEntry): void {
     const idx = ns.slots.get(key);
     if (idx !== undefined && ns.part.born[idx]! > e.times.born) return;
-    this.#writeL1(ns, key, e.value, e.times, e.bytes);
+    this.#writeL1(ns, key, e.value, e.times, e.bytes, e.tags);
   }
 
-  #writeL1(ns: Namespace, key: string, value: unknown, times: EntryTimes, bytes: number): void {
+  #writeL1(ns: Namespace, key: string, value: unknown, times: EntryTimes, bytes: number, tags?: readonly string[]): void {
     const part = ns.part;
     const size = part.sizes === undefined ? 0 : bytes > 0 ? bytes : this.#measure(value);
-    if (part.write(ns, key, value, times, size) < 0) this.#tooLarge(ns, key, size, part.maxBytes, "l1");
+    if (part.write(ns, key, value, times, size, tags) < 0) this.#tooLarge(ns, key, size, part.maxBytes, "l1");
+    else if (tags !== undefined) ns.tag(key, tags);
   }
 
   /** Size of a value for `maxBytes`: the length of its serialized form (0 when it has none). */

@@ -1,4 +1,4 @@
-import type { Policy } from "../api/options.js";
+import { checkOptionNames, derivePolicy, type CallOptions, type Policy } from "../api/options.js";
 import type { Namespace } from "./namespace.js";
 
 /** What a loader receives. */
@@ -7,6 +7,16 @@ export interface LoaderContext<V = unknown> {
   signal: AbortSignal;
   /** The value this load is replacing, if one is still around (past its ttl), else undefined. */
   stale: V | undefined;
+  /** The key being loaded (as given, without scope or prefix). */
+  key: string;
+  /**
+   * Adapts the options the loaded value is written with — `ttl`, the windows, `jitter`, `tags` —
+   * to the value (e.g. from an HTTP `Cache-Control` header). Field by field over the call's
+   * options; called again, it adds to what it set before. A bad option throws a `TypeError` here.
+   */
+  setOptions(options: CallOptions): void;
+  /** The loaded value is returned to the callers but not cached (neither L1 nor L2; peers are not told). */
+  noCache(): void;
 }
 
 export type Loader<V> = (context: LoaderContext<V>) => V | Promise<V>;
@@ -24,6 +34,8 @@ export class Fenced {
   unlessGen: string | undefined = undefined;
   /** Callers waiting for its answer. */
   callers = 0;
+  /** The engine's tag sequence number when it started: a later `removeByTag` fences the tags it names. */
+  tagSeq = 0;
 
   /** Records an invalidation of the key; `gen` when it came with the write that replaced the value. */
   fence(gen?: string): void {
@@ -90,6 +102,16 @@ export class Flight extends Fenced {
   /** The L2 generation seen when this load read L2 ("" = no record); undefined = not known. */
   gen: string | undefined = undefined;
   controller: AbortController | undefined;
+  /** The current generation of the declared tags (and the scope's tag epoch, as tag ""), read with the key. */
+  tagGens: Map<string, string> | undefined = undefined;
+  /** Options the loader set for its value (`setOptions`): the policy the value is written with. */
+  written: Policy | undefined = undefined;
+  /** The generation of the distributed lease this flight holds (distributed single flight). */
+  lease: string | undefined = undefined;
+  /** The loader called `noCache()`. */
+  uncached = false;
+  /** Called once when the flight is done (a `getOrSetMany` batch stops waiting for it). */
+  onDone: (() => void) | undefined = undefined;
   readonly promise: Promise<unknown>;
   #abortReason: unknown = undefined;
   #resolve!: (value: unknown) => void;
@@ -127,6 +149,13 @@ export class Flight extends Fenced {
           return controller.signal;
         },
         stale,
+        key: this.key,
+        setOptions(options: CallOptions) {
+          flight.written = derivePolicy(flight.written ?? flight.policy, checkOptionNames(options, "call"));
+        },
+        noCache() {
+          flight.uncached = true;
+        },
       };
       return Promise.resolve(this.fn(context));
     } catch (error) {

@@ -45,6 +45,57 @@ export function invalidateScope(ns: Namespace, drop: boolean): number {
   return dropped;
 }
 
+/**
+ * A `removeByTag` of `tags` in one scope (exactly that scope: tags are per scope), here: the L1
+ * entries carrying them go (their keys invalidated as by `remove`, which fences those keys'
+ * flights), and while anything is in flight the tags are fenced from sequence number `seq` on: a
+ * load or L2 read that started before (`Fenced.tagSeq` < `seq`) never writes a value carrying them.
+ * Returns how many entries were dropped.
+ */
+export function invalidateTags(ns: Namespace, tags: readonly string[], seq: number): number {
+  let dropped = 0;
+  if ((ns.flights?.size ?? 0) > 0 || (ns.peeks?.size ?? 0) > 0) {
+    const fences = (ns.tagFences ??= new Map());
+    for (const t of tags) fences.set(t, seq);
+  }
+  // Loads that will write a value carrying one of the tags (their call named it) are fenced and
+  // detached, as by `remove`: callers arriving from now on start a new load rather than join one
+  // that read the source before the invalidation. Loads that name no tags cannot be told apart in
+  // a scope whose loaders set tags themselves: there they are fenced and detached too. L2 reads of
+  // `get` (whose tags are unknown until they answer) likewise. Whatever is detached is fenced: once
+  // out of the maps, a later invalidation of its key could not reach it.
+  const flights = ns.flights;
+  if (flights !== undefined) {
+    for (const [key, f] of [...flights]) {
+      const declared = f.policy.tags;
+      if (declared !== undefined ? declared.some((t) => tags.includes(t)) : ns.lateTags) {
+        f.fence();
+        flights.delete(key);
+      }
+    }
+  }
+  const peeks = ns.peeks;
+  if (peeks !== undefined) {
+    for (const peek of peeks.values()) peek.fence();
+    peeks.clear();
+  }
+  for (const t of tags) {
+    const keys = ns.tagIndex?.get(t);
+    if (keys === undefined) continue;
+    for (const key of [...keys]) if (invalidateKey(ns, key, true)) dropped++;
+  }
+  ns.settle();
+  return dropped;
+}
+
+/** Whether a value carrying `tags` was tag-invalidated after an operation started at sequence number `since`. */
+export function tagFenced(ns: Namespace, tags: readonly string[] | undefined, since: number): boolean {
+  const fences = ns.tagFences;
+  if (fences === undefined || tags === undefined) return false;
+  for (const t of tags) if ((fences.get(t) ?? -1) > since) return true;
+  return false;
+}
+
 /** The L1 partitions of a scope and its nested scopes. */
 export function partitionsOf(root: Namespace): Set<L1Partition> {
   const parts = new Set<L1Partition>();
@@ -56,7 +107,7 @@ export function partitionsOf(root: Namespace): Set<L1Partition> {
  * What peers tell this instance, through the bus facade: their invalidations, and the bus's own
  * gaps. One handler per operation; each reports what it dropped.
  */
-export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
+export function peerHandlers(root: Namespace, report: Reporter, nextTagSeq: () => number): PeerHandlers {
   const reported = (op: BusOp, scope: string[], keys: string[], dropped: number, from: string): void =>
     report.peerInvalidation({ op, scope: scope.join("/"), keys, dropped, from });
   return {
@@ -79,9 +130,16 @@ export function peerHandlers(root: Namespace, report: Reporter): PeerHandlers {
             ns.peeks!.delete(key);
           }
           if (ns.part.delete(ns, key)) dropped++;
+          // Loads waiting for the lease holder's value: it is in L2 now.
+          const waits = ns.leaseWaits?.get(key);
+          if (waits !== undefined) for (const wake of [...waits]) wake();
         }
       }
       reported("update", scope, keys, dropped, from);
+    },
+    onTag(scope, tags, from) {
+      const ns = root.find(scope);
+      reported("tag", scope, tags, ns === undefined ? 0 : invalidateTags(ns, tags, nextTagSeq()), from);
     },
     onClear(scope, from) {
       const ns = root.find(scope);

@@ -128,6 +128,40 @@ export class Namespace implements SlotOwner {
     this.#stored(map);
   }
 
+  /** Tag → keys of this scope's L1 entries carrying it (kept by `L1Partition` through `untag`). */
+  tagIndex: Map<string, Set<string>> | undefined;
+  /**
+   * Tag → the engine's tag sequence number of its latest `removeByTag` here (local or a peer's),
+   * kept only while something is in flight: a load or L2 read that started before it (a smaller
+   * sequence number) must not write a value carrying that tag.
+   */
+  tagFences: Map<string, number> | undefined;
+  /** Loads waiting for another instance's lease (distributed single flight), by key: wake them when its value comes. */
+  leaseWaits: Map<string, Set<() => void>> | undefined;
+  /** A loader here named tags of its own (`setOptions`): loads read the scope's tag epoch with their key. */
+  lateTags = false;
+
+  /** Records an L1 entry's tags in the index. */
+  tag(key: string, tags: readonly string[]): void {
+    const index = (this.tagIndex ??= new Map());
+    for (const t of tags) {
+      const keys = index.get(t);
+      if (keys === undefined) index.set(t, new Set([key]));
+      else keys.add(key);
+    }
+  }
+
+  untag(key: string, tags: readonly string[]): void {
+    const index = this.tagIndex;
+    if (index === undefined) return;
+    for (const t of tags) {
+      const keys = index.get(t);
+      if (keys === undefined) continue;
+      keys.delete(key);
+      if (keys.size === 0) index.delete(t);
+    }
+  }
+
   #stored(map: Map<string, unknown> | undefined): void {
     if (map !== undefined) this.attach();
     else this.settle();

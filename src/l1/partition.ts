@@ -34,6 +34,8 @@ export interface SlotOwner {
   occupied?(): void;
   /** Called when the owner's last slot goes (eviction, delete, clear), once the partition is consistent again. */
   vacated?(): void;
+  /** Called when a tagged entry of the owner goes or is rewritten (eviction, delete, clear, write): its tags index forgets it. */
+  untag?(key: string, tags: readonly string[]): void;
 }
 
 /** The windows of one entry, as written. */
@@ -57,6 +59,8 @@ export class L1Partition {
 
   keys: (string | undefined)[] = [];
   values: unknown[] = [];
+  /** Tags of each slot (undefined for an untagged one, which is most): what `removeByTag` finds through its scope's index. */
+  tags: (readonly string[] | undefined)[] = [];
   born: Float64Array;
   fresh: Float64Array;
   maxStale: Float32Array;
@@ -137,7 +141,7 @@ export class L1Partition {
    * Writes an entry; returns its slot, or -1 when it is larger than `maxBytes` on its own (it is
    * then not stored, and any older value of the key is dropped).
    */
-  write(owner: SlotOwner, key: string, value: unknown, t: EntryTimes, bytes: number): number {
+  write(owner: SlotOwner, key: string, value: unknown, t: EntryTimes, bytes: number, tags?: readonly string[]): number {
     let idx = owner.slots.get(key);
     if (bytes > this.maxBytes) {
       if (idx !== undefined) this.#unlink(idx, true);
@@ -168,6 +172,11 @@ export class L1Partition {
       }
     }
     this.values[idx] = value;
+    const old = this.tags[idx];
+    if (old !== undefined || tags !== undefined) {
+      if (old !== undefined) owner.untag?.(key, old);
+      this.tags[idx] = tags;
+    }
     this.born[idx] = t.born;
     this.fresh[idx] = t.fresh;
     this.maxStale[idx] = t.maxStale;
@@ -196,7 +205,11 @@ export class L1Partition {
   clearOwner(owner: SlotOwner): number {
     const n = owner.slots.size;
     if (n === 0) return 0;
-    for (const idx of owner.slots.values()) this.#unlink(idx, false);
+    for (const [key, idx] of owner.slots) {
+      const tags = this.tags[idx];
+      if (tags !== undefined) owner.untag?.(key, tags);
+      this.#unlink(idx, false);
+    }
     owner.slots.clear();
     if (this.#isOwner(owner)) this.#vacate(owner, true);
     return n;
@@ -272,11 +285,14 @@ export class L1Partition {
     let emptied: SlotOwner | undefined;
     if (fromOwner) {
       const owner = this.ownerIds === undefined ? this.#owners[0]! : this.#owners[this.ownerIds[idx]!]!;
+      const tags = this.tags[idx];
+      if (tags !== undefined) owner.untag?.(this.keys[idx]!, tags);
       owner.slots.delete(this.keys[idx]!);
       if (owner.slots.size === 0 && owner !== this.#writer) emptied = owner;
     }
     this.keys[idx] = undefined;
     this.values[idx] = undefined;
+    this.tags[idx] = undefined;
     if (this.sizes !== undefined) {
       this.bytes -= this.sizes[idx]!;
       this.sizes[idx] = 0;

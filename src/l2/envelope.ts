@@ -3,7 +3,13 @@
  *
  *   LC1|<generation>|<bornMs>|<ttlMs>|<maxStaleMs>|<failSafeMs>|<payload>
  *   LC1|<generation>|<bornMs>|-              (tombstone: the key was removed at bornMs)
+ *   LC1|<generation>|<bornMs>|<ttlMs>|<maxStaleMs>|<failSafeMs>~<n>|<tags><payload>   (tagged value)
  *
+ * - A tagged value carries, as `<tags>` (JSON, `<n>` UTF-16 units long), the pairs
+ *   `[tag, tag generation]` seen before its value was produced (see docs/tags.md): it is valid only
+ *   while each of those tags' records still holds that generation. The "~" sits in a numeric
+ *   field, so a reader from before tags reads such a record as corrupt (a miss), never as a value
+ *   without its tags.
  * - The generation changes on every `set` and `remove`. A load writes back only if the
  *   generation it saw when it started is still there: a load that started before an
  *   invalidation cannot resurrect an old value (SPEC 4.4).
@@ -48,7 +54,12 @@ export interface DecodedRecord {
   /** Absent for a tombstone. */
   times?: RecordTimes;
   payload?: string;
+  /** A tagged value's `[tag, generation]` pairs. */
+  tags?: TagSnapshot;
 }
+
+/** The generation of each tag of a value, as seen before the value was produced. */
+export type TagSnapshot = readonly (readonly [tag: string, gen: string])[];
 
 export class CorruptRecordError extends Error {
   constructor(reason: string) {
@@ -57,8 +68,14 @@ export class CorruptRecordError extends Error {
   }
 }
 
-export function encodeRecord(gen: string, t: RecordTimes, payload: string): string {
-  return `${HEAD}${gen}|${t.born}|${t.ttl}|${t.maxStale}|${t.failSafe}|${payload}`;
+export function encodeRecord(gen: string, t: RecordTimes, payload: string, tags?: TagSnapshot): string {
+  if (tags === undefined || tags.length === 0) return `${HEAD}${gen}|${t.born}|${t.ttl}|${t.maxStale}|${t.failSafe}|${payload}`;
+  const text = JSON.stringify(tags);
+  return `${HEAD}${gen}|${t.born}|${t.ttl}|${t.maxStale}|${t.failSafe}~${text.length}|${text}${payload}`;
+}
+
+function isSnapshot(v: unknown): v is TagSnapshot {
+  return Array.isArray(v) && v.length > 0 && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[0] === "string" && p[0] !== "" && typeof p[1] === "string" && p[1] !== "");
 }
 
 export function encodeTombstone(gen: string, born: number): string {
@@ -101,7 +118,25 @@ export function decodeRecord(text: unknown): DecodedRecord {
   const m = t < 0 ? -1 : text.indexOf("|", t + 1);
   const f = m < 0 ? -1 : text.indexOf("|", m + 1);
   if (f < 0) throw new CorruptRecordError("too few fields");
-  const times = { born, ttl: numberAt(text, b + 1, t), maxStale: numberAt(text, t + 1, m), failSafe: numberAt(text, m + 1, f) };
+  // A tagged value: "~<n>" ends the fail-safe field (searched in the field only, never in the payload).
+  let tilde = -1;
+  for (let i = m + 1; i < f; i++) {
+    if (text.charCodeAt(i) === 126 /* "~" */) {
+      tilde = i;
+      break;
+    }
+  }
+  const times = { born, ttl: numberAt(text, b + 1, t), maxStale: numberAt(text, t + 1, m), failSafe: numberAt(text, m + 1, tilde < 0 ? f : tilde) };
   if (!(times.ttl >= 0) || !(times.maxStale >= 0) || !(times.failSafe >= 0)) throw new CorruptRecordError("bad header");
-  return { gen, born, times, payload: text.slice(f + 1) };
+  if (tilde < 0) return { gen, born, times, payload: text.slice(f + 1) };
+  const n = numberAt(text, tilde + 1, f);
+  if (!Number.isInteger(n) || n <= 0 || f + 1 + n > text.length) throw new CorruptRecordError("bad tags");
+  let tags: unknown;
+  try {
+    tags = JSON.parse(text.slice(f + 1, f + 1 + n));
+  } catch {
+    throw new CorruptRecordError("bad tags");
+  }
+  if (!isSnapshot(tags)) throw new CorruptRecordError("bad tags");
+  return { gen, born, times, payload: text.slice(f + 1 + n), tags };
 }

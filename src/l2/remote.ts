@@ -6,7 +6,7 @@ import type { EntryTimes } from "../l1/partition.js";
 import { cutToBytes, declaredLimit, overBytes } from "../shared/limits.js";
 import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../shared/resilience.js";
 import { L2_LIMIT_MINIMUMS, RESILIENCE_DEFAULTS, type L2Store } from "./contract.js";
-import { MAX_GENERATION_BYTES, RECORD_HEADER_BYTES, decodeRecord, encodeRecord, encodeTombstone, type RecordTimes } from "./envelope.js";
+import { MAX_GENERATION_BYTES, RECORD_HEADER_BYTES, decodeRecord, encodeRecord, encodeTombstone, generationOf, type RecordTimes, type TagSnapshot } from "./envelope.js";
 import type { Serializer } from "./serializer.js";
 
 /**
@@ -17,6 +17,14 @@ import type { Serializer } from "./serializer.js";
 export const GENERATION_MEMORY_MS = 60_000;
 
 const noop = (): void => {};
+
+/**
+ * How long a tag's record lives in L2 after it was created or invalidated. A tagged value is valid
+ * only while its tags' records hold the generations it was written with, so a tag record that
+ * expires makes the values carrying it misses (never valid again): this only bounds how long a
+ * tagged value can be served, it never brings one back.
+ */
+export const TAG_MEMORY_MS = 30 * 24 * 3600_000;
 
 /** Most keys read by one `getMany`. */
 const MAX_READ_BATCH = 256;
@@ -36,8 +44,10 @@ const MAX_PENDING_WRITES = 10_000;
 export interface RemoteRead {
   /** Generation of the stored record ("" when there is none). */
   gen: string;
-  /** The live value, when the record holds one. */
+  /** The live value, when the record holds one (and, for a tagged value, its tags are all still valid). */
   entry?: RemoteEntry;
+  /** The current generation of each tag the read was asked about ("" when the tag has no record). */
+  tagGens?: Map<string, string>;
 }
 
 export interface RemoteEntry {
@@ -45,6 +55,8 @@ export interface RemoteEntry {
   times: EntryTimes;
   /** Length of the serialized payload. */
   bytes: number;
+  /** A tagged value's tags. */
+  tags?: readonly string[];
 }
 
 /** A value ready to be stored. */
@@ -55,6 +67,11 @@ export interface Encoded {
 }
 
 export type PutResult = "written" | "conflict" | "failed";
+
+/** A read record before its tags are checked. */
+interface Checked extends RemoteRead {
+  tagged?: TagSnapshot;
+}
 
 export interface RemoteScope {
   readonly path: readonly string[];
@@ -72,6 +89,8 @@ interface PendingTombstone {
   ns: RemoteScope;
   key: string;
   gen: string;
+  /** A tag's record (`key` is the tag; "" is the scope's tag epoch), kept `TAG_MEMORY_MS`. */
+  tag?: boolean;
 }
 
 /** The L2 call took longer than the store's `timeoutMs`. */
@@ -144,7 +163,7 @@ export class RemoteLayer {
   readonly #deadlines: Deadlines;
   readonly #breaker: Breaker | undefined;
   readonly #pending: RetryQueue<PendingTombstone>;
-  readonly #onRetried: (ns: RemoteScope, key: string) => void;
+  readonly #onRetried: (ns: RemoteScope, key: string, tag: boolean) => void;
   #batch: ReadBatch | undefined;
   /**
    * The last store write of each key still under way (settled: it never rejects). A store on a pool
@@ -153,6 +172,8 @@ export class RemoteLayer {
    * writes land in call order and a read never overtakes them — whatever the store.
    */
   readonly #writing = new Map<string, Promise<void>>();
+  /** Tag records (full keys) this instance is invalidating right now: until written, what L2 holds for them is outdated. */
+  readonly #invalidating = new Map<string, number>();
 
   constructor(
     store: L2Store,
@@ -163,8 +184,8 @@ export class RemoteLayer {
       report: Reporter;
       clock: TimerClock;
       newGen: () => string;
-      /** A queued tombstone reached L2: peers should drop what they read meanwhile. */
-      onRetried: (ns: RemoteScope, key: string) => void;
+      /** A queued tombstone reached L2: peers should drop what they read meanwhile (`tag`: it was a tag invalidation). */
+      onRetried: (ns: RemoteScope, key: string, tag: boolean) => void;
     },
   ) {
     this.store = store;
@@ -212,35 +233,192 @@ export class RemoteLayer {
     return overBytes(full, this.#maxKeyBytes) ? hashedKey(full, p, this.#maxKeyBytes) : full;
   }
 
+  /**
+   * The L2 key of a tag's record: `<prefix>:<scope/path>%tag:<tag>` (the scope's tag epoch: tag
+   * ""). "%t" never appears in an escaped prefix or scope, so no user key and no hashed key (whose
+   * marker is "%#") can be equal to it; past `maxKeyBytes` it is hashed like any key.
+   */
+  tagKeyOf(ns: RemoteScope, tag: string): string {
+    return this.#markedKey(ns, "%tag:", tag);
+  }
+
+  /** `<prefix>:<scope/path><marker><name>` ("%tag:", "%lock:": never a user key, see `tagKeyOf`), hashed when too long. */
+  #markedKey(ns: RemoteScope, marker: string, name: string): string {
+    const p = (ns.l2Prefix ??= `${this.#prefix}:${ns.path.map(escapePart).join("/")}:`);
+    const head = p.slice(0, -1) + marker;
+    const full = head + name;
+    return overBytes(full, this.#maxKeyBytes) ? hashedKey(full, head, this.#maxKeyBytes) : full;
+  }
+
+  /**
+   * Takes the lease of a key for distributed single flight: a record at
+   * `<prefix>:<scope>%lock:<key>` written only when there is none, expiring after `ms`. The
+   * lease's generation when taken; null when another instance holds it; undefined when L2 could
+   * not be reached.
+   */
+  async lease(ns: RemoteScope, key: string, ms: number): Promise<string | null | undefined> {
+    const gen = this.#newGen();
+    const full = this.#markedKey(ns, "%lock:", key);
+    const ok = await this.#write("lease", ns, key, () => this.store.set(full, encodeTombstone(gen, this.#clock.now()), ms, ""));
+    if (ok === FAILED || ok === REJECTED) return undefined;
+    return ok ? gen : null;
+  }
+
+  /**
+   * Gives a lease back (only if it is still ours): its record is replaced by text that is not a
+   * record — generation "" by the contract, so the next `lease` takes it at once — expiring at once.
+   */
+  async releaseLease(ns: RemoteScope, key: string, gen: string): Promise<void> {
+    const full = this.#markedKey(ns, "%lock:", key);
+    await this.#write("lease", ns, key, () => this.store.set(full, "free", 1, gen));
+  }
+
   async connect(): Promise<void> {
     if (this.store.connect === undefined) return;
     await this.#call("connect", undefined, undefined, () => this.store.connect!());
   }
 
-  /** The key's record; undefined when L2 could not be reached. Corrupt records become misses. */
-  read(ns: RemoteScope, key: string): Promise<RemoteRead | undefined> {
+  /**
+   * The key's record; undefined when L2 could not be reached. Corrupt records become misses.
+   * `tags`: tags the caller will write with (a load's declared tags), read in the same batch as the
+   * key (one round trip); their generations come back as `tagGens`. A tagged value is checked
+   * against its tags' current generations (the ones not read already take one more round trip):
+   * a tag invalidated since it was written makes it a miss.
+   */
+  read(ns: RemoteScope, key: string, tags?: readonly string[]): Promise<RemoteRead | undefined> {
     const full = this.keyOf(ns, key);
     // A removal of this key that has not reached L2 yet: the record there may be the value this
     // instance invalidated, so a value read now counts as a miss (whose write-back, fenced on
     // that record's generation, stores a newer value; the removal still lands after it).
     const removedHere = this.#pending.size > 0 && this.#pending.get(full) !== undefined;
     const writing = this.#writing.size > 0 ? this.#writing.get(full) : undefined;
-    if (writing === undefined) return this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
     // A write of this key is under way: read what it leaves (or count L2 as unreachable for this read once the timeout is over).
-    return this.#deadlines.wrap(writing).then(
-      () => this.read(ns, key),
-      () => undefined,
-    );
+    if (writing !== undefined) return this.#deadlines.wrap(writing).then(() => this.read(ns, key, tags), () => undefined);
+    const record = this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
+    if (tags === undefined) return record.then((r) => (r?.tagged === undefined ? r : this.#checkTags(ns, r, undefined)));
+    const gens = this.tagGenerations(ns, tags);
+    return Promise.all([record, gens]).then(([r, g]) => {
+      if (r === undefined || g === undefined) return undefined;
+      r.tagGens = g;
+      return r.tagged === undefined ? r : this.#checkTags(ns, r, g);
+    });
   }
 
-  #decode(ns: RemoteScope, key: string, text: Fetched, removedHere: boolean): RemoteRead | undefined | Promise<RemoteRead | undefined> {
+  /** The current generation of each tag ("" for none), read in one batch; undefined when L2 could not be reached. */
+  async tagGenerations(ns: RemoteScope, tags: readonly string[]): Promise<Map<string, string> | undefined> {
+    const texts = await Promise.all(tags.map((t) => this.#fetch(this.tagKeyOf(ns, t))));
+    const gens = new Map<string, string>();
+    for (let i = 0; i < tags.length; i++) {
+      const text = texts[i];
+      if (text === FAILED) return undefined;
+      const full = this.#pending.size > 0 || this.#invalidating.size > 0 ? this.tagKeyOf(ns, tags[i]!) : undefined;
+      // A tag invalidation of this instance under way or still waiting to reach L2: the tag's record there is outdated.
+      if (full !== undefined && (this.#pending.get(full) !== undefined || this.#invalidating.has(full))) gens.set(tags[i]!, "\u0000pending");
+      else gens.set(tags[i]!, typeof text === "string" ? generationOf(text) : "");
+    }
+    return gens;
+  }
+
+  /** A tagged value stays a value only while every tag it carries still has the generation it was written with. */
+  async #checkTags(ns: RemoteScope, r: Checked, known: Map<string, string> | undefined): Promise<RemoteRead | undefined> {
+    const snapshot = r.tagged!;
+    const missing = known === undefined ? snapshot.map((p) => p[0]) : snapshot.filter((p) => !known.has(p[0])).map((p) => p[0]);
+    let gens = known;
+    if (missing.length > 0) {
+      const more = await this.tagGenerations(ns, missing);
+      if (more === undefined) return undefined; // cannot tell: unavailable, never served unchecked
+      gens = known === undefined ? more : new Map([...known, ...more]);
+    }
+    const valid = snapshot.every(([tag, gen]) => gens!.get(tag) === gen);
+    const out: RemoteRead = { gen: r.gen };
+    if (r.tagGens !== undefined) out.tagGens = r.tagGens;
+    if (valid) out.entry = r.entry;
+    return out;
+  }
+
+  /**
+   * The tags' generations a value written now carries. Tags without a record get one first (a
+   * conditional write "only when absent"), so that a written value never carries "" — a tag record
+   * that expires or is evicted later then makes the value a miss, never valid again. With `retry`
+   * (a `set`, which wins whatever happened meanwhile) a lost race re-reads the tag; without it (a
+   * load, whose tags had no record when it started) the tag read again must hold a creation ("c."
+   * generation, someone else's): anything else means it may have been invalidated while the loader
+   * ran — undefined, no write. Undefined too when L2 is unreachable.
+   */
+  async tagSnapshot(ns: RemoteScope, gens: Map<string, string>, retry: boolean): Promise<TagSnapshot | undefined> {
+    const out: [string, string][] = [];
+    const created: Promise<boolean | typeof FAILED | typeof REJECTED>[] = [];
+    const fresh: [string, string][] = [];
+    for (const [tag, gen] of gens) {
+      if (gen.startsWith("\u0000")) return undefined; // an invalidation of this instance not in L2 yet
+      if (gen !== "") {
+        out.push([tag, gen]);
+        continue;
+      }
+      // "c." marks a creation: only a removeByTag writes any other generation, and nothing but
+      // expiry brings "c." back, so a tag found created (by anybody) was not invalidated since it was absent.
+      const mine = `c.${this.#newGen()}`;
+      fresh.push([tag, mine]);
+      const full = this.tagKeyOf(ns, tag);
+      created.push(this.#write("set", ns, tag, () => this.store.set(full, encodeTombstone(mine, this.#clock.now()), TAG_MEMORY_MS, "")));
+    }
+    const results = await Promise.all(created);
+    const lost: string[] = [];
+    for (let i = 0; i < results.length; i++) {
+      const ok = results[i];
+      if (ok === FAILED || ok === REJECTED) return undefined;
+      if (ok) out.push(fresh[i]!);
+      else lost.push(fresh[i]![0]);
+    }
+    if (lost.length > 0) {
+      const again = await this.tagGenerations(ns, lost);
+      if (again === undefined) return undefined;
+      for (const [tag, gen] of again) {
+        if (gen === "" || gen.startsWith("\u0000") || (!retry && !gen.startsWith("c."))) return undefined;
+        out.push([tag, gen]);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Invalidates a tag in L2: the scope's tag epoch gets a new generation, then the tag's record (so
+   * that whoever reads the new tag generation and then the epoch sees the epoch changed too). Both
+   * unconditional; when L2 fails they are queued like removals, in that order.
+   */
+  async invalidateTag(ns: RemoteScope, tag: string): Promise<PutResult> {
+    const results: PutResult[] = [];
+    // Reads of this instance that run meanwhile must not take the tag's old generation for valid.
+    const tagFull = this.tagKeyOf(ns, tag);
+    this.#invalidating.set(tagFull, (this.#invalidating.get(tagFull) ?? 0) + 1);
+    try {
+      for (const t of ["", tag]) {
+        const full = t === tag ? tagFull : this.tagKeyOf(ns, t);
+        this.#pending.delete(full);
+        const item: PendingTombstone = { ns, key: t, gen: this.#newGen(), tag: true };
+        const ok = await this.#tombstone(full, item);
+        if (ok === FAILED) this.#pending.put(full, item);
+        results.push(ok === FAILED || ok === REJECTED ? "failed" : "written");
+      }
+    } finally {
+      const n = this.#invalidating.get(tagFull)! - 1;
+      if (n === 0) this.#invalidating.delete(tagFull);
+      else this.#invalidating.set(tagFull, n);
+    }
+    return results[1]!;
+  }
+
+  #decode(ns: RemoteScope, key: string, text: Fetched, removedHere: boolean): Checked | undefined | Promise<Checked | undefined> {
     if (text === FAILED) return undefined;
     if (text === null || text === undefined) return { gen: "" };
     try {
       const rec = decodeRecord(text);
       if (rec.times === undefined || removedHere) return { gen: rec.gen };
       const value = this.#serializer.deserialize(rec.payload!);
-      return { gen: rec.gen, entry: { value, times: timesOf(rec.times), bytes: rec.payload!.length } };
+      const entry: RemoteEntry = { value, times: timesOf(rec.times), bytes: rec.payload!.length };
+      if (rec.tags === undefined) return { gen: rec.gen, entry };
+      entry.tags = rec.tags.map((p) => p[0]);
+      return { gen: rec.gen, entry, tagged: rec.tags };
     } catch (error) {
       // A RecordError (not text, so decoding threw) is the store's own report of this record.
       return this.#corrupt(ns, key, isRecordError(text) ? text : error);
@@ -323,12 +501,19 @@ export class RemoteLayer {
    * record alone (a `RecordError`), the write fails — reported, not a backend failure — and a `set`
    * replaces the old record with a tombstone at once.
    */
-  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, gen: string, ifGen?: string): Promise<PutResult> {
+  async put(ns: RemoteScope, key: string, enc: Encoded, times: EntryTimes, gen: string, ifGen?: string, tags?: TagSnapshot): Promise<PutResult> {
     const t: RecordTimes = { born: times.born, ttl: times.fresh - times.born, maxStale: times.maxStale, failSafe: times.failSafe };
     // Even a record past its windows is written: it carries the generation that fences older loads.
     const ttlMs = Math.max(times.fresh + Math.max(times.maxStale, times.failSafe) - this.#clock.now(), GENERATION_MEMORY_MS);
-    const record = encodeRecord(gen, t, enc.payload);
+    const record = encodeRecord(gen, t, enc.payload, tags);
     const full = this.keyOf(ns, key);
+    if (tags !== undefined && overBytes(record, this.#maxRecordBytes)) {
+      // The tags took the room the payload was measured against: L1 only, like any value too large.
+      this.#report.fact("valueTooLarge", { key, scope: ns.label, bytes: Buffer.byteLength(record), limit: this.#maxRecordBytes, layer: "l2" });
+      if (ifGen !== undefined) return "failed";
+      await this.remove(ns, key);
+      return "failed";
+    }
     if (ifGen !== undefined) {
       // A write-back keeps the generation it saw; one that long was not written by layercache, and
       // the record would outgrow the header room `encode` counted on: no write-back.
@@ -374,14 +559,14 @@ export class RemoteLayer {
   }
 
   #tombstone(full: string, t: PendingTombstone, kind: "write" | "background" = "write"): Promise<boolean | typeof FAILED | typeof REJECTED> {
-    return this.#write("remove", t.ns, t.key, () => this.#inOrder(full, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), GENERATION_MEMORY_MS)), kind);
+    return this.#write("remove", t.ns, t.key, () => this.#inOrder(full, () => this.store.set(full, encodeTombstone(t.gen, this.#clock.now()), t.tag ? TAG_MEMORY_MS : GENERATION_MEMORY_MS)), kind);
   }
 
   async #retry(full: string, t: PendingTombstone): Promise<boolean> {
     // Background work: it may be the probe of a half-open breaker, and waits for it.
     const ok = await this.#tombstone(full, t, "background");
     if (ok === FAILED) return false;
-    if (ok !== REJECTED) this.#onRetried(t.ns, t.key);
+    if (ok !== REJECTED && !(t.tag && t.key === "")) this.#onRetried(t.ns, t.key, t.tag === true);
     return true; // done (a refused record is not retried: it would be refused again)
   }
 

@@ -47,8 +47,8 @@ export interface CacheEvents {
   busReconnect: { entries: number };
   /** A durable bus (Redis Streams) is back and delivered every message published while it was away: no L1 repair needed. */
   busCaughtUp: Record<string, never>;
-  /** A peer's message dropped entries here ("update": a peer loaded a newer value into L2). */
-  peerInvalidation: { op: "remove" | "clear" | "update"; scope: string; keys: string[]; dropped: number; from: string };
+  /** A peer's message dropped entries here ("update": a peer loaded a newer value into L2; "tag": a peer's `removeByTag`, `keys` being the tags). */
+  peerInvalidation: { op: "remove" | "clear" | "update" | "tag"; scope: string; keys: string[]; dropped: number; from: string };
   /** A bus message was malformed, of another version, unsigned or forged, and was ignored. */
   busMessageDropped: { reason: string };
 }

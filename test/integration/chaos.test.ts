@@ -30,8 +30,23 @@ describe("chaos (multi-process history check)", () => {
       expect(n, `${name}\n${summary}`).toBeGreaterThan(0);
     }
     expect(result.finalValues, summary).toBeGreaterThan(0);
+    // Tags and bulk reads raced everything else (tagInvalidation is checked on every read of a tagged key).
+    expect(result.opsByKind.removeByTag ?? 0, summary).toBeGreaterThan(0);
+    expect(result.opsByKind.getOrSetMany ?? 0, summary).toBeGreaterThan(0);
     expect(result.violations, summary).toEqual([]);
     expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
+  test("10 s with distributedLock and no faults: at most one loader call per key per value across the processes; without the lock the checker catches extra loads", async () => {
+    const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, faults: false, lock: true });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.opsByKind.removeByTag ?? 0, summary).toBeGreaterThan(0);
+    expect(result.opsByKind.getOrSetMany ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+    const sabotaged = await runChaos({ durationMs: 8_000, seed: seed(), workers: 3, concurrency: 4, faults: false, lock: true, sabotage: "no-lock" });
+    expect(sabotaged.violations.some((v) => v.rule === "distributedFlight"), summarize(sabotaged)).toBe(true);
   }, 120_000);
 
   test("15 s on the Streams bus with Redis killed, paused and cut (readers and all connections): no violation; the bus catches up", async () => {

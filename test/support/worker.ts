@@ -9,22 +9,31 @@ import { MemcachedStore } from "../../src/backends/memcached/index.js";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PATIENT } from "./patient.js";
 
-const [url, prefix, memcached] = process.argv.slice(2) as [string, string, string | undefined];
+const [url, prefix, extra] = process.argv.slice(2) as [string, string, string | undefined];
+// The third argument: "lock" (the distributed lock on), or memcached servers (the L2 on them).
+const lock = extra === "lock";
+const memcached = lock ? undefined : extra;
 // Patient timeouts, and no hard timeout: a gated load is held across several IPC round trips on a
 // machine that may be busy (three processes just started on two cores); these tests are about
 // races between processes, not about timeouts.
 const postgres = /^postgres(ql)?:/.test(url);
 const l2 = memcached ? new MemcachedStore({ servers: memcached, ...PATIENT }) : postgres ? new PostgresStore({ connectionString: url, ...PATIENT }) : new RedisStore({ url, ...PATIENT });
 const bus = postgres ? new PostgresBus({ connectionString: url, ...PATIENT }) : new RedisBus({ url, ...PATIENT });
-const cache = new LayerCache({ prefix, l2, bus, hardTimeout: 0 });
+const cache = new LayerCache({ prefix, l2, bus, hardTimeout: 0, distributedLock: lock });
+let loaderCalls = 0;
 const gates = new Map<string, (value: unknown) => void>();
 
 interface Command {
   id: number;
-  op: "ready" | "get" | "set" | "remove" | "clear" | "getOrSet" | "release" | "stats" | "close";
+  op: "ready" | "get" | "set" | "remove" | "clear" | "getOrSet" | "release" | "stats" | "close" | "removeByTag" | "stampede" | "loaderCalls" | "getOrSetMany";
   key?: string;
+  keys?: string[];
   value?: unknown;
   gate?: string;
+  tags?: string[];
+  /** stampede: concurrent callers, and how long the loader takes (ms). */
+  n?: number;
+  ms?: number;
 }
 
 const send = (m: unknown): void => void process.send!(m);
@@ -40,7 +49,31 @@ process.on("message", async (m: Command) => {
         result = await cache.get(m.key!);
         break;
       case "set":
-        await cache.set(m.key!, m.value);
+        await cache.set(m.key!, m.value, m.tags && { tags: m.tags });
+        break;
+      case "removeByTag":
+        await cache.removeByTag(m.tags!);
+        break;
+      case "stampede": {
+        const loader = async (): Promise<unknown> => {
+          loaderCalls++;
+          await new Promise((r) => setTimeout(r, m.ms ?? 0));
+          return m.value;
+        };
+        result = await Promise.all(Array.from({ length: m.n ?? 1 }, () => cache.getOrSet(m.key!, loader)));
+        result = [...new Set(result as unknown[])];
+        break;
+      }
+      case "loaderCalls":
+        result = loaderCalls;
+        break;
+      case "getOrSetMany":
+        result = await cache.getOrSetMany(m.keys!, async (keys) => {
+          loaderCalls++;
+          send({ event: "loadMany", keys });
+          if (m.gate !== undefined) await new Promise((resolve) => gates.set(m.gate!, resolve));
+          return keys.map((k) => `${String(m.value)}:${k}`);
+        });
         break;
       case "remove":
         await cache.remove(m.key!);
@@ -49,11 +82,15 @@ process.on("message", async (m: Command) => {
         await cache.clear();
         break;
       case "getOrSet":
-        result = await cache.getOrSet(m.key!, () => {
-          if (m.gate === undefined) return m.value;
-          send({ event: "loading", gate: m.gate });
-          return new Promise((resolve) => gates.set(m.gate!, resolve));
-        });
+        result = await cache.getOrSet(
+          m.key!,
+          () => {
+            if (m.gate === undefined) return m.value;
+            send({ event: "loading", gate: m.gate });
+            return new Promise((resolve) => gates.set(m.gate!, resolve));
+          },
+          m.tags && { tags: m.tags },
+        );
         break;
       case "release":
         gates.get(m.gate!)?.(m.value);
