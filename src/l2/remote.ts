@@ -26,6 +26,9 @@ const noop = (): void => {};
  */
 export const TAG_MEMORY_MS = 30 * 24 * 3600_000;
 
+/** How long (in store timeouts) a write waits for the previous write of its key before it is sent anyway. */
+const ORDER_WAIT_TIMEOUTS = 2;
+
 /** Most keys read by one `getMany`. */
 const MAX_READ_BATCH = 256;
 
@@ -291,7 +294,8 @@ export class RemoteLayer {
     // instance invalidated, so a value read now counts as a miss (whose write-back, fenced on
     // that record's generation, stores a newer value; the removal still lands after it).
     const removedHere = this.#pending.size > 0 && this.#pending.get(full) !== undefined;
-    const writing = this.#writing.size > 0 ? this.#writing.get(full) : undefined;
+    // (Not while the breaker refuses calls: the read is answered at once then, like any other.)
+    const writing = this.#writing.size > 0 && (this.#breaker?.ready() ?? true) ? this.#writing.get(full) : undefined;
     // A write of this key is under way: read what it leaves (or count L2 as unreachable for this read once the timeout is over).
     if (writing !== undefined) return this.#deadlines.wrap(writing).then(() => this.read(ns, key, tags), () => undefined);
     const record = this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
@@ -463,13 +467,29 @@ export class RemoteLayer {
   /** Runs a store write of `full` once the previous one of that key has settled (see `#writing`). */
   #inOrder(full: string, run: () => Promise<boolean>): Promise<boolean> {
     const before = this.#writing.get(full);
-    const call = before === undefined ? run() : before.then(run);
+    const call = before === undefined ? run() : this.#atMost(before, ORDER_WAIT_TIMEOUTS * this.#timeoutMs).then(run);
     const settled = call.then(noop, noop);
     this.#writing.set(full, settled);
     void settled.then(() => {
       if (this.#writing.get(full) === settled) this.#writing.delete(full);
     });
     return call;
+  }
+
+  /**
+   * `p`, or `ms` later if it has not settled by then: a store call that never settles (a store
+   * that hangs for good) must not hold back the key's later writes — the retry that would close the
+   * breaker among them — for ever. (Without a timeout, it waits.)
+   */
+  #atMost(p: Promise<void>, ms: number): Promise<void> {
+    if (!(ms > 0)) return p;
+    return new Promise((resolve) => {
+      const timer = this.#clock.setTimeout(resolve, ms, true);
+      void p.then(() => {
+        this.#clock.clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
