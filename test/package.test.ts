@@ -212,3 +212,83 @@ describe("npm pack output", () => {
     expect(out).toBe("");
   });
 });
+
+/**
+ * Decorated methods in a consumer project, compiled by tsc under each decorator setting a user
+ * may have — standard (TC39) decorators, and `experimentalDecorators` as NestJS projects use —
+ * then run: the decorator caches, and `cachedOf(instance.method)` types `removeCached`/`cacheKey`.
+ */
+describe("decorators in a consumer project (both settings)", () => {
+  const source = `
+    import { LayerCache, cachedOf } from "layercache";
+    const cache = new LayerCache();
+    const users = cache.scope("users");
+    let calls = 0;
+    class Repo {
+      prefix = "user";
+      @users.cached({ key: (id: string) => \`user:\${id}\`, ttl: "1h" })
+      async find(id: string): Promise<string> {
+        calls++;
+        return \`\${this.prefix}-\${id}\`;
+      }
+      @cache.cached
+      async double(x: number): Promise<number> {
+        calls++;
+        return x * 2;
+      }
+      @cache.cached({ name: "square" })
+      static async sq(x: number): Promise<number> {
+        return x * x;
+      }
+      // @ts-expect-error the method's parameters must fit the key builder's
+      @users.cached({ key: (id: string) => id })
+      async wrong(n: number): Promise<number> {
+        return n;
+      }
+    }
+    async function main(): Promise<void> {
+      const repo = new Repo();
+      const first: string = await repo.find("1");
+      await repo.find("1");
+      const key: string = cachedOf(repo.find).cacheKey("1");
+      const before = await users.get(key);
+      await cachedOf(repo.find).removeCached("1");
+      // @ts-expect-error removeCached takes the method's parameters
+      void cachedOf(repo.find).removeCached(1).catch(() => {});
+      const after = await users.get(key);
+      await repo.find("1");
+      const d: number = await repo.double(4);
+      const dk: string = cachedOf(repo.double).cacheKey(4);
+      const sq: number = await Repo.sq(3);
+      console.log(JSON.stringify([first, key, before, after ?? null, calls, d, dk, await cache.get(dk), sq, await cache.get(cachedOf(Repo.sq).cacheKey(3))]));
+    }
+    void main();
+  `;
+
+  test.each([
+    ["standard (TC39) decorators", {}],
+    ["experimentalDecorators (NestJS)", { experimentalDecorators: true, emitDecoratorMetadata: true }],
+  ])("%s: tsc compiles the project, and the decorated methods cache and remove", (_name, decorators) => {
+    const project = mkdtempSync(join(dir, "decorators-"));
+    writeFileSync(join(project, "consumer.cts"), source);
+    writeFileSync(join(project, "consumer.mts"), source);
+    writeFileSync(
+      join(project, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: { strict: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false, outDir: "out", ...decorators },
+        files: ["consumer.cts", "consumer.mts"],
+      }),
+    );
+    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
+    let out = "";
+    try {
+      run("node", [tsc, "-p", "tsconfig.json"], project);
+    } catch (error) {
+      out = String((error as { stdout?: string }).stdout ?? error);
+    }
+    expect(out).toBe("");
+    const expected = ["user-1", "user:1", "user-1", null, 3, 8, "double:[4]", 8, 9, 9];
+    expect(JSON.parse(run("node", ["out/consumer.cjs"], project))).toEqual(expected);
+    expect(JSON.parse(run("node", ["out/consumer.mjs"], project))).toEqual(expected);
+  });
+});
