@@ -280,7 +280,7 @@ export class BusLink {
     }
     if (chunk.length > 0) out.push(this.#encode(op, scope, chunk, gen, at));
     if (oversized) {
-      this.#report.note(undefined, "warn", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
+      this.#report.note(undefined, "warn", "busKeyTooLong", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
       out.push(this.#clearMessage(scope, at));
     }
     return out;
@@ -299,7 +299,7 @@ export class BusLink {
     this.#add(JSON.stringify(scope), scope, op === "clear" ? "clear" : keys);
     if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
-      this.#report.note("busPublishesCollapsed", "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
+      this.#report.note("busPublishesCollapsed", "warn", "busPublishesCollapsed", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
       for (const pid of this.#pending.keys()) this.#pending.delete(pid);
       this.#pending.put("[]", { id: "[]", scope: [], keys: "clear", sending: false });
       this.#pendingKeys = 1;

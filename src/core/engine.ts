@@ -91,7 +91,7 @@ export class Engine {
     this.settings = init.settings;
     this.logger = init.logger;
     this.serializer = init.serializer;
-    this.report = new Reporter(init.logger);
+    this.report = new Reporter(init.logger, init.clock);
     this.#pool = new RefreshPool(init.settings.refreshConcurrency, init.settings.refreshCooldown, this.report);
     const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
     this.root = new Namespace(undefined, "", part, init.bounds);
@@ -152,7 +152,8 @@ export class Engine {
   }
 
   close(): Promise<void> {
-    return this.life.close();
+    // Failure lines still held back by the log throttle are summed up now, not lost.
+    return this.life.close().finally(() => this.report.log.flush());
   }
 
   get opened(): boolean {
@@ -360,7 +361,7 @@ export class Engine {
       await this.#callLoader(f, held);
     } catch (error) {
       // Only a bug gets here; the callers still get an answer.
-      this.report.note(undefined, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
+      this.report.note(undefined, "error", "internalError", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
       this.#finish(f, "error", error);
     } finally {
       this.#done(f);
@@ -460,7 +461,7 @@ export class Engine {
         // Throttle: a down backend is not called again on every read while the fallback is served.
         if (held.remote !== undefined) this.#fillL1(ns, key, held.remote);
         stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
-        this.report.note(undefined, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
+        this.report.note(undefined, "warn", "failSafe", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
       // Those still waiting: every caller, or after an early answer the late joiners.
       const waiting = f.answer === "early" ? f.lateCallers : f.callers;

@@ -177,7 +177,7 @@ export class RemoteLayer {
       ready: () => this.#breaker?.ready() ?? true,
       attempt: (full, t) => this.#retry(full, t),
       onDrop: (key, t) => {
-        this.#report.note("l2WritesDropped", "warn", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
+        this.#report.note("l2WritesDropped", "warn", "l2WritesDropped", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
       },
     });
   }
