@@ -15,3 +15,5 @@ export type { Logger } from "./telemetry/logger.js";
 export type { Serializer } from "./l2/serializer.js";
 export type { L2Store, L2Limits } from "./l2/contract.js";
 export type { Bus, BusConnection, BusContext, BusHandlers, BusLimits } from "./bus/contract.js";
+export { CHANNEL_NAMES as diagnosticChannels } from "./telemetry/channels.js";
+export type { GetContext, GetOrSetContext, LoadContext, RefreshContext, L2Context, BusContext as BusTraceContext } from "./telemetry/channels.js";

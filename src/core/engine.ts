@@ -6,6 +6,7 @@ import { CacheClosedError, LoadTimeoutError, SerializationError, keyError } from
 import type { Counters, Emitter, HitLayer, Stats } from "../telemetry/events.js";
 import type { Logger } from "../telemetry/logger.js";
 import { Reporter } from "../telemetry/reporter.js";
+import { channels } from "../telemetry/channels.js";
 import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../l1/partition.js";
 import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../api/options.js";
 import type { L2Store } from "../l2/contract.js";
@@ -91,7 +92,7 @@ export class Engine {
     this.settings = init.settings;
     this.logger = init.logger;
     this.serializer = init.serializer;
-    this.report = new Reporter(init.logger, init.clock);
+    this.report = new Reporter(init.logger, init.clock, this.id);
     this.#pool = new RefreshPool(init.settings.refreshConcurrency, init.settings.refreshCooldown, this.report);
     const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
     this.root = new Namespace(undefined, "", part, init.bounds);
@@ -180,7 +181,13 @@ export class Engine {
 
   /** A fresh value from L1 or L2, else undefined. Never loads, never serves stale. */
   get(ns: Namespace, key: string): Promise<unknown> {
-    if (!this.opened) return this.life.afterOpen(() => this.get(ns, key));
+    const trace = channels.get;
+    if (trace.hasSubscribers) return trace.tracePromise(this.#get, { cache: this.id, scope: ns.label, key }, this, ns, key);
+    return this.#get(ns, key);
+  }
+
+  #get(ns: Namespace, key: string): Promise<unknown> {
+    if (!this.opened) return this.life.afterOpen(() => this.#get(ns, key));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -235,7 +242,13 @@ export class Engine {
    * `args` is given, the cached function (called with `args`).
    */
   read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
-    if (!this.opened) return this.life.afterOpen(() => this.read(ns, key, p, fn, self, args));
+    const trace = channels.getOrSet;
+    if (trace.hasSubscribers) return trace.tracePromise(this.#read, { cache: this.id, scope: ns.label, key }, this, ns, key, p, fn, self, args);
+    return this.#read(ns, key, p, fn, self, args);
+  }
+
+  #read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+    if (!this.opened) return this.life.afterOpen(() => this.#read(ns, key, p, fn, self, args));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -317,7 +330,8 @@ export class Engine {
     if (!this.#pool.acquire(ns, key, now)) return;
     const f = this.#flight(ns, key, p, now, fn, self, args);
     f.kind = "refresh";
-    this.life.track(this.#run(f));
+    const trace = channels.refresh;
+    this.life.track(trace.hasSubscribers ? trace.tracePromise(this.#run, { cache: this.id, scope: ns.label, key }, this, f) : this.#run(f));
   }
 
   /** One flight from start to end. Never rejects: every outcome settles the flight. */
@@ -397,7 +411,8 @@ export class Engine {
   async #callLoader(f: Flight, held: Held | undefined): Promise<void> {
     const { ns, key, policy: p } = f;
     this.report.fact("load", { key, scope: ns.label });
-    let outcome = f.invoke(held?.value);
+    const trace = channels.load;
+    let outcome = trace.hasSubscribers ? trace.tracePromise(f.invoke, { cache: this.id, scope: ns.label, key, kind: f.kind }, f, held?.value) : f.invoke(held?.value);
     // A timer keeps the process alive while a caller awaits the flight, not for a refresh alone.
     const background = !f.waited;
     if (p.hardTimeout > 0) {

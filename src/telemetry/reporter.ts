@@ -55,8 +55,12 @@ export class Reporter {
   /** One line per event, failures throttled (see LogWriter). */
   readonly log: LogWriter;
 
-  constructor(logger: Logger | undefined, clock?: TimerClock) {
+  /** The cache instance's id: diagnostics-channel messages carry it. */
+  readonly id: string;
+
+  constructor(logger: Logger | undefined, clock?: TimerClock, id = "") {
     this.logger = logger;
+    this.id = id;
     this.log = new LogWriter(logger, clock);
     this.emitter = new Emitter((event, error) => this.log.write("error", "listenerError", { listenerOf: event, err: error }, "layercache: event listener threw"));
   }
