@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, posix, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
@@ -290,5 +290,121 @@ describe("decorators in a consumer project (both settings)", () => {
     const expected = ["user-1", "user:1", "user-1", null, 3, 8, "double:[4]", 8, 9, 9];
     expect(JSON.parse(run("node", ["out/consumer.cjs"], project))).toEqual(expected);
     expect(JSON.parse(run("node", ["out/consumer.mjs"], project))).toEqual(expected);
-  });
+   }, 180_000);
+});
+
+/**
+ * The integrations as a user installs them: layercache/otel with the OpenTelemetry SDK,
+ * layercache/fastify in a Fastify app, and layercache/nestjs in a Nest application written with
+ * `@` decorators (experimentalDecorators + emitDecoratorMetadata, as Nest projects compile), one
+ * of its services' methods decorated with `@scope.cached`. The frameworks are linked from the
+ * repository's node_modules rather than installed again.
+ */
+describe("integrations from the installed package", () => {
+  const nest = `
+    import "reflect-metadata";
+    import { Injectable, Module } from "@nestjs/common";
+    import { NestFactory } from "@nestjs/core";
+    import { LayerCache, CacheScope, cachedOf } from "layercache";
+    import { LayerCacheModule, InjectScope } from "layercache/nestjs";
+
+    const cache = new LayerCache({ ttl: "1m" });
+    const users = cache.scope("users");
+    let loads = 0;
+
+    @Injectable()
+    class UsersService {
+      constructor(@InjectScope("users") private readonly scope: CacheScope, readonly byType: LayerCache) {}
+      @users.cached({ key: (id: string) => \`user:\${id}\` })
+      async find(id: string): Promise<{ id: string; n: number }> {
+        return { id, n: ++loads };
+      }
+      peek(id: string): Promise<unknown> {
+        return this.scope.get(\`user:\${id}\`);
+      }
+    }
+
+    @Module({ imports: [LayerCacheModule.forRoot({ cache, scopes: ["users"] })], providers: [UsersService] })
+    class AppModule {}
+
+    const app = await NestFactory.createApplicationContext(AppModule, { logger: false });
+    const svc = app.get(UsersService);
+    const a = await svc.find("1");
+    const b = await svc.find("1");
+    const peeked = await svc.peek("1");
+    await cachedOf(svc.find).removeCached("1");
+    const after = await svc.peek("1");
+    await app.close();
+    const closed = await cache.get("x").then(() => false, () => true);
+    console.log(JSON.stringify([a, b, peeked, after ?? null, svc.byType === cache, closed]));
+  `;
+  const fastify = `
+    import Fastify from "fastify";
+    import { layercache } from "layercache/fastify";
+    const app = Fastify();
+    await app.register(layercache, { options: { ttl: "1m" } });
+    let loads = 0;
+    app.get("/n", async () => app.cache.getOrSet("n", async () => ({ n: ++loads })));
+    const r1 = await app.inject({ method: "GET", url: "/n" });
+    const r2 = await app.inject({ method: "GET", url: "/n" });
+    const cache = app.cache;
+    await app.close();
+    console.log(JSON.stringify([r1.json(), r2.json(), await cache.get("n").then(() => false, () => true)]));
+  `;
+  const otel = `
+    import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
+    import { LayerCache } from "layercache";
+    import { METRICS, instrument } from "layercache/otel";
+    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 });
+    const meterProvider = new MeterProvider({ readers: [reader] });
+    const cache = new LayerCache();
+    const inst = instrument(cache, { meterProvider });
+    await cache.getOrSet("k", async () => 1);
+    await cache.getOrSet("k", async () => 1);
+    await reader.forceFlush();
+    const names: Record<string, number> = {};
+    for (const sm of exporter.getMetrics().at(-1)!.scopeMetrics) for (const m of sm.metrics) names[m.descriptor.name] = m.dataPoints.length;
+    inst.disable();
+    await cache.close();
+    await meterProvider.shutdown();
+    console.log(JSON.stringify([names[METRICS.hits], names[METRICS.misses], names[METRICS.loadDuration]]));
+  `;
+
+  test("tsc compiles them (experimentalDecorators, emitDecoratorMetadata) and they run: Nest injects and closes the cache, Fastify serves it, OTel records it", () => {
+    const project = mkdtempSync(join(dir, "integrations-"));
+    const modules = join(dir, "node_modules");
+    for (const lib of ["@nestjs", "fastify", "reflect-metadata", "rxjs", "@opentelemetry"]) {
+      try {
+        symlinkSync(join(root, "node_modules", lib), join(modules, lib));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      }
+    }
+    writeFileSync(join(project, "package.json"), JSON.stringify({ type: "module", private: true }));
+    writeFileSync(join(project, "nest.ts"), nest);
+    writeFileSync(join(project, "fastify.ts"), fastify);
+    writeFileSync(join(project, "otel.ts"), otel);
+    writeFileSync(
+      join(project, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: { strict: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: true, outDir: "out", experimentalDecorators: true, emitDecoratorMetadata: true },
+        files: ["nest.ts", "fastify.ts", "otel.ts"],
+      }),
+    );
+    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
+    let out = "";
+    try {
+      run("node", [tsc, "-p", "tsconfig.json"], project);
+    } catch (error) {
+      out = String((error as { stdout?: string }).stdout ?? error);
+    }
+    expect(out).toBe("");
+    expect(JSON.parse(run("node", ["out/nest.js"], project))).toEqual([{ id: "1", n: 1 }, { id: "1", n: 1 }, { id: "1", n: 1 }, null, true, true]);
+    expect(JSON.parse(run("node", ["out/fastify.js"], project))).toEqual([{ n: 1 }, { n: 1 }, true]);
+    expect(JSON.parse(run("node", ["out/otel.js"], project))).toEqual([1, 1, 1]);
+    // The CommonJS builds load too.
+    writeFileSync(join(project, "require.cjs"), `console.log([typeof require("layercache/otel").instrument, typeof require("layercache/fastify").layercache, typeof require("layercache/nestjs").LayerCacheModule].join(" "));`);
+    expect(run("node", ["require.cjs"], project).trim()).toBe("function function function");
+   }, 180_000);
 });

@@ -45,5 +45,3 @@ export const layercache: FastifyPluginAsync<LayerCacheFastifyOptions> = Object.a
   [Symbol.for("fastify.display-name")]: "layercache",
   [Symbol.for("plugin-meta")]: { name: "layercache", fastify: ">=4" },
 });
-
-export default layercache;
