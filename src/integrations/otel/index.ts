@@ -96,13 +96,17 @@ export function instrument(cache: LayerCache, options: OtelOptions = {}): Instru
   const recordKeys = options.recordKeys ?? false;
   const id = cache.instanceId;
 
-  const hits = meter.createCounter(METRICS.hits, { description: "Fresh values returned without a load" });
-  const misses = meter.createCounter(METRICS.misses, { description: "Reads that found no fresh value" });
-  const staleHits = meter.createCounter(METRICS.staleHits, { description: "Values past their ttl returned (background, fail-safe, soft timeout)" });
+  // Hits, misses and stale hits happen on every read: they are counted here in plain numbers and
+  // handed to the SDK when it collects (observable counters), not through a counter call per read.
+  const hits = meter.createObservableCounter(METRICS.hits, { description: "Fresh values returned without a load" });
+  const misses = meter.createObservableCounter(METRICS.misses, { description: "Reads that found no fresh value" });
+  const staleHits = meter.createObservableCounter(METRICS.staleHits, { description: "Values past their ttl returned (background, fail-safe, soft timeout)" });
   const loads = meter.createCounter(METRICS.loads, { description: "Loader calls finished" });
-  const loadDuration: Histogram = meter.createHistogram(METRICS.loadDuration, { description: "Loader call duration", unit: "s" });
+  // Seconds, so the SDK's default buckets (made for milliseconds) would put nearly every call in the first one.
+  const advice = { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
+  const loadDuration: Histogram = meter.createHistogram(METRICS.loadDuration, { description: "Loader call duration", unit: "s", advice });
   const refreshes = meter.createCounter(METRICS.refreshes, { description: "Background refreshes by outcome" });
-  const l2Duration: Histogram = meter.createHistogram(METRICS.l2Duration, { description: "L2 store call duration", unit: "s" });
+  const l2Duration: Histogram = meter.createHistogram(METRICS.l2Duration, { description: "L2 store call duration", unit: "s", advice });
   const busMessages: Counter = meter.createCounter(METRICS.busMessages, { description: "Bus messages sent, received and dropped" });
   let circuitOpen = 0;
   const circuit = meter.createObservableGauge(METRICS.l2CircuitOpen, { description: "1 while the L2 circuit breaker is open" });
@@ -112,21 +116,30 @@ export function instrument(cache: LayerCache, options: OtelOptions = {}): Instru
   circuit.addCallback(observeCircuit);
   entries.addCallback(observeEntries);
 
-  // Attribute objects are reused per scope (and layer / reason): a hit allocates nothing here.
-  const memo = new Map<string, Attributes>();
-  const attrs = (memoKey: string, make: () => Attributes): Attributes => {
-    let a = memo.get(memoKey);
-    if (a === undefined) {
-      a = make();
-      if (memo.size < 10_000) memo.set(memoKey, a);
-    }
-    return a;
+  /** Running totals by attribute set: a read adds 1 to a number (the set is made once per scope). */
+  type Tally = Map<string, { attributes: Attributes; n: number }>;
+  const tally = (t: Tally, memoKey: string, make: () => Attributes): void => {
+    const c = t.get(memoKey);
+    if (c !== undefined) c.n++;
+    else t.set(memoKey, { attributes: make(), n: 1 });
   };
+  const hitTally: Tally = new Map();
+  const missTally: Tally = new Map();
+  const staleTally: Tally = new Map();
+  const observeTally = (t: Tally) => (r: { observe(v: number, a: Attributes): void }) => {
+    for (const c of t.values()) r.observe(c.n, c.attributes);
+  };
+  const tallies = [
+    [hits, observeTally(hitTally)],
+    [misses, observeTally(missTally)],
+    [staleHits, observeTally(staleTally)],
+  ] as const;
+  for (const [instrument, callback] of tallies) instrument.addCallback(callback);
 
   const listeners: { [E in keyof CacheEvents]?: (p: CacheEvents[E]) => void } = {
-    hit: (p) => hits.add(1, attrs(`h\u0000${p.layer}\u0000${p.scope}`, () => ({ [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.layer]: p.layer }))),
-    miss: (p) => misses.add(1, attrs(`m\u0000${p.scope}`, () => ({ [ATTRIBUTES.scope]: p.scope }))),
-    staleHit: (p) => staleHits.add(1, attrs(`s\u0000${p.reason}\u0000${p.scope}`, () => ({ [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.reason]: p.reason }))),
+    hit: (p) => tally(hitTally, p.layer === "l1" ? `1${p.scope}` : `2${p.scope}`, () => ({ [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.layer]: p.layer })),
+    miss: (p) => tally(missTally, p.scope, () => ({ [ATTRIBUTES.scope]: p.scope })),
+    staleHit: (p) => tally(staleTally, `${p.reason}\u0000${p.scope}`, () => ({ [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.reason]: p.reason })),
     refreshSuccess: (p) => refreshes.add(1, { [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.outcome]: "success" }),
     refreshFailure: (p) => refreshes.add(1, { [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.outcome]: "failure" }),
     refreshSkipped: (p) => refreshes.add(1, { [ATTRIBUTES.scope]: p.scope, [ATTRIBUTES.outcome]: "skipped", [ATTRIBUTES.reason]: p.reason }),
@@ -212,6 +225,9 @@ export function instrument(cache: LayerCache, options: OtelOptions = {}): Instru
 
   const subscriptions: (() => void)[] = [];
   for (const channel of Object.values(diagnosticChannels)) {
+    // Reads feed no metric through the channels (their counts come from events): without read
+    // spans, the read channels are left alone and reads stay untraced.
+    if (!readSpans && (channel === diagnosticChannels.get || channel === diagnosticChannels.getOrSet)) continue;
     const tc = tracingChannel(channel);
     // A received bus message is traced synchronously (it ends at `end`); every other operation is a promise (`asyncEnd`).
     const handlers: Record<Phase, (message: unknown) => void> = {
@@ -254,6 +270,7 @@ export function instrument(cache: LayerCache, options: OtelOptions = {}): Instru
       for (const [event, listener] of Object.entries(listeners)) cache.off(event as keyof CacheEvents, listener as never);
       for (const stop of subscriptions) stop();
       circuit.removeCallback(observeCircuit);
+      for (const [instrument, callback] of tallies) instrument.removeCallback(callback);
       entries.removeCallback(observeEntries);
     },
   };
