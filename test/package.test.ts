@@ -17,6 +17,16 @@ function run(cmd: string, args: string[], cwd: string): string {
   return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_update_notifier: "false" } });
 }
 
+/** What tsc reports for the project in `project` (its tsconfig.json): "" when it compiles cleanly. */
+function tscErrors(project: string): string {
+  try {
+    run("node", [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], project);
+    return "";
+  } catch (error) {
+    return String((error as { stdout?: string }).stdout ?? error);
+  }
+}
+
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "layercache-pack-"));
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
@@ -202,14 +212,7 @@ describe("npm pack output", () => {
       join(project, "tsconfig.json"),
       JSON.stringify({ compilerOptions: { strict: true, noEmit: true, ...resolution, target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false }, files: sources }),
     );
-    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
-    let out = "";
-    try {
-      run("node", [tsc, "-p", "tsconfig.json"], project);
-    } catch (error) {
-      out = String((error as { stdout?: string }).stdout ?? error);
-    }
-    expect(out).toBe("");
+    expect(tscErrors(project)).toBe("");
   });
 });
 
@@ -279,14 +282,7 @@ describe("decorators in a consumer project (both settings)", () => {
         files: ["consumer.cts", "consumer.mts"],
       }),
     );
-    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
-    let out = "";
-    try {
-      run("node", [tsc, "-p", "tsconfig.json"], project);
-    } catch (error) {
-      out = String((error as { stdout?: string }).stdout ?? error);
-    }
-    expect(out).toBe("");
+    expect(tscErrors(project)).toBe("");
     const expected = ["user-1", "user:1", "user-1", null, 3, 8, "double:[4]", 8, 9, 9];
     expect(JSON.parse(run("node", ["out/consumer.cjs"], project))).toEqual(expected);
     expect(JSON.parse(run("node", ["out/consumer.mjs"], project))).toEqual(expected);
@@ -392,14 +388,7 @@ describe("integrations from the installed package", () => {
         files: ["nest.ts", "fastify.ts", "otel.ts"],
       }),
     );
-    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
-    let out = "";
-    try {
-      run("node", [tsc, "-p", "tsconfig.json"], project);
-    } catch (error) {
-      out = String((error as { stdout?: string }).stdout ?? error);
-    }
-    expect(out).toBe("");
+    expect(tscErrors(project)).toBe("");
     expect(JSON.parse(run("node", ["out/nest.js"], project))).toEqual([{ id: "1", n: 1 }, { id: "1", n: 1 }, { id: "1", n: 1 }, null, true, true]);
     expect(JSON.parse(run("node", ["out/fastify.js"], project))).toEqual([{ n: 1 }, { n: 1 }, true]);
     expect(JSON.parse(run("node", ["out/otel.js"], project))).toEqual([1, 1, 1]);
