@@ -121,8 +121,9 @@ const bottom = 140;
 const plotW = W - left - right;
 const plotH = H - top - bottom;
 const maxY = Math.max(1, ...samples.flatMap((s) => series.map((x) => s.rates[x.key]!)));
-const niceMax = Math.pow(10, Math.ceil(Math.log10(maxY)));
-const yMax = maxY <= niceMax / 2 ? niceMax / 2 : niceMax;
+// The smallest of 1, 2 or 5 × 10^k at or above the highest rate.
+const decade = Math.pow(10, Math.floor(Math.log10(maxY)));
+const yMax = [1, 2, 5, 10].map((m) => m * decade).find((v) => v >= maxY)!;
 const x = (t: number) => left + (t / RUN_MS) * plotW;
 const y = (v: number) => top + plotH - (Math.min(v, yMax) / yMax) * plotH;
 const parts: string[] = [];
@@ -142,7 +143,7 @@ for (const s of [...samples, { t: RUN_MS, rates: { circuit: 0 } as Totals }]) {
   }
   prevT = s.t;
 }
-parts.push(`<text x="${left + plotW - 4}" y="${top + plotH - 12}" text-anchor="end" fill="#c92a2a">red bar: circuit breaker open (layercache.l2.circuit_open = 1)</text>`);
+parts.push(`<text x="${left + plotW - 4}" y="${top + 14}" text-anchor="end" fill="#c92a2a">red bar at the bottom: circuit breaker open (layercache.l2.circuit_open = 1)</text>`);
 for (let i = 0; i <= 5; i++) {
   const v = (yMax / 5) * i;
   parts.push(`<line x1="${left}" x2="${left + plotW}" y1="${y(v)}" y2="${y(v)}" stroke="#dee2e6"/>`);
@@ -160,7 +161,8 @@ series.forEach((s, i) => {
   const ly = top + plotH + 40 + Math.floor(i / 2) * 18;
   parts.push(`<line x1="${lx}" x2="${lx + 24}" y1="${ly - 4}" y2="${ly - 4}" stroke="${s.color}" stroke-width="3"/><text x="${lx + 30}" y="${ly}">${s.label}</text>`);
 });
-parts.push(`<text x="${left}" y="${H - 12}" fill="#868e96">Rendered by examples/otel-outage.ts from one run: metrics read from the OpenTelemetry SDK every ${SAMPLE_MS} ms; 20 reads every 10 ms over ${KEYS} keys, L1 of 100 entries, ttl 3 s, failSafe 1 m.</text>`);
+parts.push(`<text x="${left}" y="${H - 28}" fill="#868e96">Rendered by examples/otel-outage.ts from one run: metrics read from the OpenTelemetry SDK every ${SAMPLE_MS} ms;</text>`);
+parts.push(`<text x="${left}" y="${H - 12}" fill="#868e96">20 reads every 10 ms over ${KEYS} keys, L1 of 100 entries, ttl 3 s, failSafe 1 m, L2 timeout 200 ms, breaker: 3 failures, 5 s cooldown.</text>`);
 parts.push("</svg>");
 const file = join(resolve(import.meta.dirname, ".."), "docs/images/otel-outage.svg");
 writeFileSync(file, parts.join("\n") + "\n");
