@@ -16,7 +16,7 @@ function completeEmptySourceMaps(): void {
 
 // One entry per public subpath; backend entries are added next to `index`.
 export default defineConfig({
-  entry: { index: "src/index.ts", backend: "src/backend.ts", testing: "src/testing.ts", redis: "src/backends/redis/index.ts", memcached: "src/backends/memcached/index.ts", postgres: "src/backends/postgres/index.ts", kafka: "src/backends/kafka/index.ts", rabbitmq: "src/backends/rabbitmq/index.ts", nats: "src/backends/nats/index.ts" },
+  entry: { index: "src/index.ts", backend: "src/backend.ts", testing: "src/testing.ts", redis: "src/backends/redis/index.ts", memcached: "src/backends/memcached/index.ts", postgres: "src/backends/postgres/index.ts", kafka: "src/backends/kafka/index.ts", rabbitmq: "src/backends/rabbitmq/index.ts", nats: "src/backends/nats/index.ts", otel: "src/integrations/otel/index.ts", fastify: "src/integrations/fastify/index.ts", nestjs: "src/integrations/nestjs/index.ts" },
   format: ["esm", "cjs"],
   dts: true,
   sourcemap: true,
@@ -26,6 +26,6 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Client libraries are optional peers, loaded at run time only when `{ url }` needs one: never bundled.
-  external: ["ioredis", "redis", "pg", "@platformatic/kafka", "rabbitmq-client", "@nats-io/transport-node", "@nats-io/jetstream"],
+  external: ["ioredis", "redis", "pg", "@platformatic/kafka", "rabbitmq-client", "@nats-io/transport-node", "@nats-io/jetstream", "@opentelemetry/api", "fastify", "@nestjs/common", "@nestjs/core"],
   onSuccess: async () => completeEmptySourceMaps(),
 });

@@ -19,13 +19,24 @@ export const OPTIONS: Options = QUICK ? { time: 250, rounds: 2 } : { time: 1000,
  * Runs each task (one call = `opsPerCall` operations) for `time` ms per round, `rounds` rounds in
  * rotating order, and returns the median operations per second of each.
  */
-export async function compare(tasks: Record<string, () => Promise<unknown>>, opsPerCall: number, o: Options = OPTIONS): Promise<Record<string, number>> {
+/** A task with hooks run around each of its phases (warm-up and run), e.g. to subscribe and unsubscribe. */
+export interface HookedTask {
+  fn: () => Promise<unknown>;
+  beforeAll?: () => void;
+  afterAll?: () => void;
+}
+
+export async function compare(tasks: Record<string, (() => Promise<unknown>) | HookedTask>, opsPerCall: number, o: Options = OPTIONS): Promise<Record<string, number>> {
   const names = Object.keys(tasks);
   const samples: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   for (let round = 0; round < o.rounds; round++) {
     const order = names.map((_, i) => names[(i + round) % names.length]!);
     const bench = new Bench({ time: o.time, warmupTime: Math.min(200, o.time / 2), throws: true });
-    for (const n of order) bench.add(n, tasks[n]!);
+    for (const n of order) {
+      const t = tasks[n]!;
+      if (typeof t === "function") bench.add(n, t);
+      else bench.add(n, t.fn, { beforeAll: t.beforeAll, afterAll: t.afterAll });
+    }
     await bench.run();
     for (const task of bench.tasks) {
       const r = task.result as { period?: number } | undefined;

@@ -49,6 +49,51 @@ async function scenario1(): Promise<void> {
   target("1", "≥ 10× BentoCache", `${vsBento.toFixed(1)}×`, vsBento >= 10);
   target("1", "≥ 25% of async lru-cache", `${(vsLru * 100).toFixed(0)}%`, vsLru >= 0.25);
   await closeAll(peers);
+  await scenario1Observed(keys, loader);
+}
+
+/**
+ * Scenario 1 again with observability on: layercache alone, with a subscriber on every
+ * diagnostics channel, and with layercache/otel (the OpenTelemetry SDK, metrics only and metrics
+ * with spans). Channels are process-wide, so each variant subscribes only around its own task
+ * phases (tinybench hooks) and the plain run has no subscriber at all.
+ */
+async function scenario1Observed(keys: string[], loader: () => Promise<unknown>): Promise<void> {
+  const { tracingChannel } = await import("node:diagnostics_channel");
+  const { diagnosticChannels } = await import("../src/index.js");
+  const { instrument } = await import("../src/integrations/otel/index.js");
+  const { MeterProvider, PeriodicExportingMetricReader, InMemoryMetricExporter, AggregationTemporality } = await import("@opentelemetry/sdk-metrics");
+  const { BasicTracerProvider, BatchSpanProcessor } = await import("@opentelemetry/sdk-trace-base");
+  const caches = Array.from({ length: 4 }, () => layercachePeer());
+  for (const p of caches) for (const k of keys) await p.getOrSet(k, loader);
+  const run = (p: Peer) => async () => {
+    for (let i = 0; i < 1000; i++) await p.getOrSet(keys[i]!, loader);
+  };
+  // A subscriber that does nothing: the cost of publishing itself.
+  const noop = { start() {}, end() {}, asyncStart() {}, asyncEnd() {}, error() {} };
+  const channels = Object.values(diagnosticChannels).map((name) => tracingChannel(name));
+  // The real SDK, exporting nowhere far: metrics kept in memory (collected once an hour), spans batched to an exporter that drops them.
+  const meterProvider = new MeterProvider({ readers: [new PeriodicExportingMetricReader({ exporter: new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE), exportIntervalMillis: 3_600_000 })] });
+  const tracerProvider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor({ export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} })] });
+  const otelTask = (p: Peer, readSpans: boolean) => {
+    let inst: { disable(): void } | undefined;
+    const cache = (p as Peer & { cache: LayerCache }).cache;
+    return { fn: run(p), beforeAll: () => void (inst = instrument(cache, { meterProvider, tracerProvider, readSpans })), afterAll: () => inst?.disable() };
+  };
+  const r = await compare(
+    {
+      layercache: run(caches[0]!),
+      "layercache + channel subscriber": { fn: run(caches[1]!), beforeAll: () => channels.forEach((c) => c.subscribe(noop)), afterAll: () => channels.forEach((c) => c.unsubscribe(noop)) },
+      "layercache + OTel metrics": otelTask(caches[2]!, false),
+      "layercache + OTel metrics and spans": otelTask(caches[3]!, true),
+    },
+    1000,
+  );
+  printRatios("1b. Scenario 1 with observability on (the same L1 hits)", r, "layercache");
+  results.s1observed = r;
+  await closeAll(caches);
+  await meterProvider.shutdown();
+  await tracerProvider.shutdown();
 }
 
 // ------------------------------------------------------------------ 2. cached function, L1 hit

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
-import { FakeClock, LayerCache } from "../src/index.js";
+import { FakeClock, LayerCache, cachedOf } from "../src/index.js";
 import { deriveKey } from "../src/api/cached.js";
 import type { L2Store } from "../src/l2/contract.js";
 import { MapStore } from "./support/map-store.js";
@@ -201,6 +201,84 @@ describe("TC39 method decorator", () => {
   test("decorator options are validated when the decorator is created", () => {
     const cache = new LayerCache();
     expect(() => cache.cached({ ttl: "never" })).toThrow(/"ttl"/);
+  });
+
+  test("cachedOf(instance.method) gives the decorated method's removeCached and cacheKey, typed", async () => {
+    const cache = new LayerCache();
+    let calls = 0;
+    class Repo {
+      @cache.cached({ key: (id: string) => `user:${id}` })
+      async find(id: string) {
+        return `${id}:${++calls}`;
+      }
+    }
+    const repo = new Repo();
+    expect(await repo.find("1")).toBe("1:1");
+    expect(cachedOf(repo.find).cacheKey("1")).toBe("user:1");
+    await cachedOf(repo.find).removeCached("1");
+    expect(await repo.find("1")).toBe("1:2");
+    const plain = cache.cached(async (x: number) => x, { name: "plain" });
+    expect(cachedOf(plain)).toBe(plain);
+    expect(() => cachedOf(async () => 1)).toThrow(/cachedOf\(\) needs a function made by cache\.cached/);
+    expect(() => cachedOf(null as never)).toThrow(TypeError);
+  });
+});
+
+/**
+ * What TypeScript emits under `experimentalDecorators` (NestJS projects): the decorator is called
+ * with (prototype or constructor, name, descriptor) and its descriptor is defined on the class.
+ * Compiled by tsc for real under both settings in test/package.test.ts.
+ */
+function legacyDecorate(target: object, name: string, decorator: (t: object, k: string, d: PropertyDescriptor) => unknown): void {
+  const descriptor = Object.getOwnPropertyDescriptor(target, name)!;
+  const result = decorator(target, name, descriptor);
+  Object.defineProperty(target, name, (result as PropertyDescriptor | undefined) ?? descriptor);
+}
+
+describe("experimentalDecorators method decorator", () => {
+  test("@cache.cached(options) and bare @cache.cached, on instance and static methods", async () => {
+    const cache = new LayerCache();
+    const users = cache.scope("users");
+    let calls = 0;
+    class Repo {
+      prefix = "user";
+      async find(id: string) {
+        calls++;
+        return `${this.prefix}-${id}`;
+      }
+      async double(x: number) {
+        calls++;
+        return x * 2;
+      }
+      static async square(x: number) {
+        return x * x;
+      }
+    }
+    legacyDecorate(Repo.prototype, "find", users.cached({ key: (id: string) => `user:${id}` }) as never);
+    legacyDecorate(Repo.prototype, "double", cache.cached as never);
+    legacyDecorate(Repo, "square", cache.cached({ name: "sq" }) as never);
+    const repo = new Repo();
+    expect(await repo.find("1")).toBe("user-1");
+    expect(await repo.find("1")).toBe("user-1");
+    expect(await users.get("user:1")).toBe("user-1");
+    await cachedOf(repo.find).removeCached("1");
+    expect(await users.get("user:1")).toBeUndefined();
+    expect(await repo.double(4)).toBe(8);
+    expect(await cache.get("double:[4]")).toBe(8);
+    expect(await Repo.square(3)).toBe(9);
+    expect(await cache.get("sq:[3]")).toBe(9);
+    expect(calls).toBe(2);
+  });
+
+  test("on an accessor it is a TypeError naming the member", () => {
+    const cache = new LayerCache();
+    class Svc {
+      get value() {
+        return 1;
+      }
+    }
+    expect(() => legacyDecorate(Svc.prototype, "value", cache.cached({ name: "v" }) as never)).toThrow(/decorates class methods only \(value is an accessor\)/);
+    expect(() => legacyDecorate(Svc.prototype, "value", cache.cached as never)).toThrow(TypeError);
   });
 });
 

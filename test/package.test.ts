@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, posix, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
@@ -17,13 +17,24 @@ function run(cmd: string, args: string[], cwd: string): string {
   return execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, npm_config_update_notifier: "false" } });
 }
 
+/** What tsc reports for the project in `project` (its tsconfig.json): "" when it compiles cleanly. */
+function tscErrors(project: string): string {
+  try {
+    run("node", [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], project);
+    return "";
+  } catch (error) {
+    return String((error as { stdout?: string }).stdout ?? error);
+  }
+}
+
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "layercache-pack-"));
   run("npm", ["pack", "--silent", "--pack-destination", dir], root);
   tarball = join(dir, readdirSync(dir).find((f) => f.endsWith(".tgz"))!);
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "consumer", private: true }));
   run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--silent", tarball, "ioredis", "pg", "@platformatic/kafka", "rabbitmq-client", "@nats-io/transport-node", "@nats-io/jetstream"], dir);
-}, 180_000);
+  // The build (three integration entries more since issue 15) and the install take minutes on a loaded machine.
+}, 360_000);
 
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
@@ -348,13 +359,189 @@ describe("npm pack output", () => {
       join(project, "tsconfig.json"),
       JSON.stringify({ compilerOptions: { strict: true, noEmit: true, ...resolution, target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false }, files: sources }),
     );
-    const tsc = join(root, "node_modules", "typescript", "bin", "tsc");
-    let out = "";
-    try {
-      run("node", [tsc, "-p", "tsconfig.json"], project);
-    } catch (error) {
-      out = String((error as { stdout?: string }).stdout ?? error);
+    expect(tscErrors(project)).toBe("");
+    // tsc with skipLibCheck off takes 15-40 s on a loaded 2-core machine: not a speed assertion.
+  }, 120_000);
+});
+
+/**
+ * Decorated methods in a consumer project, compiled by tsc under each decorator setting a user
+ * may have — standard (TC39) decorators, and `experimentalDecorators` as NestJS projects use —
+ * then run: the decorator caches, and `cachedOf(instance.method)` types `removeCached`/`cacheKey`.
+ */
+describe("decorators in a consumer project (both settings)", () => {
+  const source = `
+    import { LayerCache, cachedOf } from "layercache";
+    const cache = new LayerCache();
+    const users = cache.scope("users");
+    let calls = 0;
+    class Repo {
+      prefix = "user";
+      @users.cached({ key: (id: string) => \`user:\${id}\`, ttl: "1h" })
+      async find(id: string): Promise<string> {
+        calls++;
+        return \`\${this.prefix}-\${id}\`;
+      }
+      @cache.cached
+      async double(x: number): Promise<number> {
+        calls++;
+        return x * 2;
+      }
+      @cache.cached({ name: "square" })
+      static async sq(x: number): Promise<number> {
+        return x * x;
+      }
+      // @ts-expect-error the method's parameters must fit the key builder's
+      @users.cached({ key: (id: string) => id })
+      async wrong(n: number): Promise<number> {
+        return n;
+      }
     }
-    expect(out).toBe("");
-  }, 120_000); // tsc over the declarations of every subpath takes ~10 s, several times that on a busy machine
+    async function main(): Promise<void> {
+      const repo = new Repo();
+      const first: string = await repo.find("1");
+      await repo.find("1");
+      const key: string = cachedOf(repo.find).cacheKey("1");
+      const before = await users.get(key);
+      await cachedOf(repo.find).removeCached("1");
+      // @ts-expect-error removeCached takes the method's parameters
+      void cachedOf(repo.find).removeCached(1).catch(() => {});
+      const after = await users.get(key);
+      await repo.find("1");
+      const d: number = await repo.double(4);
+      const dk: string = cachedOf(repo.double).cacheKey(4);
+      const sq: number = await Repo.sq(3);
+      console.log(JSON.stringify([first, key, before, after ?? null, calls, d, dk, await cache.get(dk), sq, await cache.get(cachedOf(Repo.sq).cacheKey(3))]));
+    }
+    void main();
+  `;
+
+  test.each([
+    ["standard (TC39) decorators", {}],
+    ["experimentalDecorators (NestJS)", { experimentalDecorators: true, emitDecoratorMetadata: true }],
+  ])("%s: tsc compiles the project, and the decorated methods cache and remove", (_name, decorators) => {
+    const project = mkdtempSync(join(dir, "decorators-"));
+    writeFileSync(join(project, "consumer.cts"), source);
+    writeFileSync(join(project, "consumer.mts"), source);
+    writeFileSync(
+      join(project, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: { strict: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: false, outDir: "out", ...decorators },
+        files: ["consumer.cts", "consumer.mts"],
+      }),
+    );
+    expect(tscErrors(project)).toBe("");
+    const expected = ["user-1", "user:1", "user-1", null, 3, 8, "double:[4]", 8, 9, 9];
+    expect(JSON.parse(run("node", ["out/consumer.cjs"], project))).toEqual(expected);
+    expect(JSON.parse(run("node", ["out/consumer.mjs"], project))).toEqual(expected);
+   }, 180_000);
+});
+
+/**
+ * The integrations as a user installs them: layercache/otel with the OpenTelemetry SDK,
+ * layercache/fastify in a Fastify app, and layercache/nestjs in a Nest application written with
+ * `@` decorators (experimentalDecorators + emitDecoratorMetadata, as Nest projects compile), one
+ * of its services' methods decorated with `@scope.cached`. The frameworks are linked from the
+ * repository's node_modules rather than installed again.
+ */
+describe("integrations from the installed package", () => {
+  const nest = `
+    import "reflect-metadata";
+    import { Injectable, Module } from "@nestjs/common";
+    import { NestFactory } from "@nestjs/core";
+    import { LayerCache, CacheScope, cachedOf } from "layercache";
+    import { LayerCacheModule, InjectScope } from "layercache/nestjs";
+
+    const cache = new LayerCache({ ttl: "1m" });
+    const users = cache.scope("users");
+    let loads = 0;
+
+    @Injectable()
+    class UsersService {
+      constructor(@InjectScope("users") private readonly scope: CacheScope, readonly byType: LayerCache) {}
+      @users.cached({ key: (id: string) => \`user:\${id}\` })
+      async find(id: string): Promise<{ id: string; n: number }> {
+        return { id, n: ++loads };
+      }
+      peek(id: string): Promise<unknown> {
+        return this.scope.get(\`user:\${id}\`);
+      }
+    }
+
+    @Module({ imports: [LayerCacheModule.forRoot({ cache, scopes: ["users"] })], providers: [UsersService] })
+    class AppModule {}
+
+    const app = await NestFactory.createApplicationContext(AppModule, { logger: false });
+    const svc = app.get(UsersService);
+    const a = await svc.find("1");
+    const b = await svc.find("1");
+    const peeked = await svc.peek("1");
+    await cachedOf(svc.find).removeCached("1");
+    const after = await svc.peek("1");
+    await app.close();
+    const closed = await cache.get("x").then(() => false, () => true);
+    console.log(JSON.stringify([a, b, peeked, after ?? null, svc.byType === cache, closed]));
+  `;
+  const fastify = `
+    import Fastify from "fastify";
+    import { layercache } from "layercache/fastify";
+    const app = Fastify();
+    await app.register(layercache, { options: { ttl: "1m" } });
+    let loads = 0;
+    app.get("/n", async () => app.cache.getOrSet("n", async () => ({ n: ++loads })));
+    const r1 = await app.inject({ method: "GET", url: "/n" });
+    const r2 = await app.inject({ method: "GET", url: "/n" });
+    const cache = app.cache;
+    await app.close();
+    console.log(JSON.stringify([r1.json(), r2.json(), await cache.get("n").then(() => false, () => true)]));
+  `;
+  const otel = `
+    import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
+    import { LayerCache } from "layercache";
+    import { METRICS, instrument } from "layercache/otel";
+    const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const reader = new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 });
+    const meterProvider = new MeterProvider({ readers: [reader] });
+    const cache = new LayerCache();
+    const inst = instrument(cache, { meterProvider });
+    await cache.getOrSet("k", async () => 1);
+    await cache.getOrSet("k", async () => 1);
+    await reader.forceFlush();
+    const names: Record<string, number> = {};
+    for (const sm of exporter.getMetrics().at(-1)!.scopeMetrics) for (const m of sm.metrics) names[m.descriptor.name] = m.dataPoints.length;
+    inst.disable();
+    await cache.close();
+    await meterProvider.shutdown();
+    console.log(JSON.stringify([names[METRICS.hits], names[METRICS.misses], names[METRICS.loadDuration]]));
+  `;
+
+  test("tsc compiles them (experimentalDecorators, emitDecoratorMetadata) and they run: Nest injects and closes the cache, Fastify serves it, OTel records it", () => {
+    const project = mkdtempSync(join(dir, "integrations-"));
+    const modules = join(dir, "node_modules");
+    for (const lib of ["@nestjs", "fastify", "reflect-metadata", "rxjs", "@opentelemetry"]) {
+      try {
+        symlinkSync(join(root, "node_modules", lib), join(modules, lib));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      }
+    }
+    writeFileSync(join(project, "package.json"), JSON.stringify({ type: "module", private: true }));
+    writeFileSync(join(project, "nest.ts"), nest);
+    writeFileSync(join(project, "fastify.ts"), fastify);
+    writeFileSync(join(project, "otel.ts"), otel);
+    writeFileSync(
+      join(project, "tsconfig.json"),
+      JSON.stringify({
+        compilerOptions: { strict: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2023", "esnext.disposable"], types: ["node"], typeRoots: [join(root, "node_modules", "@types")], skipLibCheck: true, outDir: "out", experimentalDecorators: true, emitDecoratorMetadata: true },
+        files: ["nest.ts", "fastify.ts", "otel.ts"],
+      }),
+    );
+    expect(tscErrors(project)).toBe("");
+    expect(JSON.parse(run("node", ["out/nest.js"], project))).toEqual([{ id: "1", n: 1 }, { id: "1", n: 1 }, { id: "1", n: 1 }, null, true, true]);
+    expect(JSON.parse(run("node", ["out/fastify.js"], project))).toEqual([{ n: 1 }, { n: 1 }, true]);
+    expect(JSON.parse(run("node", ["out/otel.js"], project))).toEqual([1, 1, 1]);
+    // The CommonJS builds load too.
+    writeFileSync(join(project, "require.cjs"), `console.log([typeof require("layercache/otel").instrument, typeof require("layercache/fastify").layercache, typeof require("layercache/nestjs").LayerCacheModule].join(" "));`);
+    expect(run("node", ["require.cjs"], project).trim()).toBe("function function function");
+   }, 180_000);
 });

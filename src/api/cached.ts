@@ -19,6 +19,36 @@ export type CachedMethod<This, A extends unknown[], R> = ((this: This, ...args: 
   cacheKey(...args: A): string;
 };
 
+/**
+ * What `cache.cached(options)` returns: a method decorator that works under both decorator
+ * settings of TypeScript — standard (TC39) decorators, and `experimentalDecorators` (NestJS and
+ * other projects on the legacy proposal). Either way the method keeps its own type: TypeScript
+ * does not let a decorator change the type of what it decorates, so `removeCached` and
+ * `cacheKey` are reached in a typed way through `cachedOf(instance.method)`.
+ */
+export interface CachedDecorator<A extends unknown[]> {
+  /** Standard (TC39) method decorator. */
+  <This, M extends (this: This, ...args: A) => unknown>(method: M, context: ClassMethodDecoratorContext<This, M>): M;
+  /** `experimentalDecorators` method decorator (the method is replaced on its descriptor). */
+  <M extends (...args: A) => unknown>(target: object, propertyKey: string | symbol, descriptor: TypedPropertyDescriptor<M>): void;
+}
+
+/** Every function `cached` made (functions and decorated methods alike), for `cachedOf`. */
+const made = new WeakSet<Function>();
+
+/**
+ * The cached function behind `fn` — a decorated method (`cachedOf(service.getUser)`) or a
+ * function from `cache.cached` — typed with its `removeCached` and `cacheKey`. A decorated
+ * method's type cannot show them (decorators do not change types), this makes them visible.
+ * Throws a TypeError for a function that is not cached.
+ */
+export function cachedOf<F extends (...args: any[]) => unknown>(fn: F): CachedFunction<Parameters<F>, ReturnType<F>> {
+  if (typeof fn !== "function" || !made.has(fn)) {
+    throw new TypeError(`layercache: cachedOf() needs a function made by cache.cached() or a method decorated with @cache.cached (got ${typeof fn === "function" ? `function ${JSON.stringify(fn.name)}` : preview(fn)})`);
+  }
+  return fn as unknown as CachedFunction<Parameters<F>, ReturnType<F>>;
+}
+
 const stringify = configure({ deterministic: true, circularValue: Error, bigint: true });
 
 // Markers for values JSON has no form of; a leading NUL keeps them apart from user strings.
@@ -182,6 +212,7 @@ export function makeCached(engine: Engine, ns: Namespace, base: Policy, fn: unkn
   };
   wrapper.cacheKey = (...args: unknown[]): string => keyOf(args);
   Object.defineProperty(wrapper, "name", { value: typeof name === "string" && name !== "" ? name : "cached" });
+  made.add(wrapper);
   return wrapper;
 }
 
@@ -190,14 +221,38 @@ export function isMethodContext(v: unknown): v is ClassMethodDecoratorContext {
   return typeof v === "object" && v !== null && (v as { kind?: unknown }).kind === "method" && typeof (v as { addInitializer?: unknown }).addInitializer === "function";
 }
 
-/** The TC39 method decorator returned by `cache.cached(options)`. */
+/**
+ * True when the call is TypeScript's `experimentalDecorators` form, `(target, propertyKey,
+ * descriptor)`, on a method. (A standard decorator gets `(method, context)`.)
+ */
+export function isLegacyMethodCall(target: unknown, propertyKey: unknown, descriptor: unknown): descriptor is PropertyDescriptor {
+  return (
+    (typeof target === "object" || typeof target === "function") &&
+    target !== null &&
+    (typeof propertyKey === "string" || typeof propertyKey === "symbol") &&
+    typeof descriptor === "object" &&
+    descriptor !== null &&
+    ("value" in descriptor || "get" in descriptor || "set" in descriptor)
+  );
+}
+
+/**
+ * The method decorator returned by `cache.cached(options)`, for both decorator settings: the
+ * standard `(method, context)` call returns the replacement; the `experimentalDecorators`
+ * `(target, propertyKey, descriptor)` call puts it on the descriptor.
+ */
 export function methodDecorator(engine: Engine, ns: Namespace, base: Policy, options: CachedOptions<unknown[]> | undefined) {
   // Options are checked when the decorator is created, not when the class is defined.
   const o = checkOptionNames(options, "cached");
   derivePolicy(base, o);
   if (o.name !== undefined) checkName(o.name, "the name");
   if (o.key !== undefined && typeof o.key !== "function") throw optionError("key", "must be a function returning the cache key");
-  return (method: unknown, context: ClassMethodDecoratorContext): unknown => {
+  return (method: unknown, context: unknown, descriptor?: unknown): unknown => {
+    if (isLegacyMethodCall(method, context, descriptor)) {
+      if (typeof descriptor.value !== "function") throw new TypeError(`layercache: @cached(...) decorates class methods only (${String(context)} is an accessor)`);
+      descriptor.value = makeCached(engine, ns, base, descriptor.value, o, String(context));
+      return descriptor;
+    }
     if (!isMethodContext(context)) throw new TypeError("layercache: @cached(...) decorates class methods only");
     // The method name (when it derives keys) is checked when the class is defined.
     return makeCached(engine, ns, base, method, o, String(context.name));

@@ -1,4 +1,4 @@
-import { isMethodContext, makeCached, makeCachedBatch, methodDecorator, type CachedBatchFunction, type CachedBatchOptions, type CachedFunction, type CachedMethod } from "./cached.js";
+import { isLegacyMethodCall, isMethodContext, makeCached, makeCachedBatch, methodDecorator, type CachedBatchFunction, type CachedBatchOptions, type CachedDecorator, type CachedFunction, type CachedMethod } from "./cached.js";
 import type { LoadMany } from "../core/batch.js";
 import type { Engine } from "../core/engine.js";
 import type { Loader } from "../core/flight.js";
@@ -220,17 +220,19 @@ export class CacheScope {
   /**
    * Wraps a function so its results are cached in this scope, keyed by `options.key(...args)` or
    * by its name and a stable encoding of the arguments. Called with options only (or applied
-   * bare as `@cache.cached`), it is a standard TC39 method decorator.
+   * bare as `@cache.cached`), it is a method decorator, under standard (TC39) decorators and
+   * under TypeScript's `experimentalDecorators` alike; `cachedOf(instance.method)` gives the
+   * decorated method's `removeCached` and `cacheKey` with their types.
    */
+  cached<This, M extends (this: This, ...args: any[]) => unknown>(method: M, context: ClassMethodDecoratorContext<This, M>): M;
+  cached(target: object, propertyKey: string | symbol, descriptor: PropertyDescriptor): void;
   cached<F extends (...args: any[]) => unknown>(fn: F, options?: CachedOptions<Parameters<F>>): CachedFunction<Parameters<F>, ReturnType<F>>;
-  cached<This, A extends unknown[], R>(
-    options?: CachedOptions<A>,
-  ): (method: (this: This, ...args: A) => R, context: ClassMethodDecoratorContext<This, (this: This, ...args: A) => R>) => CachedMethod<This, A, R>;
-  cached(fnOrOptions?: unknown, options?: unknown): unknown {
-    if (typeof fnOrOptions === "function") {
-      if (isMethodContext(options)) return methodDecorator(this.#engine, this.#ns, this.#policy, undefined)(fnOrOptions, options);
-      return makeCached(this.#engine, this.#ns, this.#policy, fnOrOptions, options);
+  cached<A extends unknown[] = any[]>(options?: CachedOptions<A>): CachedDecorator<A>;
+  cached(fnOrOptions?: unknown, options?: unknown, descriptor?: unknown): unknown {
+    if (isLegacyMethodCall(fnOrOptions, options, descriptor) || (typeof fnOrOptions === "function" && isMethodContext(options))) {
+      return methodDecorator(this.#engine, this.#ns, this.#policy, undefined)(fnOrOptions, options, descriptor);
     }
+    if (typeof fnOrOptions === "function") return makeCached(this.#engine, this.#ns, this.#policy, fnOrOptions, options);
     return methodDecorator(this.#engine, this.#ns, this.#policy, fnOrOptions as CachedOptions<unknown[]> | undefined);
   }
 }

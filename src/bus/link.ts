@@ -1,3 +1,4 @@
+import { channels, type BusContext } from "../telemetry/channels.js";
 import type { TimerClock } from "../shared/clock.js";
 import { LayerCacheError } from "../shared/errors.js";
 import type { Reporter } from "../telemetry/reporter.js";
@@ -191,7 +192,13 @@ export class BusLink {
    * that cannot be published now is merged and republished later; an "update" is only a hint
    * (peers' copies are older, not invalid) and is not.
    */
-  async publish(op: BusOp, scope: readonly string[], keys: string[], gen?: string): Promise<void> {
+  publish(op: BusOp, scope: readonly string[], keys: string[], gen?: string): Promise<void> {
+    const trace = channels.bus;
+    if (trace.hasSubscribers) return trace.tracePromise(this.#publish, { cache: this.#report.id, operation: "publish", op, scope: scope.join("/"), keys }, this, op, scope, keys, gen);
+    return this.#publish(op, scope, keys, gen);
+  }
+
+  async #publish(op: BusOp, scope: readonly string[], keys: string[], gen?: string): Promise<void> {
     const conn = this.#conn;
     const gate = conn === undefined ? "shut" : this.#breaker.gate();
     if (gate === "shut") {
@@ -282,7 +289,7 @@ export class BusLink {
     }
     if (chunk.length > 0) out.push(this.#encode(op, scope, chunk, gen, at));
     if (oversized) {
-      this.#report.note(undefined, "warn", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
+      this.#report.note(undefined, "warn", "busKeyTooLong", { scope: scope.join("/"), maxMessageBytes: max }, "layercache: a key too long for one bus message was sent as a clear of its scope");
       out.push(this.#clearMessage(scope, at));
     }
     return out;
@@ -302,7 +309,7 @@ export class BusLink {
     this.#add(JSON.stringify(scope), scope, op === "remove" ? keys : "clear");
     if (this.#pendingKeys > MAX_PENDING_KEYS) {
       // Bounded memory, still safe: peers dropping everything is a superset of what they missed.
-      this.#report.note("busPublishesCollapsed", "warn", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
+      this.#report.note("busPublishesCollapsed", "warn", "busPublishesCollapsed", { keys: this.#pendingKeys }, "layercache: too many invalidations waiting for the bus; they will be sent as one clear");
       for (const pid of this.#pending.keys()) this.#pending.delete(pid);
       this.#pending.put("[]", { id: "[]", scope: [], keys: "clear", sending: false });
       this.#pendingKeys = 1;
@@ -385,13 +392,33 @@ export class BusLink {
   }
 
   #receive(text: string): void {
+    const trace = channels.bus;
+    if (trace.hasSubscribers) {
+      const context: BusContext = { cache: this.#report.id, operation: "receive" };
+      trace.traceSync(this.#handle, context, this, text, context);
+    }
+    else this.#handle(text, undefined);
+  }
+
+  /** A received message; `trace` (the channel's context, when traced) is told what it was. */
+  #handle(text: string, trace?: BusContext): void {
     const d = decodeMessage(text, this.#secret, this.#clock.now());
     if (!d.ok) {
+      if (trace !== undefined) trace.dropped = d.reason;
       this.#report.fact("busMessageDropped", { reason: d.reason });
       return;
     }
     const m: BusMessage = d.message;
-    if (m.from === this.#id) return;
+    if (trace !== undefined) {
+      trace.op = m.op;
+      trace.scope = m.scope.join("/");
+      trace.keys = m.keys;
+      trace.from = m.from;
+    }
+    if (m.from === this.#id) {
+      if (trace !== undefined) trace.dropped = "own";
+      return;
+    }
     if (m.op === "remove") this.#peer.onRemove(m.scope, m.keys, m.from, m.gen);
     else if (m.op === "update") this.#peer.onUpdate(m.scope, m.keys, m.from, m.gen);
     else if (m.op === "tag") this.#peer.onTag(m.scope, m.keys, m.from);

@@ -6,6 +6,7 @@ import { CacheClosedError, LoadTimeoutError, SerializationError, keyError } from
 import type { Counters, Emitter, HitLayer, Stats } from "../telemetry/events.js";
 import type { Logger } from "../telemetry/logger.js";
 import { Reporter } from "../telemetry/reporter.js";
+import { channels } from "../telemetry/channels.js";
 import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../l1/partition.js";
 import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../api/options.js";
 import type { L2Store } from "../l2/contract.js";
@@ -95,7 +96,7 @@ export class Engine {
     this.settings = init.settings;
     this.logger = init.logger;
     this.serializer = init.serializer;
-    this.report = new Reporter(init.logger);
+    this.report = new Reporter(init.logger, init.clock, this.id);
     this.#pool = new RefreshPool(init.settings.refreshConcurrency, init.settings.refreshCooldown, this.report);
     const part = new L1Partition(init.bounds.maxEntries ?? DEFAULTS.maxEntries, init.bounds.maxBytes);
     this.root = new Namespace(undefined, "", part, init.bounds);
@@ -156,7 +157,8 @@ export class Engine {
   }
 
   close(): Promise<void> {
-    return this.life.close();
+    // Failure lines still held back by the log throttle are summed up now, not lost.
+    return this.life.close().finally(() => this.report.log.flush());
   }
 
   get opened(): boolean {
@@ -183,7 +185,13 @@ export class Engine {
 
   /** A fresh value from L1 or L2, else undefined. Never loads, never serves stale. */
   get(ns: Namespace, key: string): Promise<unknown> {
-    if (!this.opened) return this.life.afterOpen(() => this.get(ns, key));
+    const trace = channels.get;
+    if (trace.hasSubscribers) return trace.tracePromise(this.#get, { cache: this.id, scope: ns.label, key }, this, ns, key);
+    return this.#get(ns, key);
+  }
+
+  #get(ns: Namespace, key: string): Promise<unknown> {
+    if (!this.opened) return this.life.afterOpen(() => this.#get(ns, key));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -240,7 +248,13 @@ export class Engine {
    * `args` is given, the cached function (called with `args`).
    */
   read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
-    if (!this.opened) return this.life.afterOpen(() => this.read(ns, key, p, fn, self, args));
+    const trace = channels.getOrSet;
+    if (trace.hasSubscribers) return trace.tracePromise(this.#read, { cache: this.id, scope: ns.label, key }, this, ns, key, p, fn, self, args);
+    return this.#read(ns, key, p, fn, self, args);
+  }
+
+  #read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+    if (!this.opened) return this.life.afterOpen(() => this.#read(ns, key, p, fn, self, args));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
       const part = ns.part;
@@ -347,7 +361,8 @@ export class Engine {
     if (!this.#pool.acquire(ns, key, now)) return;
     const f = this.#flight(ns, key, p, now, fn, self, args);
     f.kind = "refresh";
-    this.life.track(this.#run(f));
+    const trace = channels.refresh;
+    this.life.track(trace.hasSubscribers ? trace.tracePromise(this.#run, { cache: this.id, scope: ns.label, key }, this, f) : this.#run(f));
   }
 
   /** One flight from start to end. Never rejects: every outcome settles the flight. */
@@ -397,7 +412,7 @@ export class Engine {
       await this.#callLoader(f, held);
     } catch (error) {
       // Only a bug gets here; the callers still get an answer.
-      this.report.note(undefined, "error", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
+      this.report.note(undefined, "error", "internalError", { key, scope: ns.label, err: error }, "layercache: internal error during a load");
       this.#finish(f, "error", error);
     } finally {
       this.#done(f);
@@ -496,7 +511,8 @@ export class Engine {
   async #callLoader(f: Flight, held: Held | undefined): Promise<void> {
     const { ns, key, policy: p } = f;
     this.report.fact("load", { key, scope: ns.label });
-    let outcome = f.invoke(held?.value);
+    const trace = channels.load;
+    let outcome = trace.hasSubscribers ? trace.tracePromise(f.invoke, { cache: this.id, scope: ns.label, key, kind: f.kind }, f, held?.value) : f.invoke(held?.value);
     // A timer keeps the process alive while a caller awaits the flight, not for a refresh alone.
     const background = !f.waited;
     if (p.hardTimeout > 0) {
@@ -560,7 +576,7 @@ export class Engine {
         // Throttle: a down backend is not called again on every read while the fallback is served.
         if (held.remote !== undefined && !tagFenced(ns, held.remote.tags, f.tagSeq)) this.#fillL1(ns, key, held.remote);
         stamp((ns.throttles ??= new Map()), key, now + this.settings.refreshCooldown, now);
-        this.report.note(undefined, "warn", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
+        this.report.note(undefined, "warn", "failSafe", { key, scope: ns.label, err: error }, "layercache: load failed; serving the fail-safe value");
       }
       // Those still waiting: every caller, or after an early answer the late joiners.
       const waiting = f.answer === "early" ? f.lateCallers : f.callers;

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { TimerClock } from "../shared/clock.js";
 import { isRecordError, LayerCacheError, SerializationError, type RecordError } from "../shared/errors.js";
 import type { Reporter } from "../telemetry/reporter.js";
+import { channels } from "../telemetry/channels.js";
 import type { EntryTimes } from "../l1/partition.js";
 import { cutToBytes, declaredLimit, overBytes } from "../shared/limits.js";
 import { Breaker, Deadlines, RetryQueue, withTimeout, type BreakerState } from "../shared/resilience.js";
@@ -210,7 +211,7 @@ export class RemoteLayer {
       ready: () => this.#breaker?.ready() ?? true,
       attempt: (full, t) => this.#retry(full, t),
       onDrop: (key, t) => {
-        this.#report.note("l2WritesDropped", "warn", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
+        this.#report.note("l2WritesDropped", "warn", "l2WritesDropped", { key, scope: t.ns.label }, "layercache: too many L2 removals waiting for retry; dropped the oldest");
       },
     });
   }
@@ -627,13 +628,9 @@ export class RemoteLayer {
   /** One store call under the timeout; its outcome tells the breaker. */
   #guarded<T>(operation: string, ns: RemoteScope | undefined, key: string | undefined, run: () => Promise<T>): Promise<T | typeof FAILED> {
     const breaker = this.#breaker;
-    let pending: Promise<T>;
-    try {
-      pending = run();
-    } catch (error) {
-      pending = Promise.reject(error);
-    }
-    return this.#deadlines.wrap(pending).then(
+    const trace = channels.l2;
+    const pending = trace.hasSubscribers ? trace.tracePromise(this.#attempt<T>, { cache: this.#report.id, operation, scope: ns?.label, key }, this, run) : this.#attempt(run);
+    return pending.then(
       (result) => {
         breaker?.success();
         return result;
@@ -644,6 +641,17 @@ export class RemoteLayer {
         return FAILED;
       },
     );
+  }
+
+  /** One store call under the L2 timeout. */
+  #attempt<T>(run: () => Promise<T>): Promise<T> {
+    let pending: Promise<T>;
+    try {
+      pending = run();
+    } catch (error) {
+      pending = Promise.reject(error);
+    }
+    return this.#deadlines.wrap(pending);
   }
 
   async #corrupt(ns: RemoteScope, key: string, error: unknown): Promise<RemoteRead | undefined> {

@@ -1,4 +1,3 @@
-import { writeLog, type Logger } from "./logger.js";
 
 /** Where a fresh value came from. */
 export type HitLayer = "l1" | "l2";
@@ -113,10 +112,10 @@ type ListenerTable = { [E in CacheEventName]?: CacheEventListener<E>[] };
 export class Emitter {
   /** Listener arrays by event; read directly on hot paths (`if (emitter.l.hit)`). */
   readonly l: ListenerTable = Object.create(null);
-  readonly #logger: Logger | undefined;
+  readonly #onError: (event: string, error: unknown) => void;
 
-  constructor(logger: Logger | undefined) {
-    this.#logger = logger;
+  constructor(onListenerError: (event: string, error: unknown) => void) {
+    this.#onError = onListenerError;
   }
 
   on<E extends CacheEventName>(name: E, listener: CacheEventListener<E>): void {
@@ -139,7 +138,7 @@ export class Emitter {
       try {
         listener(payload);
       } catch (error) {
-        writeLog(this.#logger, "error", { event: name, err: error }, "layercache: event listener threw");
+        this.#onError(name, error);
       }
     }
   }

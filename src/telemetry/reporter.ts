@@ -1,5 +1,6 @@
 import { Counters, Emitter, type CacheEventName, type CacheEvents, type HitLayer } from "./events.js";
-import { writeLog, type LogLevel, type Logger } from "./logger.js";
+import { LogWriter, type LogLevel, type Logger } from "./logger.js";
+import type { TimerClock } from "../shared/clock.js";
 
 /** What a fact adds to besides its event: the counter it counts in, and the log line it writes. */
 interface FactSpec {
@@ -40,12 +41,6 @@ export interface LogOverride {
   fields?: object;
 }
 
-/** The event's payload as log fields: pino's `err` for the error. */
-function logFields(payload: object, extra: object | undefined): object {
-  const { error, ...rest } = payload as { error?: unknown };
-  return error === undefined ? { ...rest, ...extra } : { ...rest, err: error, ...extra };
-}
-
 /**
  * The one place a fact is recorded: its counter (`stats()`), its event (`on(...)`) and its log
  * line, together. The engine and both facades report through it, so observability can grow here —
@@ -57,10 +52,17 @@ export class Reporter {
   readonly counters = new Counters();
   readonly emitter: Emitter;
   readonly logger: Logger | undefined;
+  /** One line per event, failures throttled (see LogWriter). */
+  readonly log: LogWriter;
 
-  constructor(logger: Logger | undefined) {
+  /** The cache instance's id: diagnostics-channel messages carry it. */
+  readonly id: string;
+
+  constructor(logger: Logger | undefined, clock?: TimerClock, id = "") {
     this.logger = logger;
-    this.emitter = new Emitter(logger);
+    this.id = id;
+    this.log = new LogWriter(logger, clock);
+    this.emitter = new Emitter((event, error) => this.log.write("error", "listenerError", { listenerOf: event, err: error }, "layercache: event listener threw"));
   }
 
   /** Records `name`: counter, log line (as the table says, or as `log` overrides), event. */
@@ -68,14 +70,14 @@ export class Reporter {
     const spec: FactSpec = FACTS[name];
     if (spec.counter !== undefined) this.counters[spec.counter]++;
     const level = log?.level ?? spec.level;
-    if (level !== undefined && this.logger !== undefined) writeLog(this.logger, level, logFields(payload, log?.fields), log?.message ?? spec.message ?? `layercache: ${name}`);
+    if (level !== undefined && this.logger !== undefined) this.log.write(level, name, log?.fields === undefined ? payload : { ...payload, ...log.fields }, log?.message ?? spec.message ?? `layercache: ${name}`);
     if (this.emitter.l[name] !== undefined) this.emitter.emit(name, payload);
   }
 
-  /** A fact with no event of its own: a counter and/or a log line. */
-  note(counter: keyof Counters | undefined, level: LogLevel | undefined, fields: object, message: string): void {
+  /** A fact with no event of its own: a counter and/or a log line (`event` names its kind in the line). */
+  note(counter: keyof Counters | undefined, level: LogLevel | undefined, event: string, fields: object, message: string): void {
     if (counter !== undefined) this.counters[counter]++;
-    if (level !== undefined) writeLog(this.logger, level, fields, message);
+    if (level !== undefined) this.log.write(level, event, fields, message);
   }
 
   /** `n` callers answered with a fresh value. */
