@@ -9,7 +9,8 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { LayerCache } from "../src/index.js";
 import { layercacheBus, rawPublisher, rawSubscriber, type BusKind } from "./bus-kinds.js";
-import { forkPeer, percentile, QUICK, sleep } from "./lib.js";
+import { percentile, QUICK, sleep } from "./lib.js";
+import { forkPeer } from "./peer-protocol.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 /** The target of the issue: layercache's invalidation p99 within 1.5× of the raw floor's, same run. */
@@ -20,7 +21,7 @@ type Mode = "layercache" | "raw";
 /** One run of `samples` invalidations of `mode` on `kind`, with a background load of one publish every 2 ms. */
 async function run(kind: BusKind, url: string, mode: Mode, samples: number): Promise<number[]> {
   const prefix = `bench-${kind}-${mode}-${process.pid}-${Date.now()}`;
-  const { child: b, expect } = await forkPeer(join(root, "bench/bus-peer.ts"), [kind, url, prefix, mode]);
+  const b = await forkPeer(join(root, "bench/bus-peer.ts"), [kind, url, prefix, mode]);
 
   const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", bus: layercacheBus(kind, url) }) : undefined;
   await a?.ready();
@@ -32,23 +33,9 @@ async function run(kind: BusKind, url: string, mode: Mode, samples: number): Pro
   const bg = setInterval(() => void remove(`bg:${n++ % 2000}`).catch(() => {}), 2);
   await sleep(300);
 
-  const latencies: number[] = [];
-  for (let i = 0; i < samples; i++) {
-    const key = `inv:${i}`;
-    const primed = expect(`primed:${key}`);
-    b.send({ op: "prime", key });
-    await primed;
-    const dropped = expect(`dropped:${key}`);
-    const t0 = process.hrtime.bigint();
-    await remove(key);
-    const m = await dropped;
-    latencies.push(Number(BigInt(m.t!) - t0) / 1e6);
-    await sleep(2);
-  }
+  const latencies = await b.measure(samples, remove);
   clearInterval(bg);
-  const stopped = expect("stopped");
-  b.send({ op: "stop" });
-  await stopped;
+  await b.stop();
   await a?.close();
   await rawListener?.close();
   await raw?.close();

@@ -6,49 +6,20 @@
  */
 import { LayerCache } from "../src/index.js";
 import { rawSubscriber, type BusKind, layercacheBus } from "./bus-kinds.js";
+import { cacheSide, reportDrop, servePeer, type PeerSide } from "./peer-protocol.js";
 
 const [kind, url, prefix, mode] = process.argv.slice(2) as [BusKind, string, string, "layercache" | "raw"];
-const send = (m: unknown): void => void process.send!(m);
 
-interface Side {
-  prime(key: string): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function layercacheSide(): Promise<Side> {
-  const cache = new LayerCache({ prefix, ttl: "1h", bus: layercacheBus(kind, url) });
-  cache.on("peerInvalidation", (e) => {
-    const t = process.hrtime.bigint();
-    if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) send({ dropped: key, t: t.toString() });
-  });
-  await cache.ready();
-  return {
-    prime: async (key) => void (await cache.getOrSet(key, async () => ({ loadedBy: "B" }))),
-    close: () => cache.close(),
-  };
-}
-
-async function rawSide(): Promise<Side> {
+async function rawSide(): Promise<PeerSide> {
   const l1 = new Map<string, unknown>();
   const sub = await rawSubscriber(kind, url, `${prefix}:raw`, (key) => {
-    const t = process.hrtime.bigint();
-    if (l1.delete(key)) send({ dropped: key, t: t.toString() });
+    if (l1.delete(key)) reportDrop(key);
   });
   return {
     prime: async (key) => void l1.set(key, { loadedBy: "B" }),
+    op: async (k, n) => void l1.set(k, { n }),
     close: () => sub.close(),
   };
 }
 
-const side = mode === "raw" ? await rawSide() : await layercacheSide();
-process.on("message", async (m: { op: string; key?: string }) => {
-  if (m.op === "prime") {
-    await side.prime(m.key!);
-    send({ primed: m.key });
-  } else if (m.op === "stop") {
-    await side.close();
-    send({ stopped: true });
-    process.exit(0);
-  }
-});
-send({ ready: true });
+servePeer(mode === "raw" ? await rawSide() : await cacheSide(new LayerCache({ prefix, ttl: "1h", bus: layercacheBus(kind, url) })));

@@ -3,7 +3,6 @@
  * rounds in rotating order (these 2-core machines are noisy, so medians of ratios from one run are
  * what we report), percentiles, and a seeded Zipf generator.
  */
-import { fork, type ChildProcess } from "node:child_process";
 import { Bench } from "tinybench";
 
 export interface Options {
@@ -99,20 +98,4 @@ export function printRatios(title: string, results: Record<string, number>, subj
     [`${subject} ÷ it`]: name === subject ? "—" : `${(mine / ops).toFixed(2)}×`,
   }));
   console.table(rows);
-}
-
-/**
- * Process B of an invalidation scenario: `file` forked with `args`, and `expect(id)`, a promise of
- * its next message with that id ("ready", "stopped", "primed:<key>", "dropped:<key>").
- */
-export async function forkPeer(file: string, args: string[]): Promise<{ child: ChildProcess; expect: (id: string) => Promise<Record<string, string>> }> {
-  const child = fork(file, args, { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const waiting = new Map<string, (m: Record<string, string>) => void>();
-  child.on("message", (m: Record<string, string>) => {
-    const id = m.dropped !== undefined ? `dropped:${m.dropped}` : m.primed !== undefined ? `primed:${m.primed}` : m.ready ? "ready" : "stopped";
-    waiting.get(id)?.(m);
-  });
-  const expect = (id: string) => new Promise<Record<string, string>>((r) => waiting.set(id, r));
-  await expect("ready");
-  return { child, expect };
 }

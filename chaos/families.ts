@@ -24,6 +24,26 @@ export interface ChaosServer {
   stop(): Promise<void>;
 }
 
+/** What every test server class offers (test/support): a process that can be killed, restarted, paused and stopped. */
+export interface ServerHandle {
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  restart(): Promise<void>;
+  pause(): void;
+  resume(): void;
+  stop(): Promise<void>;
+}
+
+/** The process faults of a chaos server, on a test server (`kill` with `killSignal`). */
+export function processFaults(server: ServerHandle, killSignal: NodeJS.Signals = "SIGKILL"): Pick<ChaosServer, "kill" | "restart" | "pause" | "resume" | "stop"> {
+  return {
+    kill: () => server.kill(killSignal),
+    restart: () => server.restart(),
+    pause: () => server.pause(),
+    resume: () => server.resume(),
+    stop: () => server.stop(),
+  };
+}
+
 /** How the chaos run guards the L2 store (short, so that faults show quickly). */
 export interface StoreSettings {
   timeoutMs: number;

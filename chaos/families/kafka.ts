@@ -1,25 +1,21 @@
 /** Kafka in the chaos run: KafkaBus ("kafka") on one broker (KRaft), reached through a relay so that its connections can be cut. */
 import { KafkaBus } from "../../src/backends/kafka/index.js";
 import { KafkaServer } from "../../test/support/kafka-server.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 async function start(): Promise<ChaosServer> {
   const server = await KafkaServer.start({ cuttable: true });
   return {
     // The workers bootstrap through the relay: everything they open stays behind it.
     url: server.relayBrokers.join(","),
-    kill: () => server.kill("SIGKILL"),
-    // With its log, as a crashed broker whose disk survived: readers catch up.
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
+    // restart: with its log, as a crashed broker whose disk survived (readers catch up).
+    ...processFaults(server),
     // Kafka has no command that closes a client's connection: the relay drops them all at once
     // (the buses' readers and publishers alike); they reconnect at once.
     cutListeners: async () => {
       server.relay!.cut();
       server.relay!.mend();
     },
-    stop: () => server.stop(),
   };
 }
 

@@ -1,21 +1,14 @@
 /** Memcached in the chaos run: MemcachedStore on one memcached (an L2 only: the bus comes from another family). */
 import { MemcachedStore } from "../../src/backends/memcached/index.js";
 import { MemcachedServer } from "../../test/support/memcached-server.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 async function start(): Promise<ChaosServer> {
   const server = await MemcachedServer.start();
   return {
     url: server.address,
-    kill: () => server.kill("SIGKILL"),
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
+    ...processFaults(server),
     // No cutClients: memcached has no command that closes other clients' connections.
-    stop: async () => {
-      server.resume();
-      await server.stop();
-    },
   };
 }
 

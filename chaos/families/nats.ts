@@ -1,7 +1,7 @@
 /** NATS in the chaos run: NatsBus on core NATS ("nats") or JetStream ("nats-jetstream") on one nats-server -js; the L2 comes from another family. */
 import { NatsBus } from "../../src/backends/nats/index.js";
 import { NatsServer } from "../../test/support/nats-server.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 async function start(): Promise<ChaosServer> {
   const server = await NatsServer.start();
@@ -9,11 +9,7 @@ async function start(): Promise<ChaosServer> {
   // restart of the server covers the loss of every connection).
   return {
     url: server.url,
-    kill: () => server.kill("SIGKILL"),
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
-    stop: () => server.stop(),
+    ...processFaults(server),
   };
 }
 

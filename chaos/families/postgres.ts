@@ -2,7 +2,7 @@
 import pg from "pg";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PostgresServer } from "../../test/support/postgres-server.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 /** Sessions are named, so that a fault can cut the buses' or the stores' alone. */
 const BUS_APP = "layercache-chaos-bus";
@@ -28,10 +28,7 @@ async function start(): Promise<ChaosServer> {
     // An immediate shutdown (SIGQUIT): the postmaster and every backend go at once, as in a crash
     // (SIGKILL of the postmaster alone would leave its backends holding the shared memory, and the
     // restart would refuse to start). The UNLOGGED table comes back empty.
-    kill: () => server.kill("SIGQUIT"),
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
+    ...processFaults(server, "SIGQUIT"),
     cutListeners: () => terminate(BUS_APP),
     cutClients: () => terminate(STORE_APP),
     stop: async () => {

@@ -1,19 +1,15 @@
 /** RabbitMQ in the chaos run: RabbitMQBus ("rabbitmq") on one rabbitmq-server; the L2 comes from another family. */
 import { RabbitMQBus } from "../../src/backends/rabbitmq/index.js";
 import { RabbitMQServer } from "../../test/support/rabbitmq-server.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 async function start(): Promise<ChaosServer> {
   const server = await RabbitMQServer.start();
   return {
     url: server.url,
-    kill: () => server.kill("SIGKILL"),
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
+    ...processFaults(server),
     // Each bus has one connection (publisher and consumer channels): close them all from the broker.
     cutListeners: () => server.closeAllConnections(),
-    stop: () => server.stop(),
   };
 }
 

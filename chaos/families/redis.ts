@@ -2,7 +2,7 @@
 import { Redis } from "ioredis";
 import { RedisBus, RedisStore, RedisStreamsBus } from "../../src/backends/redis/index.js";
 import { RedisServer } from "../../test/support/servers.js";
-import type { ChaosFamily, ChaosServer } from "../families.js";
+import { processFaults, type ChaosFamily, type ChaosServer } from "../families.js";
 
 /** One client per worker process, shared by its store and bus (as a user would). */
 let client: Redis | undefined;
@@ -21,17 +21,13 @@ async function start(): Promise<ChaosServer> {
   const killType = (type: string) => admin.call("CLIENT", "KILL", "TYPE", type, "SKIPME", "yes").then(() => {}, () => {});
   return {
     url: server.url,
-    kill: () => server.kill("SIGKILL"),
-    restart: () => server.restart(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
+    ...processFaults(server),
     // The listening connections of a Streams bus are normal clients blocked in XREAD: cut those.
     cutListeners: (busKind) => (busKind === "streams" ? killReaders(admin) : killType("pubsub")),
     cutClients: () => killType("normal"),
     stop: async () => {
       admin.disconnect();
-      server.resume();
-      await server.stop();
+      await server.stop(); // resumes a paused server first
     },
   };
 }

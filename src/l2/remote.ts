@@ -468,29 +468,16 @@ export class RemoteLayer {
   /** Runs a store write of `full` once the previous one of that key has settled (see `#writing`). */
   #inOrder(full: string, run: () => Promise<boolean>): Promise<boolean> {
     const before = this.#writing.get(full);
-    const call = before === undefined ? run() : this.#atMost(before, ORDER_WAIT_TIMEOUTS * this.#timeoutMs).then(run);
+    // Waits at most ORDER_WAIT_TIMEOUTS store timeouts: a store call that never settles (a store that
+    // hangs for good) must not hold back the key's later writes — the retry that would close the
+    // breaker among them — for ever. (Without a timeout, it waits.)
+    const call = before === undefined ? run() : withTimeout(this.#clock, before, ORDER_WAIT_TIMEOUTS * this.#timeoutMs, () => new Error("layercache: previous write still under way"), true).catch(noop).then(run);
     const settled = call.then(noop, noop);
     this.#writing.set(full, settled);
     void settled.then(() => {
       if (this.#writing.get(full) === settled) this.#writing.delete(full);
     });
     return call;
-  }
-
-  /**
-   * `p`, or `ms` later if it has not settled by then: a store call that never settles (a store
-   * that hangs for good) must not hold back the key's later writes — the retry that would close the
-   * breaker among them — for ever. (Without a timeout, it waits.)
-   */
-  #atMost(p: Promise<void>, ms: number): Promise<void> {
-    if (!(ms > 0)) return p;
-    return new Promise((resolve) => {
-      const timer = this.#clock.setTimeout(resolve, ms, true);
-      void p.then(() => {
-        this.#clock.clearTimeout(timer);
-        resolve();
-      });
-    });
   }
 
   #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
