@@ -91,10 +91,12 @@ describe("chaos (multi-process history check)", () => {
   }, 120_000);
 
   test("12 s with Memcached as L2 (Redis pub/sub as the bus), memcached and Redis killed and paused: no violation", async () => {
-    const result = await runChaos({ durationMs: 12_000, seed: seed(), workers: 3, concurrency: 4, l2: "memcached", faultGapMs: [700, 1400] });
+    // Server faults only (the loader faults are the 30 s run's): each is memcached's or Redis's.
+    const result = await runChaos({ durationMs: 12_000, seed: seed(), workers: 3, concurrency: 4, l2: "memcached", faultKinds: serverFaults, faultGapMs: [700, 1400] });
     const summary = summarize(result);
     console.log(summary);
-    expect(result.faults.length, summary).toBeGreaterThanOrEqual(4);
+    // Nine seconds before the quiet tail: a restart on a busy machine can take seconds.
+    expect(result.faults.length, summary).toBeGreaterThanOrEqual(2);
     expect(result.checkedReads, summary).toBeGreaterThan(500);
     expect(result.events["hit l2"] ?? 0, summary).toBeGreaterThan(0);
     expect(result.violations, summary).toEqual([]);
