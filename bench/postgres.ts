@@ -127,7 +127,9 @@ async function invalidationRun(url: string, mode: Mode): Promise<number[]> {
   await expect("ready");
 
   const p = pool(url);
-  const a = mode === "layercache" ? new LayerCache({ prefix, ttl: "1h", l2: new PostgresStore({ pool: p }), bus: new PostgresBus({ connectionString: url }) }) : undefined;
+  const store = mode === "layercache" ? new PostgresStore({ pool: p }) : undefined;
+  // The bus paired with the store, as docs/postgres.md recommends: a remove's tombstone and its NOTIFY in one statement.
+  const a = store ? new LayerCache({ prefix, ttl: "1h", l2: store, bus: new PostgresBus({ store }) }) : undefined;
   await a?.ready();
   const local = new Map<string, unknown>();
   const write = (k: string, record: string) => p.query({ name: "raw-set", text: "INSERT INTO bench_raw (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record", values: [`${prefix}:${k}`, record] });

@@ -61,8 +61,52 @@ interface PendingWrite {
   reject(error: unknown): void;
 }
 
-/** Most writes one statement carries. */
+/** A notification of a bus paired with the store (`new PostgresBus({ store })`), waiting to go out after the writes asked for before it. */
+interface PendingNotify {
+  channel: string;
+  payload: string;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+type Outgoing = PendingWrite | PendingNotify;
+
+const isNotify = (o: Outgoing): o is PendingNotify => (o as PendingNotify).channel !== undefined;
+
+/** Most writes one statement carries, and most notifications. */
 const MAX_WRITE_BATCH = 500;
+const MAX_NOTIFY_BATCH = 500;
+
+/**
+ * What a `PostgresBus` built with `{ store }` uses of its store (module-internal: see `storeLink`).
+ * The same object is the `connection` of both, so the cache knows that they send in call order on
+ * one session and does not wait for an invalidation's L2 write before publishing it.
+ */
+export interface StoreLink {
+  /**
+   * `pg_notify(channel, payload)` on the store's write connection, after every write asked for
+   * before it — in the same statement as those still waiting to go out (a write and its
+   * invalidation asked for in the same tick: one round trip, delivered when the write commits).
+   */
+  notify(channel: string, payload: string): Promise<void>;
+  /** Settings for a session of the bus's own (to LISTEN): the store's connection settings, or its pool's. */
+  settings(): Record<string, unknown>;
+  /** The store's timeout (ms; 0: none): a notification may wait that long for the writes before it. */
+  readonly timeoutMs: number;
+}
+
+let linkOf: (store: PostgresStore) => StoreLink;
+
+/** The link of `store` for a bus that publishes through it (made on first use; one per store). */
+export function storeLink(store: PostgresStore): StoreLink {
+  return linkOf(store);
+}
+
+/** Whether `error` is the server's answer about a statement (it has an SQLSTATE): the connection is still usable. */
+const fromServer = (error: unknown): boolean => {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code);
+};
 
 /** SQLSTATE of "relation does not exist". */
 const UNDEFINED_TABLE = "42P01";
@@ -116,6 +160,16 @@ const holdsNul = (text: string): boolean => text.indexOf("\0") >= 0;
 
 const nulError = (key: string, what: string): RecordError => new RecordError(`layercache/postgres: ${what} of ${preview(key)} contains a NUL character, which PostgreSQL text cannot hold`, { key });
 
+/** One write per key, the last asked for, each in the place of its last write (so call order among keys holds). */
+function lastPerKey(writes: PendingWrite[]): PendingWrite[] {
+  const last = new Map<string, PendingWrite>();
+  for (const w of writes) {
+    last.delete(w.key);
+    last.set(w.key, w);
+  }
+  return [...last.values()];
+}
+
 /** Milliseconds until expiry for the `$n::float8` parameter: null for never. */
 const ttlParam = (ttlMs: number): number | null => (ttlMs === Infinity ? null : Math.max(1, Math.ceil(ttlMs)));
 
@@ -145,7 +199,7 @@ export class PostgresStore implements L2Store {
   readonly #pruneIntervalMs: number;
   readonly #pruneBatch: number;
   readonly #clock: TimerClock;
-  readonly #q: { get: PgQuery; getMany: PgQuery; set: PgQuery; setMany: PgQuery; casMissing: PgQuery; cas: PgQuery; prune: PgQuery };
+  readonly #q: Record<"get" | "getMany" | "set" | "setMany" | "casMissing" | "cas" | "notify" | "notifyMany" | "setNotify" | "setManyNotifyMany" | "prune", PgQuery>;
   #pool: PgPool | undefined;
   #opening: Promise<PgPool> | undefined;
   #pruneTimer: unknown;
@@ -189,20 +243,16 @@ export class PostgresStore implements L2Store {
     const expiry = "now() + $3::float8 * interval '1 millisecond'";
     // Named statements are prepared once per connection; the name carries the table, so stores on other tables sharing a pool never clash.
     const name = (op: string): string => `layercache_${op}_${digest(t, 12)}`;
+    const set = `INSERT INTO ${t} (key, record, expires_at) VALUES ($1, $2, ${expiry}) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`;
+    // Several sets in one statement (one row per key: the last set of a key wins, as it would one after the other).
+    const setMany =
+      `INSERT INTO ${t} (key, record, expires_at) SELECT k, r, now() + e * interval '1 millisecond' FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(k, r, e) ` +
+      `ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`;
     this.#q = {
       get: { name: name("get"), text: `SELECT record FROM ${t} WHERE key = $1 AND ${live}` },
       getMany: { name: name("get_many"), text: `SELECT key, record FROM ${t} WHERE key = ANY($1::text[]) AND ${live}` },
-      set: {
-        name: name("set"),
-        text: `INSERT INTO ${t} (key, record, expires_at) VALUES ($1, $2, ${expiry}) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
-      },
-      // Several sets in one statement (one row per key: the last set of a key wins, as it would one after the other).
-      setMany: {
-        name: name("set_many"),
-        text:
-          `INSERT INTO ${t} (key, record, expires_at) SELECT k, r, now() + e * interval '1 millisecond' FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(k, r, e) ` +
-          `ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
-      },
+      set: { name: name("set"), text: set },
+      setMany: { name: name("set_many"), text: setMany },
       // Expecting "" (the load saw no record): insert, or replace a row that is expired or holds no
       // record. The conflicting row is locked and the condition read on its newest version: atomic.
       casMissing: {
@@ -217,6 +267,12 @@ export class PostgresStore implements L2Store {
         name: name("cas"),
         text: `UPDATE ${t} SET record = $2, expires_at = ${expiry} WHERE key = $1 AND gen = $4 AND ${live}`,
       },
+      // A paired bus's notifications (see `#notify`), alone or after the writes in one statement:
+      // `unnest` keeps their order, and PostgreSQL delivers them in it when the statement commits.
+      notify: { name: name("notify"), text: "SELECT pg_notify($1, $2)" },
+      notifyMany: { name: name("notify_many"), text: "SELECT pg_notify(c, m) FROM unnest($1::text[], $2::text[]) AS u(c, m)" },
+      setNotify: { name: name("set_notify"), text: `WITH w AS (${set}) SELECT pg_notify($4, $5)` },
+      setManyNotifyMany: { name: name("set_many_notify_many"), text: `WITH w AS (${setMany}) SELECT pg_notify(c, m) FROM unnest($4::text[], $5::text[]) AS u(c, m)` },
       prune: {
         name: name("prune"),
         text: `DELETE FROM ${t} WHERE key IN (SELECT key FROM ${t} WHERE expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) AND expires_at <= now()`,
@@ -224,9 +280,25 @@ export class PostgresStore implements L2Store {
     };
   }
 
-  /** The pool passed in (see `L2Store.connection`). */
+  /** The link of a bus paired with this store (`new PostgresBus({ store })`), else the pool passed in (see `L2Store.connection`). */
   get connection(): object | undefined {
-    return this.#settings === undefined ? this.#pool : undefined;
+    return this.#link ?? (this.#settings === undefined ? this.#pool : undefined);
+  }
+
+  static {
+    linkOf = (store) =>
+      (store.#link ??= {
+        notify: (channel, payload) => store.#notify(channel, payload),
+        settings: () => {
+          if (store.#settings === undefined) return { ...store.#pool!.options, application_name: "layercache" };
+          const own = { ...store.#settings };
+          // The store's own limits, not a session's: the bus sets its own.
+          delete own.statement_timeout;
+          delete own.connectionTimeoutMillis;
+          return own;
+        },
+        timeoutMs: store.resilience.timeoutMs!,
+      });
   }
 
   /** Opens the pool (with connection settings) and creates the table when missing; starts the prune schedule. */
@@ -279,11 +351,11 @@ export class PostgresStore implements L2Store {
   }
 
   async #set(key: string, record: string, ttl: number | null, ifGeneration: string | undefined): Promise<boolean> {
-    const pool = this.#usable ?? (await this.#ready());
     if (ifGeneration === undefined) {
-      await this.#write(pool, key, record, ttl);
+      await this.#write(key, record, ttl);
       return true;
     }
+    const pool = this.#usable ?? (await this.#ready());
     const r = ifGeneration === "" ? await this.#query(pool, this.#q.casMissing, [key, record, ttl]) : await this.#query(pool, this.#q.cas, [key, record, ttl, ifGeneration]);
     return r.rowCount === 1;
   }
@@ -297,41 +369,110 @@ export class PostgresStore implements L2Store {
    * together in the next one (one round trip). Write-backs of loads need no order: the generation
    * they expect fences them.
    */
-  #write(pool: PgPool, key: string, record: string, ttl: number | null): Promise<void> {
+  #write(key: string, record: string, ttl: number | null): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.#writes.push({ key, record, ttl, resolve, reject });
-      if (!this.#writing) this.#flushing = this.#flushWrites(pool);
+      this.#out.push({ key, record, ttl, resolve, reject });
+      if (!this.#writing) this.#flushing = this.#flushOut();
     });
   }
 
-  async #flushWrites(pool: PgPool): Promise<void> {
+  /**
+   * A notification of a paired bus: it joins the writes' queue, so it goes out after every write
+   * asked for before it — in the same statement as those not sent yet. PostgreSQL delivers a
+   * notification when its statement commits, so a peer that hears it and reads L2 finds those
+   * writes there; and an invalidation's tombstone and its message, asked for in the same tick, cost
+   * one round trip instead of two in series.
+   */
+  #notify(channel: string, payload: string): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("layercache/postgres: the store is closed"));
+    return new Promise<void>((resolve, reject) => {
+      this.#out.push({ channel, payload, resolve, reject });
+      if (!this.#writing) this.#flushing = this.#flushOut();
+    });
+  }
+
+  async #flushOut(): Promise<void> {
     this.#writing = true;
     try {
-      while (this.#writes.length > 0) {
-        const batch = this.#writes.splice(0, MAX_WRITE_BATCH);
+      while (this.#out.length > 0) {
+        let conn: { query(q: PgQuery): Promise<PgResult> };
         try {
-          const conn = await this.#writeConnection(pool);
-          let statement: PgQuery;
-          if (batch.length === 1) statement = { ...this.#q.set, values: [batch[0]!.key, batch[0]!.record, batch[0]!.ttl] };
-          else {
-            const last = new Map<string, PendingWrite>();
-            for (const w of batch) {
-              last.delete(w.key); // keeps call order among keys: a key's place is its last write's
-              last.set(w.key, w);
-            }
-            const rows = [...last.values()];
-            statement = { ...this.#q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] };
-          }
-          await this.#unlessStalled(conn.query(statement));
-          for (const w of batch) w.resolve();
+          conn = await this.#writeConnection(this.#usable ?? (await this.#ready()));
         } catch (error) {
           this.#writeFailed(error);
-          for (const w of batch) w.reject(error);
+          for (const o of this.#out.splice(0)) o.reject(error);
+          continue;
+        }
+        // Taken after that wait, never at the call: a write and the notification asked for right
+        // after it in the same tick (an invalidation and its message) go out in one statement.
+        const { batch, writes, notes } = this.#nextBatch();
+        try {
+          await this.#unlessStalled(conn.query(this.#statement(writes, notes)));
+          for (const o of batch) o.resolve();
+        } catch (error) {
+          this.#writeFailed(error);
+          if (writes.length === 0 || notes.length === 0 || !fromServer(error)) {
+            for (const o of batch) o.reject(error);
+            continue;
+          }
+          // The server refused the statement (a locked table past the timeout, a missing table):
+          // the writes failed for their own reason, and the notifications go out alone, so that a
+          // problem of L2 does not fail the bus too (the cache publishes after a failed L2 write).
+          for (const w of writes) w.reject(error);
+          try {
+            await this.#unlessStalled(conn.query(this.#statement([], notes)));
+            for (const n of notes) n.resolve();
+          } catch (again) {
+            this.#writeFailed(again);
+            for (const n of notes) n.reject(again);
+          }
         }
       }
     } finally {
       this.#writing = false;
     }
+  }
+
+  /** The longest run of what waits that one statement carries (in call order), split by kind. */
+  #nextBatch(): { batch: Outgoing[]; writes: PendingWrite[]; notes: PendingNotify[] } {
+    const writes: PendingWrite[] = [];
+    const notes: PendingNotify[] = [];
+    let n = 0;
+    for (const o of this.#out) {
+      if (isNotify(o)) {
+        if (notes.length === MAX_NOTIFY_BATCH) break;
+        notes.push(o);
+      } else {
+        if (writes.length === MAX_WRITE_BATCH) break;
+        writes.push(o);
+      }
+      n++;
+    }
+    return { batch: this.#out.splice(0, n), writes, notes };
+  }
+
+  /**
+   * One statement for the writes (the last of each key wins) and then the notifications: with
+   * both, the writes run in a data-modifying WITH and the notifications in its SELECT — one
+   * transaction, so the notifications are delivered when the writes commit, never before.
+   */
+  #statement(writes: PendingWrite[], notes: PendingNotify[]): PgQuery {
+    const q = this.#q;
+    if (notes.length === 0) {
+      if (writes.length === 1) return { ...q.set, values: [writes[0]!.key, writes[0]!.record, writes[0]!.ttl] };
+      const rows = lastPerKey(writes);
+      return { ...q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] };
+    }
+    if (writes.length === 0) {
+      if (notes.length === 1) return { ...q.notify, values: [notes[0]!.channel, notes[0]!.payload] };
+      return { ...q.notifyMany, values: [notes.map((n) => n.channel), notes.map((n) => n.payload)] };
+    }
+    if (writes.length === 1 && notes.length === 1) {
+      const w = writes[0]!;
+      return { ...q.setNotify, values: [w.key, w.record, w.ttl, notes[0]!.channel, notes[0]!.payload] };
+    }
+    const rows = lastPerKey(writes);
+    return { ...q.setManyNotifyMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl), notes.map((n) => n.channel), notes.map((n) => n.payload)] };
   }
 
   /**
@@ -375,7 +516,7 @@ export class PostgresStore implements L2Store {
       this.#tableReady = false;
       this.#usable = undefined;
     }
-    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return;
+    if (fromServer(error)) return;
     const conn = this.#writer;
     this.#writer = undefined;
     conn?.release(error instanceof Error ? error : true);
@@ -455,8 +596,10 @@ export class PostgresStore implements L2Store {
   }
 
   #tableReady = false;
-  /** Unconditional writes waiting to go out, the connection they go out on, and whether a statement is under way (see `#write`). */
-  #writes: PendingWrite[] = [];
+  /** Unconditional writes and a paired bus's notifications waiting to go out, in call order; the connection they go out on, and whether a statement is under way (see `#write`). */
+  #out: Outgoing[] = [];
+  /** Made when a bus is paired with this store (see `storeLink`). */
+  #link: StoreLink | undefined;
   /**
    * The writes of each key still under way, settled when all of them are. A read of this store
    * waits for them: it then sees what this instance wrote before asking (the cache fills L1 with
