@@ -102,10 +102,14 @@ export function storeLink(store: PostgresStore): StoreLink {
   return linkOf(store);
 }
 
-/** Whether `error` is the server's answer about a statement (it has an SQLSTATE): the connection is still usable. */
+/**
+ * Whether `error` is the server's answer about a statement (it has an SQLSTATE) that leaves the
+ * connection usable — not a connection exception (class 08) nor the server ending the session
+ * (57P01 administrator command, 57P02 crash shutdown, 57P03 cannot connect now).
+ */
 const fromServer = (error: unknown): boolean => {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code);
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P0)/.test(code);
 };
 
 /** SQLSTATE of "relation does not exist". */
