@@ -66,6 +66,11 @@ export function postgresChannel(channel: string): string {
  * someone else between statements, dropping the LISTEN): one LISTENs to the channel, the other
  * publishes with `pg_notify` in a statement of its own, outside any transaction of the
  * application, so a message is sent at once and never rolled back. Its own notifications are ignored.
+ * Built with `{ store }`, it publishes the cache's messages on the store's write connection instead,
+ * in one statement with the writes not yet sent (see `PostgresBusOptions.store`); the second session
+ * then sends only the heartbeat's probes. (Those messages come back to the listening session like
+ * anyone's — the store's connection may carry other buses' messages too — and the cache drops its
+ * own by their sender id.)
  *
  * A lost session (a server restart, `pg_terminate_backend`, a network failure, or silence found by
  * the heartbeat) is reported to the cache, which stops trusting L1; the bus reconnects with
