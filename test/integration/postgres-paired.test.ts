@@ -232,6 +232,43 @@ describe("when the statement fails", () => {
   });
 });
 
+describe("the store's write connections", () => {
+  test("a write does not wait behind a statement of other keys still under way; a key's writes land in call order", async () => {
+    const app = `lanes-${uniquePrefix()}`;
+    const p = userPool(url, { application_name: app });
+    cleanup.push(() => p.end());
+    const store = new PostgresStore({ pool: p, ...PATIENT });
+    cleanup.push(() => store.close());
+    const [k1, k2] = [`${app}:k1`, `${app}:k2`];
+    await store.set(k1, "LC1|g0|1|2|3|4|v0", 60_000);
+    const raw = pool();
+    const locker = await raw.connect();
+    let locked = true;
+    const unlock = async (): Promise<void> => {
+      if (!locked) return;
+      locked = false;
+      await locker.query("COMMIT");
+      locker.release();
+    };
+    cleanup.push(unlock);
+    await locker.query("BEGIN");
+    await locker.query("SELECT 1 FROM layercache WHERE key = $1 FOR UPDATE", [k1]);
+    const done: string[] = [];
+    const first = store.set(k1, "LC1|g1|1|2|3|4|v1", 60_000).then(() => done.push("first"));
+    // The first write of k1 waits on the row lock, on one of the store's connections.
+    await eventually(async () => (await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [app])).rows[0].n === 1);
+    expect(await store.set(k2, "LC1|g1|1|2|3|4|other", 60_000)).toBe(true); // on the other connection
+    const second = store.set(k1, "LC1|g2|1|2|3|4|v2", 60_000).then(() => done.push("second"));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(done).toEqual([]); // the second write of k1 waits for the first
+    await unlock();
+    await Promise.all([first, second]);
+    expect(done).toEqual(["first", "second"]);
+    expect(await store.get(k1)).toBe("LC1|g2|1|2|3|4|v2");
+    expect(await store.get(k2)).toBe("LC1|g1|1|2|3|4|other");
+  });
+});
+
 describe("options", () => {
   test("store must be a PostgresStore; with it, a pool or connection settings (for the LISTEN session), not both; the timeout follows the store's", () => {
     const p = pool();

@@ -6,7 +6,7 @@ import { PostgresStore, storeLink, type StoreLink } from "./store.js";
 export interface PostgresBusOptions extends PgConnectionOptions {
   /**
    * The `PostgresStore` the cache uses as L2 — what most users want when both are on PostgreSQL.
-   * The bus then publishes on the store's write connection, in call order with the store's writes:
+   * The bus then publishes on the store's write connections, in the queue of the store's writes:
    * an invalidation's L2 write (a `remove`'s tombstone, a `set`'s value) and its notification go
    * to the server as one statement, one round trip instead of two in series, and PostgreSQL
    * delivers the notification when the write commits, so a peer that hears it and reads L2 finds

@@ -16,9 +16,9 @@ export interface PostgresTableOptions {
 
 export interface PostgresStoreOptions extends PostgresTableOptions, PgConnectionOptions {
   /**
-   * A `pg.Pool` of yours: the store queries through it and never closes it. It keeps one of its
-   * connections for its writes until it is closed: close the cache before `pool.end()` (which
-   * waits for connections checked out).
+   * A `pg.Pool` of yours: the store queries through it and never closes it. It keeps two of its
+   * connections (one when the pool's `max` is under 4) for its writes until it is closed: close the
+   * cache before `pool.end()` (which waits for connections checked out).
    */
   pool?: unknown;
   /** With connection settings: the most connections the store's own pool opens. Default 10. */
@@ -77,16 +77,31 @@ const isNotify = (o: Outgoing): o is PendingNotify => (o as PendingNotify).chann
 const MAX_WRITE_BATCH = 500;
 const MAX_NOTIFY_BATCH = 500;
 
+/** Most connections the store's writes go out on at once (see `PostgresStore.#run`). */
+const MAX_LANES = 2;
+
+type WriteConnection = { query(q: PgQuery): Promise<PgResult> };
+
+/** A connection the store's writes go out on, whether a run sends on it now, and the keys of the statement under way. */
+interface Lane {
+  conn: PgPoolClient | undefined;
+  busy: boolean;
+  /** Waiting for its connection before it takes the next batch: what is queued meanwhile goes with it. */
+  taking: boolean;
+  keys: Set<string>;
+}
+
 /**
  * What a `PostgresBus` built with `{ store }` uses of its store (module-internal: see `storeLink`).
- * The same object is the `connection` of both, so the cache knows that they send in call order on
- * one session and does not wait for an invalidation's L2 write before publishing it.
+ * The same object is the `connection` of both, so the cache knows that a write and a message asked
+ * for in that order go out in that order, and does not wait for an invalidation's L2 write before
+ * publishing it.
  */
 export interface StoreLink {
   /**
-   * `pg_notify(channel, payload)` on the store's write connection, after every write asked for
-   * before it — in the same statement as those still waiting to go out (a write and its
-   * invalidation asked for in the same tick: one round trip, delivered when the write commits).
+   * `pg_notify(channel, payload)` on the store's write connections, in the same statement as the
+   * writes queued before it and not sent yet (a write and its invalidation asked for in the same
+   * tick: one round trip, delivered when the write commits), never before one of them.
    */
   notify(channel: string, payload: string): Promise<void>;
   /** Settings for a session of the bus's own (to LISTEN): the store's connection settings, or its pool's. */
@@ -365,56 +380,91 @@ export class PostgresStore implements L2Store {
   }
 
   /**
-   * An unconditional write (a `set`, a tombstone). They go out in call order on one connection of
-   * their own, never side by side on several: a write that timed out for the cache may still be
-   * under way (waiting for a connection, or on a paused server), and the tombstone the cache then
-   * queues in its place must land after it, not before — on connections side by side, the late
-   * value could land last and come back. Writes asked for while a statement is under way go out
-   * together in the next one (one round trip). Write-backs of loads need no order: the generation
-   * they expect fences them.
+   * An unconditional write (a `set`, a tombstone). They go out in call order on connections of
+   * their own (lanes, see `#run`), a key's writes one after the other, never side by side: a write
+   * that timed out for the cache may still be under way (waiting for a connection, or on a paused
+   * server), and the tombstone the cache then queues in its place must land after it, not before —
+   * side by side, the late value could land last and come back. Writes asked for while a statement
+   * is under way go out together in the next one (one round trip). Write-backs of loads need no
+   * order: the generation they expect fences them.
    */
   #write(key: string, record: string, ttl: number | null): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.#out.push({ key, record, ttl, resolve, reject });
-      if (!this.#writing) this.#flushing = this.#flushOut();
+      this.#kick();
     });
   }
 
   /**
-   * A notification of a paired bus: it joins the writes' queue, so it goes out after every write
-   * asked for before it — in the same statement as those not sent yet. PostgreSQL delivers a
-   * notification when its statement commits, so a peer that hears it and reads L2 finds those
-   * writes there; and an invalidation's tombstone and its message, asked for in the same tick, cost
-   * one round trip instead of two in series.
+   * A notification of a paired bus: it joins the writes' queue, so it goes out in the same
+   * statement as the writes queued before it and not sent yet. PostgreSQL delivers a notification
+   * when its statement commits, so a peer that hears it and reads L2 finds those writes there; and
+   * an invalidation's tombstone and its message, asked for in the same tick, cost one round trip
+   * instead of two in series.
    */
   #notify(channel: string, payload: string): Promise<void> {
     if (this.#closed) return Promise.reject(new Error("layercache/postgres: the store is closed"));
     return new Promise<void>((resolve, reject) => {
       this.#out.push({ channel, payload, resolve, reject });
-      if (!this.#writing) this.#flushing = this.#flushOut();
+      this.#kick();
     });
   }
 
-  async #flushOut(): Promise<void> {
-    this.#writing = true;
+  /**
+   * Puts a lane to work on what waits, unless every lane is busy (a busy lane takes more when its
+   * statement is done). A second lane opens only on a pool roomy enough to spare it (`#maxLanes`).
+   */
+  #kick(): void {
+    // A lane about to take the next batch takes this too (an invalidation's write and its message: one statement).
+    if (this.#lanes.some((l) => l.taking)) return;
+    let lane = this.#lanes.find((l) => !l.busy);
+    if (lane === undefined) {
+      if (this.#lanes.length >= this.#maxLanes(this.#usable)) return;
+      lane = { conn: undefined, busy: false, taking: false, keys: new Set() };
+      this.#lanes.push(lane);
+    }
+    const run = this.#run(lane);
+    this.#running.add(run);
+    void run.finally(() => this.#running.delete(run));
+  }
+
+  /** Two lanes on a pool that can lend them and still serve reads (pg.Pool's `options.max` of 4 or more), else one. */
+  #maxLanes(pool: PgPool | undefined): number {
+    const max = pool?.options?.max;
+    return typeof pool?.connect === "function" && typeof max === "number" && max >= 4 ? MAX_LANES : 1;
+  }
+
+  /**
+   * A lane sends statements until nothing waits that it may take. Each takes the next batch in call
+   * order unless a write of it is for a key whose earlier write is still under way on another lane
+   * (that one takes it once done): a key's writes land in call order, while an invalidation does not
+   * wait behind a statement of other keys (under load, the writes of a `set` a moment before).
+   */
+  async #run(lane: Lane): Promise<void> {
+    lane.busy = true;
     try {
       while (this.#out.length > 0) {
-        let conn: { query(q: PgQuery): Promise<PgResult> };
+        let conn: WriteConnection;
+        lane.taking = true;
         try {
-          conn = await this.#writeConnection(this.#usable ?? (await this.#ready()));
+          conn = await this.#laneConnection(lane, this.#usable ?? (await this.#ready()));
         } catch (error) {
-          this.#writeFailed(error);
+          lane.taking = false;
+          this.#writeFailed(error, lane);
           for (const o of this.#out.splice(0)) o.reject(error);
           continue;
         }
+        lane.taking = false;
         // Taken after that wait, never at the call: a write and the notification asked for right
         // after it in the same tick (an invalidation and its message) go out in one statement.
-        const { batch, writes, notes } = this.#nextBatch();
+        const next = this.#nextBatch(lane);
+        if (next === undefined) return;
+        const { batch, writes, notes } = next;
         try {
           await this.#unlessStalled(conn.query(this.#statement(writes, notes)));
           for (const o of batch) o.resolve();
         } catch (error) {
-          this.#writeFailed(error);
+          this.#writeFailed(error, lane);
           if (writes.length === 0 || notes.length === 0 || !fromServer(error)) {
             for (const o of batch) o.reject(error);
             continue;
@@ -427,31 +477,40 @@ export class PostgresStore implements L2Store {
             await this.#unlessStalled(conn.query(this.#statement([], notes)));
             for (const n of notes) n.resolve();
           } catch (again) {
-            this.#writeFailed(again);
+            this.#writeFailed(again, lane);
             for (const n of notes) n.reject(again);
           }
+        } finally {
+          lane.keys.clear();
         }
       }
     } finally {
-      this.#writing = false;
+      lane.busy = false;
     }
   }
 
-  /** The longest run of what waits that one statement carries (in call order), split by kind. */
-  #nextBatch(): { batch: Outgoing[]; writes: PendingWrite[]; notes: PendingNotify[] } {
+  /**
+   * The longest run of what waits (in call order) that one statement carries, split by kind, its
+   * keys marked as under way on `lane`; undefined when the first thing waiting is a write of a key
+   * another lane is writing.
+   */
+  #nextBatch(lane: Lane): { batch: Outgoing[]; writes: PendingWrite[]; notes: PendingNotify[] } | undefined {
     const writes: PendingWrite[] = [];
     const notes: PendingNotify[] = [];
+    const others = this.#lanes.length > 1 ? this.#lanes.filter((l) => l !== lane && l.keys.size > 0) : [];
     let n = 0;
     for (const o of this.#out) {
       if (isNotify(o)) {
         if (notes.length === MAX_NOTIFY_BATCH) break;
         notes.push(o);
       } else {
-        if (writes.length === MAX_WRITE_BATCH) break;
+        if (writes.length === MAX_WRITE_BATCH || others.some((l) => l.keys.has(o.key))) break;
         writes.push(o);
       }
       n++;
     }
+    if (n === 0) return undefined;
+    for (const w of writes) lane.keys.add(w.key);
     return { batch: this.#out.splice(0, n), writes, notes };
   }
 
@@ -494,35 +553,35 @@ export class PostgresStore implements L2Store {
     return Promise.race([statement, stalled]).finally(() => clearTimeout(timer));
   }
 
-  /** The connection writes go out on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
-  async #writeConnection(pool: PgPool): Promise<{ query(q: PgQuery): Promise<PgResult> }> {
-    if (this.#writer !== undefined) return this.#writer;
+  /** The connection `lane` sends on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
+  async #laneConnection(lane: Lane, pool: PgPool): Promise<WriteConnection> {
+    if (lane.conn !== undefined) return lane.conn;
     if (typeof pool.connect !== "function") return { query: (q) => this.#query(pool, q, q.values ?? []) };
     const conn = await pool.connect();
     // A connection checked out of a pg.Pool has no error listener of the pool's: without one, its error would end the process.
     conn.on("error", (error) => {
-      if (this.#writer === conn) this.#writeFailed(error);
+      if (lane.conn === conn) this.#writeFailed(error, lane);
     });
     if (this.#closed) {
       conn.release();
       throw new Error("layercache/postgres: the store is closed");
     }
-    return (this.#writer = conn);
+    return (lane.conn = conn);
   }
 
   /**
    * A write failed. An error of the server about the statement (it has an SQLSTATE: a timeout, a
    * missing table) leaves the connection usable; any other (the connection broke) retires it.
    */
-  #writeFailed(error: unknown): void {
+  #writeFailed(error: unknown, lane: Lane): void {
     const code = (error as { code?: unknown } | null)?.code;
     if (code === UNDEFINED_TABLE && this.#createTable) {
       this.#tableReady = false;
       this.#usable = undefined;
     }
     if (fromServer(error)) return;
-    const conn = this.#writer;
-    this.#writer = undefined;
+    const conn = lane.conn;
+    lane.conn = undefined;
     conn?.release(error instanceof Error ? error : true);
   }
 
@@ -556,10 +615,11 @@ export class PostgresStore implements L2Store {
     this.#pruneTimer = undefined;
     await this.#pruning?.catch(() => {});
     // Writes under way finish first (on a server that does not answer, for a second at most).
-    if (this.#writing) await Promise.race([this.#flushing, new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
-    const writer = this.#writer;
-    this.#writer = undefined;
-    writer?.release();
+    if (this.#running.size > 0) await Promise.race([Promise.all(this.#running), new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
+    for (const lane of this.#lanes) {
+      lane.conn?.release();
+      lane.conn = undefined;
+    }
     // A pool the user passed in is theirs to close.
     if (this.#settings === undefined) return;
     const pool = this.#pool ?? (await this.#opening?.catch(() => undefined));
@@ -612,9 +672,9 @@ export class PostgresStore implements L2Store {
    * order by itself; a pool of several does not.
    */
   #writesOf = new Map<string, Promise<void>>();
-  #writer: PgPoolClient | undefined;
-  #writing = false;
-  #flushing: Promise<void> | undefined;
+  /** The connections writes go out on (see `#run`), and their runs under way. */
+  readonly #lanes: Lane[] = [];
+  readonly #running = new Set<Promise<void>>();
   /** See `#unlessStalled`: five timeouts, at least 5 s. */
   readonly #stallMs: number;
   /** The pool once open and the table in place: what operations use without waiting. */
