@@ -425,7 +425,8 @@ export class PostgresStore implements L2Store {
     }
     const run = this.#run(lane);
     this.#running.add(run);
-    void run.finally(() => this.#running.delete(run));
+    const done = (): void => void this.#running.delete(run);
+    run.then(done, done);
   }
 
   /** Two lanes on a pool that can lend them and still serve reads (pg.Pool's `options.max` of 4 or more), else one. */
