@@ -20,7 +20,8 @@ interface Side {
 }
 
 async function layercacheSide(): Promise<Side> {
-  const cache = new LayerCache({ prefix, ttl: "1h", l2: new PostgresStore({ pool }), bus: new PostgresBus({ connectionString: url }) });
+  const store = new PostgresStore({ pool });
+  const cache = new LayerCache({ prefix, ttl: "1h", l2: store, bus: new PostgresBus({ store }) });
   cache.on("peerInvalidation", (e) => {
     const t = process.hrtime.bigint();
     if (e.op === "remove" && e.dropped > 0) for (const key of e.keys) send({ dropped: key, t: t.toString() });

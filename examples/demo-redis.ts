@@ -21,7 +21,9 @@ const ms = (t: bigint) => `${(Number(process.hrtime.bigint() - t) / 1e6).toFixed
 
 function makeCache(): LayerCache {
   if (onRedis) return new LayerCache({ prefix, ttl: "5m", l2: new RedisStore({ url }), bus: new RedisBus({ url }) });
-  return new LayerCache({ prefix, ttl: "5m", l2: new PostgresStore({ connectionString: url }), bus: new PostgresBus({ connectionString: url }) });
+  // The bus paired with the store: a remove's tombstone and its NOTIFY go out as one statement.
+  const store = new PostgresStore({ connectionString: url });
+  return new LayerCache({ prefix, ttl: "5m", l2: store, bus: new PostgresBus({ store }) });
 }
 
 if (isPeer) {

@@ -38,14 +38,20 @@ async function start(): Promise<ChaosServer> {
   };
 }
 
+/** The store of this worker, when its L2 is PostgreSQL: the bus is paired with it (`{ store }`), as docs/postgres.md recommends. */
+let store: PostgresStore | undefined;
+
 export const postgres: ChaosFamily = {
   start,
-  store: (url, s) => new PostgresStore({ pool: poolFor(url), timeout: s.timeoutMs, circuitBreaker: s.circuitBreaker }),
+  store: (url, s) => (store = new PostgresStore({ pool: poolFor(url), timeout: s.timeoutMs, circuitBreaker: s.circuitBreaker })),
   buses: {
-    postgres: (url, s) => new PostgresBus({ connectionString: url, application_name: BUS_APP, heartbeat: s.heartbeat }),
+    // Its messages go out on the store's write connection ("cutClients" cuts that one too); it
+    // listens (and sends its heartbeat) on sessions of its own, named for "cutListeners".
+    postgres: (url, s) => new PostgresBus({ ...(store ? { store } : {}), connectionString: url, application_name: BUS_APP, heartbeat: s.heartbeat }),
   },
   close: async () => {
     await pool?.end().catch(() => {});
     pool = undefined;
+    store = undefined;
   },
 };

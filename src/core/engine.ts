@@ -753,7 +753,7 @@ export class Engine {
     const toL2 = () =>
       remote === undefined ? undefined : gen === undefined ? remote.remove(ns, key) : tags === undefined ? remote.put(ns, key, enc!, times, gen) : put();
     // Peers whose load or read finds this very record in L2 (generation `gen`) may keep it.
-    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen), tags === undefined);
+    await this.#invalidateOut(toL2, () => this.link?.publish("remove", ns.path, [key], gen), tags === undefined && this.#atOnce(ns, key));
     if (failure) throw failure;
   }
 
@@ -763,15 +763,22 @@ export class Engine {
     await this.#invalidateOut(
       () => this.remote?.remove(ns, key),
       () => this.link?.publish("remove", ns.path, [key]),
+      this.#atOnce(ns, key),
     );
+  }
+
+  /** Whether an L2 write of `key` asked for now is sent at once — not held back behind an earlier write of the key, which a message sent with it would overtake. */
+  #atOnce(ns: Namespace, key: string): boolean {
+    return this.remote === undefined || this.remote.writesAtOnce(ns, key);
   }
 
   /**
    * L2 first, then the bus: a peer that drops its copy and re-reads L2 must find the new state.
    * On one order-keeping connection both are sent back to back; otherwise the bus waits for L2.
+   * `oneStep`: `toL2` sends its writes to the store before it returns.
    */
-  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined, oneStep = true): Promise<void> {
-    // Back to back only when the L2 write is sent at once: one that reads first (tags) must land before the message.
+  async #invalidateOut(toL2: () => Promise<unknown> | undefined, toBus: () => Promise<void> | undefined, oneStep: boolean): Promise<void> {
+    // Back to back only when the L2 write is sent at once: one that reads first (tags), or waits for an earlier write of its key, must land before the message.
     if (this.#ordered && oneStep) {
       const l2 = toL2();
       await Promise.all([l2, toBus()]);
@@ -831,6 +838,7 @@ export class Engine {
     await this.#invalidateOut(
       remote === undefined ? () => undefined : () => Promise.all(keys.map((k) => remote.remove(ns, k))),
       () => this.link?.publish("remove", ns.path, [...keys]),
+      keys.every((k) => this.#atOnce(ns, k)),
     );
   }
 

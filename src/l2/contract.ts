@@ -48,10 +48,13 @@ export interface L2Store {
    */
   readonly limits?: L2Limits;
   /**
-   * The client object this store sends on, when it was given one. When the bus publishes on the
-   * very same object (`Bus.connection`) and both write their commands in call order, an
-   * invalidation's L2 write and its bus message are sent back to back — the server still runs them
-   * in order — instead of waiting a round trip in between.
+   * The client object this store sends on, when it was given one (or any object the store and
+   * its bus share to say they send in call order, as `PostgresStore` with `PostgresBus({ store })`).
+   * When the bus publishes on the very same object (`Bus.connection`) and both write their commands
+   * in call order, an invalidation's L2 write and its bus message are handed to them in the same
+   * tick, back to back — the server still runs them in order — instead of waiting a round trip in
+   * between. (Not when the cache holds the write back behind an earlier write of the same key still
+   * under way: then the message waits for the write.)
    */
   readonly connection?: object;
 }

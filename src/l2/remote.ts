@@ -465,6 +465,11 @@ export class RemoteLayer {
     });
   }
 
+  /** Whether a write of `key` asked for now reaches the store at once: no earlier write of it is still under way (see `#inOrder`). */
+  writesAtOnce(ns: RemoteScope, key: string): boolean {
+    return this.#writing.size === 0 || !this.#writing.has(this.keyOf(ns, key));
+  }
+
   /** Runs a store write of `full` once the previous one of that key has settled (see `#writing`). */
   #inOrder(full: string, run: () => Promise<boolean>): Promise<boolean> {
     const before = this.#writing.get(full);

@@ -31,6 +31,22 @@ export function contractBackends(kind: PgKind, url: string): { store(): Postgres
   };
 }
 
+/**
+ * Buses paired with a store each (`new PostgresBus({ store })`: messages go out on the store's
+ * write connection), for the bus contract suite; the stores are closed after the file's tests.
+ */
+export function pairedBuses(url: string): () => PostgresBus {
+  const stores: PostgresStore[] = [];
+  afterAll(async () => {
+    for (const s of stores) await s.close();
+  });
+  return () => {
+    const store = new PostgresStore({ connectionString: url, ...PATIENT });
+    stores.push(store);
+    return new PostgresBus({ store, ...PATIENT });
+  };
+}
+
 /** A plain pool to look at (or tamper with) what is stored, closed after the file's tests. */
 export function rawPoolClosedAfterAll(url: string): pg.Pool {
   const pool = userPool(url);

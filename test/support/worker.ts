@@ -18,7 +18,8 @@ const memcached = lock ? undefined : extra;
 // races between processes, not about timeouts.
 const postgres = /^postgres(ql)?:/.test(url);
 const l2 = memcached ? new MemcachedStore({ servers: memcached, ...PATIENT }) : postgres ? new PostgresStore({ connectionString: url, ...PATIENT }) : new RedisStore({ url, ...PATIENT });
-const bus = postgres ? new PostgresBus({ connectionString: url, ...PATIENT }) : new RedisBus({ url, ...PATIENT });
+// On PostgreSQL alone, the bus is paired with the store (as docs/postgres.md recommends).
+const bus = postgres ? new PostgresBus(l2 instanceof PostgresStore ? { store: l2, ...PATIENT } : { connectionString: url, ...PATIENT }) : new RedisBus({ url, ...PATIENT });
 const cache = new LayerCache({ prefix, l2, bus, hardTimeout: 0, distributedLock: lock });
 let loaderCalls = 0;
 const gates = new Map<string, (value: unknown) => void>();

@@ -1,8 +1,22 @@
 import { randomBytes } from "node:crypto";
-import { Heartbeat, checkOptions, optionError, parseDuration, parseResilience, systemClock, type Bus, type BusConnection, type BusContext, type BusHandlers, type BusLimits, type BusResilience, type CircuitBreakerOptions, type Duration, type TimerClock } from "../../backend.js";
+import { Heartbeat, checkOptions, optionError, parseDuration, preview, parseResilience, systemClock, type Bus, type BusConnection, type BusContext, type BusHandlers, type BusLimits, type BusResilience, type CircuitBreakerOptions, type Duration, type TimerClock } from "../../backend.js";
 import { CONNECTION_OPTIONS, MAX_IDENTIFIER_BYTES, checkPool, connectionSettings, digest, headOfBytes, loadPg, quoteIdent, type PgClient, type PgConnectionOptions, type PgModule } from "./pg.js";
+import { PostgresStore, storeLink, type StoreLink } from "./store.js";
 
 export interface PostgresBusOptions extends PgConnectionOptions {
+  /**
+   * The `PostgresStore` the cache uses as L2 — what most users want when both are on PostgreSQL.
+   * The bus then publishes on the store's write connections, in the queue of the store's writes:
+   * an invalidation's L2 write (a `remove`'s tombstone, a `set`'s value) and its notification go
+   * to the server as one statement, one round trip instead of two in series, and PostgreSQL
+   * delivers the notification when the write commits, so a peer that hears it and reads L2 finds
+   * the write there. The bus still LISTENs on a session of its own (and sends its heartbeat from
+   * another), opened with the store's connection settings (or its pool's) unless you give
+   * connection settings or a `pool` here — give them when the store's connections go through
+   * PgBouncer in transaction mode, which breaks LISTEN. Default `timeout` with a store: the
+   * store's timeout plus one second (a notification waits for the write it follows).
+   */
+  store?: PostgresStore;
   /**
    * A `pg.Pool` whose connection settings the bus reuses (`pool.options`) to open a connection of
    * its own: LISTEN needs one session for as long as it listens, so the bus never listens or
@@ -26,7 +40,7 @@ export interface PostgresBusOptions extends PgConnectionOptions {
   maxReconnectDelay?: Duration;
 }
 
-const KNOWN = ["pool", "heartbeat", "timeout", "circuitBreaker", "reconnectDelay", "maxReconnectDelay", ...CONNECTION_OPTIONS];
+const KNOWN = ["store", "pool", "heartbeat", "timeout", "circuitBreaker", "reconnectDelay", "maxReconnectDelay", ...CONNECTION_OPTIONS];
 
 /**
  * NOTIFY's payload must be shorter than 8000 bytes (in the default build of PostgreSQL): the
@@ -52,6 +66,11 @@ export function postgresChannel(channel: string): string {
  * someone else between statements, dropping the LISTEN): one LISTENs to the channel, the other
  * publishes with `pg_notify` in a statement of its own, outside any transaction of the
  * application, so a message is sent at once and never rolled back. Its own notifications are ignored.
+ * Built with `{ store }`, it publishes the cache's messages on the store's write connection instead,
+ * in one statement with the writes not yet sent (see `PostgresBusOptions.store`); the second session
+ * then sends only the heartbeat's probes. (Those messages come back to the listening session like
+ * anyone's — the store's connection may carry other buses' messages too — and the cache drops its
+ * own by their sender id.)
  *
  * A lost session (a server restart, `pg_terminate_backend`, a network failure, or silence found by
  * the heartbeat) is reported to the cache, which stops trusting L1; the bus reconnects with
@@ -61,8 +80,11 @@ export function postgresChannel(channel: string): string {
 export class PostgresBus implements Bus {
   readonly resilience: BusResilience;
   readonly limits: BusLimits = { maxMessageBytes: POSTGRES_MAX_NOTIFY_BYTES };
+  /** With `store`: the store's link, which is the store's `connection` too (see `L2Store.connection`). */
+  readonly connection: object | undefined;
   readonly #settings: Record<string, unknown> | undefined;
   readonly #pool: { options?: Record<string, unknown> } | undefined;
+  readonly #store: StoreLink | undefined;
   readonly #heartbeatMs: number;
   readonly #reconnectMs: number;
   readonly #maxReconnectMs: number;
@@ -71,7 +93,14 @@ export class PostgresBus implements Bus {
     if (options === null || typeof options !== "object") throw new TypeError("layercache/postgres: PostgresBus needs options: connection settings ({ connectionString } …) or { pool }");
     checkOptions(options, KNOWN, "PostgresBus");
     this.#settings = connectionSettings(options as Record<string, unknown>);
-    if ((options.pool === undefined) === (this.#settings === undefined)) throw optionError("pool", "or connection settings (`connectionString`, or `host`, `port` …) must be given (exactly one of them)");
+    if (options.store !== undefined) {
+      if (!(options.store instanceof PostgresStore)) throw optionError("store", `must be a PostgresStore (got ${preview(options.store)})`);
+      if (options.pool !== undefined && this.#settings !== undefined) throw optionError("pool", "or connection settings (for the LISTEN session) may be given with `store`, not both");
+      this.#store = storeLink(options.store);
+      this.connection = this.#store;
+    } else if ((options.pool === undefined) === (this.#settings === undefined)) {
+      throw optionError("pool", "or connection settings (`connectionString`, or `host`, `port` …) must be given (exactly one of them), or `store`");
+    }
     if (options.pool !== undefined) this.#pool = checkPool(options.pool);
     this.#heartbeatMs = options.heartbeat === undefined ? 2000 : parseDuration("heartbeat", options.heartbeat, false);
     if (!(this.#heartbeatMs > 0)) throw optionError("heartbeat", "must be a positive duration");
@@ -79,12 +108,14 @@ export class PostgresBus implements Bus {
     if (!(this.#reconnectMs > 0)) throw optionError("reconnectDelay", "must be a positive duration");
     this.#maxReconnectMs = options.maxReconnectDelay === undefined ? 5000 : parseDuration("maxReconnectDelay", options.maxReconnectDelay, false);
     if (!(this.#maxReconnectMs >= this.#reconnectMs)) throw optionError("maxReconnectDelay", "must be at least reconnectDelay");
-    this.resilience = parseResilience(options.timeout, options.circuitBreaker, 1000);
+    // A notification that follows a write waits for it: the store's timeout, then one of its own.
+    const storeMs = this.#store?.timeoutMs ?? 0;
+    this.resilience = parseResilience(options.timeout ?? (storeMs > 0 ? storeMs + 1000 : undefined), options.circuitBreaker, 1000);
   }
 
   async connect(channel: string, handlers: BusHandlers, context?: BusContext): Promise<BusConnection> {
     const pg = await loadPg();
-    const settings = this.#settings ?? { ...this.#pool!.options, application_name: "layercache" };
+    const settings = this.#settings ?? (this.#pool !== undefined ? { ...this.#pool.options, application_name: "layercache" } : this.#store!.settings());
     // A pool's own limits and timeouts mean nothing for one session kept open.
     for (const k of ["max", "min", "idleTimeoutMillis", "maxUses", "maxLifetimeSeconds", "allowExitOnIdle", "log", "Client", "Promise"]) delete settings[k];
     // A connection attempt into a network that drops packets would otherwise wait for the OS (minutes), holding up reconnection.
@@ -93,7 +124,7 @@ export class PostgresBus implements Bus {
       heartbeatMs: this.#heartbeatMs,
       reconnectMs: this.#reconnectMs,
       maxReconnectMs: this.#maxReconnectMs,
-    });
+    }, this.#store);
     await listener.start();
     return { publish: (message) => listener.publish(message), close: () => listener.stop() };
   }
@@ -154,8 +185,11 @@ class Listener {
   #reconnecting: Promise<void> | undefined;
   /** Notifications of the publishing session waiting to be sent (see `#notify`). */
   #sending: Sending = { client: undefined, waiting: [], busy: false };
+  /** With a store: messages go out on its write connection; the publishing session sends only heartbeat probes. */
+  readonly #store: StoreLink | undefined;
 
-  constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing) {
+  constructor(pg: PgModule, settings: Record<string, unknown>, channel: string, handlers: BusHandlers, clock: TimerClock, timing: Timing, store: StoreLink | undefined) {
+    this.#store = store;
     this.#pg = pg;
     this.#settings = settings;
     this.#channel = channel;
@@ -178,9 +212,10 @@ class Listener {
     this.#use(client);
   }
 
-  /** `pg_notify` on the publishing session (opened again first if it was lost). */
+  /** `pg_notify` on the store's write connection (with a store), else on the publishing session (opened again first if it was lost). */
   publish(message: string): Promise<void> {
     if (this.#stopped) return Promise.reject(new Error("layercache/postgres: the bus connection is closed"));
+    if (this.#store !== undefined) return this.#store.notify(this.#channel, message);
     const pub = this.#pub;
     if (pub !== undefined) return this.#notify(pub, this.#channel, message);
     return this.#publisher().then((p) => this.#notify(p, this.#channel, message));

@@ -16,9 +16,9 @@ export interface PostgresTableOptions {
 
 export interface PostgresStoreOptions extends PostgresTableOptions, PgConnectionOptions {
   /**
-   * A `pg.Pool` of yours: the store queries through it and never closes it. It keeps one of its
-   * connections for its writes until it is closed: close the cache before `pool.end()` (which
-   * waits for connections checked out).
+   * A `pg.Pool` of yours: the store queries through it and never closes it. It keeps two of its
+   * connections (one when the pool's `max` is under 4) for its writes until it is closed: close the
+   * cache before `pool.end()` (which waits for connections checked out).
    */
   pool?: unknown;
   /** With connection settings: the most connections the store's own pool opens. Default 10. */
@@ -61,8 +61,71 @@ interface PendingWrite {
   reject(error: unknown): void;
 }
 
-/** Most writes one statement carries. */
+/** A notification of a bus paired with the store (`new PostgresBus({ store })`), waiting to go out after the writes asked for before it. */
+interface PendingNotify {
+  channel: string;
+  payload: string;
+  resolve(): void;
+  reject(error: unknown): void;
+}
+
+type Outgoing = PendingWrite | PendingNotify;
+
+const isNotify = (o: Outgoing): o is PendingNotify => (o as PendingNotify).channel !== undefined;
+
+/** Most writes one statement carries, and most notifications. */
 const MAX_WRITE_BATCH = 500;
+const MAX_NOTIFY_BATCH = 500;
+
+/** Most connections the store's writes go out on at once (see `PostgresStore.#run`). */
+const MAX_LANES = 2;
+
+type WriteConnection = { query(q: PgQuery): Promise<PgResult> };
+
+/** A connection the store's writes go out on, whether a run sends on it now, and the keys of the statement under way. */
+interface Lane {
+  conn: PgPoolClient | undefined;
+  busy: boolean;
+  /** Waiting for its connection before it takes the next batch: what is queued meanwhile goes with it. */
+  taking: boolean;
+  keys: Set<string>;
+}
+
+/**
+ * What a `PostgresBus` built with `{ store }` uses of its store (module-internal: see `storeLink`).
+ * The same object is the `connection` of both, so the cache knows that a write and a message asked
+ * for in that order go out in that order, and does not wait for an invalidation's L2 write before
+ * publishing it.
+ */
+export interface StoreLink {
+  /**
+   * `pg_notify(channel, payload)` on the store's write connections, in the same statement as the
+   * writes queued before it and not sent yet (a write and its invalidation asked for in the same
+   * tick: one round trip, delivered when the write commits), never before one of them.
+   */
+  notify(channel: string, payload: string): Promise<void>;
+  /** Settings for a session of the bus's own (to LISTEN): the store's connection settings, or its pool's. */
+  settings(): Record<string, unknown>;
+  /** The store's timeout (ms; 0: none): a notification may wait that long for the writes before it. */
+  readonly timeoutMs: number;
+}
+
+let linkOf: (store: PostgresStore) => StoreLink;
+
+/** The link of `store` for a bus that publishes through it (made on first use; one per store). */
+export function storeLink(store: PostgresStore): StoreLink {
+  return linkOf(store);
+}
+
+/**
+ * Whether `error` is the server's answer about a statement (it has an SQLSTATE) that leaves the
+ * connection usable — not a connection exception (class 08) nor the server ending the session
+ * (57P01 administrator command, 57P02 crash shutdown, 57P03 cannot connect now).
+ */
+const fromServer = (error: unknown): boolean => {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && !/^(08|57P0)/.test(code);
+};
 
 /** SQLSTATE of "relation does not exist". */
 const UNDEFINED_TABLE = "42P01";
@@ -116,6 +179,16 @@ const holdsNul = (text: string): boolean => text.indexOf("\0") >= 0;
 
 const nulError = (key: string, what: string): RecordError => new RecordError(`layercache/postgres: ${what} of ${preview(key)} contains a NUL character, which PostgreSQL text cannot hold`, { key });
 
+/** One write per key, the last asked for, each in the place of its last write (so call order among keys holds). */
+function lastPerKey(writes: PendingWrite[]): PendingWrite[] {
+  const last = new Map<string, PendingWrite>();
+  for (const w of writes) {
+    last.delete(w.key);
+    last.set(w.key, w);
+  }
+  return [...last.values()];
+}
+
 /** Milliseconds until expiry for the `$n::float8` parameter: null for never. */
 const ttlParam = (ttlMs: number): number | null => (ttlMs === Infinity ? null : Math.max(1, Math.ceil(ttlMs)));
 
@@ -145,7 +218,7 @@ export class PostgresStore implements L2Store {
   readonly #pruneIntervalMs: number;
   readonly #pruneBatch: number;
   readonly #clock: TimerClock;
-  readonly #q: { get: PgQuery; getMany: PgQuery; set: PgQuery; setMany: PgQuery; casMissing: PgQuery; cas: PgQuery; prune: PgQuery };
+  readonly #q: Record<"get" | "getMany" | "set" | "setMany" | "casMissing" | "cas" | "notify" | "notifyMany" | "setNotify" | "setManyNotifyMany" | "prune", PgQuery>;
   #pool: PgPool | undefined;
   #opening: Promise<PgPool> | undefined;
   #pruneTimer: unknown;
@@ -189,20 +262,16 @@ export class PostgresStore implements L2Store {
     const expiry = "now() + $3::float8 * interval '1 millisecond'";
     // Named statements are prepared once per connection; the name carries the table, so stores on other tables sharing a pool never clash.
     const name = (op: string): string => `layercache_${op}_${digest(t, 12)}`;
+    const set = `INSERT INTO ${t} (key, record, expires_at) VALUES ($1, $2, ${expiry}) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`;
+    // Several sets in one statement (one row per key: the last set of a key wins, as it would one after the other).
+    const setMany =
+      `INSERT INTO ${t} (key, record, expires_at) SELECT k, r, now() + e * interval '1 millisecond' FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(k, r, e) ` +
+      `ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`;
     this.#q = {
       get: { name: name("get"), text: `SELECT record FROM ${t} WHERE key = $1 AND ${live}` },
       getMany: { name: name("get_many"), text: `SELECT key, record FROM ${t} WHERE key = ANY($1::text[]) AND ${live}` },
-      set: {
-        name: name("set"),
-        text: `INSERT INTO ${t} (key, record, expires_at) VALUES ($1, $2, ${expiry}) ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
-      },
-      // Several sets in one statement (one row per key: the last set of a key wins, as it would one after the other).
-      setMany: {
-        name: name("set_many"),
-        text:
-          `INSERT INTO ${t} (key, record, expires_at) SELECT k, r, now() + e * interval '1 millisecond' FROM unnest($1::text[], $2::text[], $3::float8[]) AS u(k, r, e) ` +
-          `ON CONFLICT (key) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at`,
-      },
+      set: { name: name("set"), text: set },
+      setMany: { name: name("set_many"), text: setMany },
       // Expecting "" (the load saw no record): insert, or replace a row that is expired or holds no
       // record. The conflicting row is locked and the condition read on its newest version: atomic.
       casMissing: {
@@ -217,6 +286,12 @@ export class PostgresStore implements L2Store {
         name: name("cas"),
         text: `UPDATE ${t} SET record = $2, expires_at = ${expiry} WHERE key = $1 AND gen = $4 AND ${live}`,
       },
+      // A paired bus's notifications (see `#notify`), alone or after the writes in one statement:
+      // `unnest` keeps their order, and PostgreSQL delivers them in it when the statement commits.
+      notify: { name: name("notify"), text: "SELECT pg_notify($1, $2)" },
+      notifyMany: { name: name("notify_many"), text: "SELECT pg_notify(c, m) FROM unnest($1::text[], $2::text[]) AS u(c, m)" },
+      setNotify: { name: name("set_notify"), text: `WITH w AS (${set}) SELECT pg_notify($4, $5)` },
+      setManyNotifyMany: { name: name("set_many_notify_many"), text: `WITH w AS (${setMany}) SELECT pg_notify(c, m) FROM unnest($4::text[], $5::text[]) AS u(c, m)` },
       prune: {
         name: name("prune"),
         text: `DELETE FROM ${t} WHERE key IN (SELECT key FROM ${t} WHERE expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) AND expires_at <= now()`,
@@ -224,9 +299,25 @@ export class PostgresStore implements L2Store {
     };
   }
 
-  /** The pool passed in (see `L2Store.connection`). */
+  /** The link of a bus paired with this store (`new PostgresBus({ store })`), else the pool passed in (see `L2Store.connection`). */
   get connection(): object | undefined {
-    return this.#settings === undefined ? this.#pool : undefined;
+    return this.#link ?? (this.#settings === undefined ? this.#pool : undefined);
+  }
+
+  static {
+    linkOf = (store) =>
+      (store.#link ??= {
+        notify: (channel, payload) => store.#notify(channel, payload),
+        settings: () => {
+          if (store.#settings === undefined) return { ...store.#pool!.options, application_name: "layercache" };
+          const own = { ...store.#settings };
+          // The store's own limits, not a session's: the bus sets its own.
+          delete own.statement_timeout;
+          delete own.connectionTimeoutMillis;
+          return own;
+        },
+        timeoutMs: store.resilience.timeoutMs!,
+      });
   }
 
   /** Opens the pool (with connection settings) and creates the table when missing; starts the prune schedule. */
@@ -279,59 +370,173 @@ export class PostgresStore implements L2Store {
   }
 
   async #set(key: string, record: string, ttl: number | null, ifGeneration: string | undefined): Promise<boolean> {
-    const pool = this.#usable ?? (await this.#ready());
     if (ifGeneration === undefined) {
-      await this.#write(pool, key, record, ttl);
+      await this.#write(key, record, ttl);
       return true;
     }
+    const pool = this.#usable ?? (await this.#ready());
     const r = ifGeneration === "" ? await this.#query(pool, this.#q.casMissing, [key, record, ttl]) : await this.#query(pool, this.#q.cas, [key, record, ttl, ifGeneration]);
     return r.rowCount === 1;
   }
 
   /**
-   * An unconditional write (a `set`, a tombstone). They go out in call order on one connection of
-   * their own, never side by side on several: a write that timed out for the cache may still be
-   * under way (waiting for a connection, or on a paused server), and the tombstone the cache then
-   * queues in its place must land after it, not before — on connections side by side, the late
-   * value could land last and come back. Writes asked for while a statement is under way go out
-   * together in the next one (one round trip). Write-backs of loads need no order: the generation
-   * they expect fences them.
+   * An unconditional write (a `set`, a tombstone). They go out in call order on connections of
+   * their own (lanes, see `#run`), a key's writes one after the other, never side by side: a write
+   * that timed out for the cache may still be under way (waiting for a connection, or on a paused
+   * server), and the tombstone the cache then queues in its place must land after it, not before —
+   * side by side, the late value could land last and come back. Writes asked for while a statement
+   * is under way go out together in the next one (one round trip). Write-backs of loads need no
+   * order: the generation they expect fences them.
    */
-  #write(pool: PgPool, key: string, record: string, ttl: number | null): Promise<void> {
+  #write(key: string, record: string, ttl: number | null): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.#writes.push({ key, record, ttl, resolve, reject });
-      if (!this.#writing) this.#flushing = this.#flushWrites(pool);
+      this.#out.push({ key, record, ttl, resolve, reject });
+      this.#kick();
     });
   }
 
-  async #flushWrites(pool: PgPool): Promise<void> {
-    this.#writing = true;
+  /**
+   * A notification of a paired bus: it joins the writes' queue, so it goes out in the same
+   * statement as the writes queued before it and not sent yet. PostgreSQL delivers a notification
+   * when its statement commits, so a peer that hears it and reads L2 finds those writes there; and
+   * an invalidation's tombstone and its message, asked for in the same tick, cost one round trip
+   * instead of two in series.
+   */
+  #notify(channel: string, payload: string): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("layercache/postgres: the store is closed"));
+    return new Promise<void>((resolve, reject) => {
+      this.#out.push({ channel, payload, resolve, reject });
+      this.#kick();
+    });
+  }
+
+  /**
+   * Puts a lane to work on what waits, unless every lane is busy (a busy lane takes more when its
+   * statement is done). A second lane opens only on a pool roomy enough to spare it (`#maxLanes`).
+   */
+  #kick(): void {
+    // A lane about to take the next batch takes this too (an invalidation's write and its message: one statement).
+    if (this.#lanes.some((l) => l.taking)) return;
+    let lane = this.#lanes.find((l) => !l.busy);
+    if (lane === undefined) {
+      if (this.#lanes.length >= this.#maxLanes(this.#usable)) return;
+      lane = { conn: undefined, busy: false, taking: false, keys: new Set() };
+      this.#lanes.push(lane);
+    }
+    const run = this.#run(lane);
+    this.#running.add(run);
+    const done = (): void => void this.#running.delete(run);
+    run.then(done, done);
+  }
+
+  /** Two lanes on a pool that can lend them and still serve reads (pg.Pool's `options.max` of 4 or more), else one. */
+  #maxLanes(pool: PgPool | undefined): number {
+    const max = pool?.options?.max;
+    return typeof pool?.connect === "function" && typeof max === "number" && max >= 4 ? MAX_LANES : 1;
+  }
+
+  /**
+   * A lane sends statements until nothing waits that it may take. Each takes the next batch in call
+   * order unless a write of it is for a key whose earlier write is still under way on another lane
+   * (that one takes it once done): a key's writes land in call order, while an invalidation does not
+   * wait behind a statement of other keys (under load, the writes of a `set` a moment before).
+   */
+  async #run(lane: Lane): Promise<void> {
+    lane.busy = true;
     try {
-      while (this.#writes.length > 0) {
-        const batch = this.#writes.splice(0, MAX_WRITE_BATCH);
+      while (this.#out.length > 0) {
+        let conn: WriteConnection;
+        lane.taking = true;
         try {
-          const conn = await this.#writeConnection(pool);
-          let statement: PgQuery;
-          if (batch.length === 1) statement = { ...this.#q.set, values: [batch[0]!.key, batch[0]!.record, batch[0]!.ttl] };
-          else {
-            const last = new Map<string, PendingWrite>();
-            for (const w of batch) {
-              last.delete(w.key); // keeps call order among keys: a key's place is its last write's
-              last.set(w.key, w);
-            }
-            const rows = [...last.values()];
-            statement = { ...this.#q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] };
-          }
-          await this.#unlessStalled(conn.query(statement));
-          for (const w of batch) w.resolve();
+          conn = await this.#laneConnection(lane, this.#usable ?? (await this.#ready()));
         } catch (error) {
-          this.#writeFailed(error);
-          for (const w of batch) w.reject(error);
+          lane.taking = false;
+          this.#writeFailed(error, lane);
+          for (const o of this.#out.splice(0)) o.reject(error);
+          continue;
+        }
+        lane.taking = false;
+        // Taken after that wait, never at the call: a write and the notification asked for right
+        // after it in the same tick (an invalidation and its message) go out in one statement.
+        const next = this.#nextBatch(lane);
+        if (next === undefined) return;
+        const { batch, writes, notes } = next;
+        try {
+          await this.#unlessStalled(conn.query(this.#statement(writes, notes)));
+          for (const o of batch) o.resolve();
+        } catch (error) {
+          this.#writeFailed(error, lane);
+          if (writes.length === 0 || notes.length === 0 || !fromServer(error)) {
+            for (const o of batch) o.reject(error);
+            continue;
+          }
+          // The server refused the statement (a locked table past the timeout, a missing table):
+          // the writes failed for their own reason, and the notifications go out alone, so that a
+          // problem of L2 does not fail the bus too (the cache publishes after a failed L2 write).
+          for (const w of writes) w.reject(error);
+          try {
+            await this.#unlessStalled(conn.query(this.#statement([], notes)));
+            for (const n of notes) n.resolve();
+          } catch (again) {
+            this.#writeFailed(again, lane);
+            for (const n of notes) n.reject(again);
+          }
+        } finally {
+          lane.keys.clear();
         }
       }
     } finally {
-      this.#writing = false;
+      lane.busy = false;
     }
+  }
+
+  /**
+   * The longest run of what waits (in call order) that one statement carries, split by kind, its
+   * keys marked as under way on `lane`; undefined when the first thing waiting is a write of a key
+   * another lane is writing.
+   */
+  #nextBatch(lane: Lane): { batch: Outgoing[]; writes: PendingWrite[]; notes: PendingNotify[] } | undefined {
+    const writes: PendingWrite[] = [];
+    const notes: PendingNotify[] = [];
+    const others = this.#lanes.length > 1 ? this.#lanes.filter((l) => l !== lane && l.keys.size > 0) : [];
+    let n = 0;
+    for (const o of this.#out) {
+      if (isNotify(o)) {
+        if (notes.length === MAX_NOTIFY_BATCH) break;
+        notes.push(o);
+      } else {
+        if (writes.length === MAX_WRITE_BATCH || others.some((l) => l.keys.has(o.key))) break;
+        writes.push(o);
+      }
+      n++;
+    }
+    if (n === 0) return undefined;
+    for (const w of writes) lane.keys.add(w.key);
+    return { batch: this.#out.splice(0, n), writes, notes };
+  }
+
+  /**
+   * One statement for the writes (the last of each key wins) and then the notifications: with
+   * both, the writes run in a data-modifying WITH and the notifications in its SELECT — one
+   * transaction, so the notifications are delivered when the writes commit, never before.
+   */
+  #statement(writes: PendingWrite[], notes: PendingNotify[]): PgQuery {
+    const q = this.#q;
+    if (notes.length === 0) {
+      if (writes.length === 1) return { ...q.set, values: [writes[0]!.key, writes[0]!.record, writes[0]!.ttl] };
+      const rows = lastPerKey(writes);
+      return { ...q.setMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl)] };
+    }
+    if (writes.length === 0) {
+      if (notes.length === 1) return { ...q.notify, values: [notes[0]!.channel, notes[0]!.payload] };
+      return { ...q.notifyMany, values: [notes.map((n) => n.channel), notes.map((n) => n.payload)] };
+    }
+    if (writes.length === 1 && notes.length === 1) {
+      const w = writes[0]!;
+      return { ...q.setNotify, values: [w.key, w.record, w.ttl, notes[0]!.channel, notes[0]!.payload] };
+    }
+    const rows = lastPerKey(writes);
+    return { ...q.setManyNotifyMany, values: [rows.map((w) => w.key), rows.map((w) => w.record), rows.map((w) => w.ttl), notes.map((n) => n.channel), notes.map((n) => n.payload)] };
   }
 
   /**
@@ -349,35 +554,35 @@ export class PostgresStore implements L2Store {
     return Promise.race([statement, stalled]).finally(() => clearTimeout(timer));
   }
 
-  /** The connection writes go out on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
-  async #writeConnection(pool: PgPool): Promise<{ query(q: PgQuery): Promise<PgResult> }> {
-    if (this.#writer !== undefined) return this.#writer;
+  /** The connection `lane` sends on: one checked out of the pool and kept (a pool without `connect`: the pool itself, in order of sending only). */
+  async #laneConnection(lane: Lane, pool: PgPool): Promise<WriteConnection> {
+    if (lane.conn !== undefined) return lane.conn;
     if (typeof pool.connect !== "function") return { query: (q) => this.#query(pool, q, q.values ?? []) };
     const conn = await pool.connect();
     // A connection checked out of a pg.Pool has no error listener of the pool's: without one, its error would end the process.
     conn.on("error", (error) => {
-      if (this.#writer === conn) this.#writeFailed(error);
+      if (lane.conn === conn) this.#writeFailed(error, lane);
     });
     if (this.#closed) {
       conn.release();
       throw new Error("layercache/postgres: the store is closed");
     }
-    return (this.#writer = conn);
+    return (lane.conn = conn);
   }
 
   /**
    * A write failed. An error of the server about the statement (it has an SQLSTATE: a timeout, a
    * missing table) leaves the connection usable; any other (the connection broke) retires it.
    */
-  #writeFailed(error: unknown): void {
+  #writeFailed(error: unknown, lane: Lane): void {
     const code = (error as { code?: unknown } | null)?.code;
     if (code === UNDEFINED_TABLE && this.#createTable) {
       this.#tableReady = false;
       this.#usable = undefined;
     }
-    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return;
-    const conn = this.#writer;
-    this.#writer = undefined;
+    if (fromServer(error)) return;
+    const conn = lane.conn;
+    lane.conn = undefined;
     conn?.release(error instanceof Error ? error : true);
   }
 
@@ -411,10 +616,11 @@ export class PostgresStore implements L2Store {
     this.#pruneTimer = undefined;
     await this.#pruning?.catch(() => {});
     // Writes under way finish first (on a server that does not answer, for a second at most).
-    if (this.#writing) await Promise.race([this.#flushing, new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
-    const writer = this.#writer;
-    this.#writer = undefined;
-    writer?.release();
+    if (this.#running.size > 0) await Promise.race([Promise.all(this.#running), new Promise<void>((resolve) => setTimeout(resolve, 1000).unref())]);
+    for (const lane of this.#lanes) {
+      lane.conn?.release();
+      lane.conn = undefined;
+    }
     // A pool the user passed in is theirs to close.
     if (this.#settings === undefined) return;
     const pool = this.#pool ?? (await this.#opening?.catch(() => undefined));
@@ -455,8 +661,10 @@ export class PostgresStore implements L2Store {
   }
 
   #tableReady = false;
-  /** Unconditional writes waiting to go out, the connection they go out on, and whether a statement is under way (see `#write`). */
-  #writes: PendingWrite[] = [];
+  /** Unconditional writes and a paired bus's notifications waiting to go out, in call order; the connection they go out on, and whether a statement is under way (see `#write`). */
+  #out: Outgoing[] = [];
+  /** Made when a bus is paired with this store (see `storeLink`). */
+  #link: StoreLink | undefined;
   /**
    * The writes of each key still under way, settled when all of them are. A read of this store
    * waits for them: it then sees what this instance wrote before asking (the cache fills L1 with
@@ -465,9 +673,9 @@ export class PostgresStore implements L2Store {
    * order by itself; a pool of several does not.
    */
   #writesOf = new Map<string, Promise<void>>();
-  #writer: PgPoolClient | undefined;
-  #writing = false;
-  #flushing: Promise<void> | undefined;
+  /** The connections writes go out on (see `#run`), and their runs under way. */
+  readonly #lanes: Lane[] = [];
+  readonly #running = new Set<Promise<void>>();
   /** See `#unlessStalled`: five timeouts, at least 5 s. */
   readonly #stallMs: number;
   /** The pool once open and the table in place: what operations use without waiting. */
