@@ -1,7 +1,7 @@
 import { L1Partition, type SlotOwner } from "../l1/partition.js";
 import { optionError } from "../shared/errors.js";
 import type { L1Bounds } from "../api/options.js";
-import type { Flight, Peek } from "./flight.js";
+import type { BulkRead, Flight, Peek } from "./flight.js";
 
 /** Attached scopes (the root not counted) below which no sweep runs. */
 const MIN_SWEEP = 256;
@@ -69,6 +69,7 @@ export class Namespace implements SlotOwner {
   #detached: Map<string, WeakRef<Namespace>> | undefined;
   #flights: Map<string, Flight> | undefined;
   #peeks: Map<string, Peek> | undefined;
+  #bulkReads: Set<BulkRead> | undefined;
   #cooldowns: Map<string, number> | undefined;
   #throttles: Map<string, number> | undefined;
 
@@ -109,6 +110,22 @@ export class Namespace implements SlotOwner {
     this.#peeks = map;
     this.#stored(map);
   }
+
+  /** Multi-key L2 reads of `getOrSetMany` running here. */
+  get bulkReads(): Set<BulkRead> | undefined {
+    return this.#bulkReads;
+  }
+  set bulkReads(set: Set<BulkRead> | undefined) {
+    this.#bulkReads = set;
+    this.#stored(set);
+  }
+
+  /**
+   * Key → fence sequence number of its latest invalidation here, kept only while bulk reads run
+   * (`BulkRead.fenced`); `fenceSeq` counts them.
+   */
+  keyFences: Map<string, number> | undefined;
+  fenceSeq = 0;
 
   /** Key → time until which background refreshes are not started (after a failed refresh). */
   get cooldowns(): Map<string, number> | undefined {
@@ -162,7 +179,7 @@ export class Namespace implements SlotOwner {
     }
   }
 
-  #stored(map: Map<string, unknown> | undefined): void {
+  #stored(map: Map<string, unknown> | Set<unknown> | undefined): void {
     if (map !== undefined) this.attach();
     else this.settle();
   }
@@ -279,6 +296,7 @@ export class Namespace implements SlotOwner {
     this.#tree.attached--;
     // All empty: dropped, so that storing into them again goes through the setters (and attaches).
     this.#flights = this.#peeks = this.#cooldowns = this.#throttles = undefined;
+    this.#bulkReads = undefined;
     // An own partition leaves the sum `stats()` takes: its eviction count moves to the parent's.
     if (this.bounds !== undefined && this.part !== parent.part) {
       parent.part.evictions += this.part.evictions;
@@ -291,6 +309,7 @@ export class Namespace implements SlotOwner {
   #holds(): boolean {
     if (this.slots.size > 0 || this.children !== undefined) return true;
     if ((this.#flights !== undefined && this.#flights.size > 0) || (this.#peeks !== undefined && this.#peeks.size > 0)) return true;
+    if (this.#bulkReads !== undefined && this.#bulkReads.size > 0) return true;
     const now = this.#tree.clock?.now();
     return live(this.#cooldowns, now) || live(this.#throttles, now);
   }
