@@ -380,12 +380,7 @@ export class Engine {
         single(i, { found, started: bulk.started, tagSeq: bulk.tagSeq });
       }
     } finally {
-      const running = ns.bulkReads;
-      running?.delete(bulk);
-      if (running !== undefined && running.size === 0) {
-        ns.keyFences = undefined;
-        ns.bulkReads = undefined;
-      }
+      ns.endBulkRead(bulk);
       this.#dropTagFences(ns);
     }
   }

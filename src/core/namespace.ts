@@ -3,6 +3,9 @@ import { optionError } from "../shared/errors.js";
 import type { L1Bounds } from "../api/options.js";
 import type { BulkRead, Flight, Peek } from "./flight.js";
 
+/** Key fences (see `keyFences`) below which they are not pruned while bulk reads run. */
+const MIN_FENCE_PRUNE = 1024;
+
 /** Attached scopes (the root not counted) below which no sweep runs. */
 const MIN_SWEEP = 256;
 
@@ -126,6 +129,26 @@ export class Namespace implements SlotOwner {
    */
   keyFences: Map<string, number> | undefined;
   fenceSeq = 0;
+  /** Size of `keyFences` past which fences older than every bulk read still running are dropped. */
+  #pruneFencesAt = MIN_FENCE_PRUNE;
+
+  /** A bulk read ends: the fences it needed go when nothing else needs them. */
+  endBulkRead(bulk: BulkRead): void {
+    const running = this.#bulkReads;
+    if (running === undefined || !running.delete(bulk)) return;
+    const fences = this.keyFences;
+    if (running.size === 0) {
+      this.keyFences = undefined;
+      this.#pruneFencesAt = MIN_FENCE_PRUNE;
+      this.bulkReads = undefined;
+    } else if (fences !== undefined && fences.size >= this.#pruneFencesAt) {
+      // Bulk reads overlapping for ever must not let the fences grow for ever.
+      let oldest = Infinity;
+      for (const b of running) oldest = Math.min(oldest, b.since);
+      for (const [key, seq] of fences) if (seq <= oldest) fences.delete(key);
+      this.#pruneFencesAt = Math.max(MIN_FENCE_PRUNE, fences.size * 2);
+    }
+  }
 
   /** Key → time until which background refreshes are not started (after a failed refresh). */
   get cooldowns(): Map<string, number> | undefined {
