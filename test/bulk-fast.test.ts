@@ -278,6 +278,25 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     expect(started).toEqual(["k1", "k2"]);
   });
 
+  test("getMany: L1, then one L2 read; a remove while it is under way: what was read is returned, not kept in L1", async () => {
+    const { store, a } = await pair({ k1: "one", k2: "two", k3: "three" });
+    expect(await a.get("k3")).toBe("three"); // now in L1
+    const hits: string[] = [];
+    a.on("hit", (e) => hits.push(`${e.key}:${e.layer}`));
+    const held = store.holdNextRead();
+    const before = store.reads;
+    const p = a.getMany(["k1", "k2", "k3", "none"]);
+    await flush();
+    a.removeLocal("k1");
+    held.resolve();
+    expect(await p).toEqual(["one", "two", "three", undefined]);
+    expect(store.reads - before).toBe(1);
+    expect(hits).toEqual(["k3:l1", "k1:l2", "k2:l2"]);
+    expect(a.stats().entries).toBe(2); // k2 and k3: k1 was not filled from the fenced read
+    expect(await a.getMany(["k1", "k2"])).toEqual(["one", "two"]);
+    expect(store.reads - before).toBe(2);
+  });
+
   test("no bulk read is left behind: while it runs it keeps its scope attached; after, fences go and the scope is reclaimed", async () => {
     const { store, a } = await pair({});
     const tmp = a.scope("tmp");

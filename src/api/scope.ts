@@ -95,7 +95,7 @@ export class CacheScope {
     } catch (error) {
       return Promise.reject(error);
     }
-    return Promise.all(keys.map((k) => this.#engine.get(this.#ns, k))) as Promise<(V | undefined)[]>;
+    return this.#engine.getMany(this.#ns, keys) as Promise<(V | undefined)[]>;
   }
 
   /**

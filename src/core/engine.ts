@@ -218,6 +218,45 @@ export class Engine {
     return this.#getFromL2(ns, key);
   }
 
+  /**
+   * Fresh values of several keys (undefined for a miss): L1 first, then the L1 misses in one
+   * multi-key L2 read (`#bulkRead`) — as `get` of each key, without a shared read per key. What
+   * is read is returned; it fills L1 unless an invalidation fenced the key while the read ran.
+   * With tracing on (the get channel), each key is a traced `get`.
+   */
+  getMany(ns: Namespace, keys: readonly string[]): Promise<unknown[]> {
+    if (!this.opened) return this.life.afterOpen(() => this.getMany(ns, keys));
+    if (channels.get.hasSubscribers) return Promise.all(keys.map((k) => this.get(ns, k)));
+    const out: unknown[] = new Array(keys.length);
+    let cold: number[] | undefined;
+    const part = ns.part;
+    const now = this.clock.now();
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const idx = ns.slots.get(key);
+      if (idx !== undefined) {
+        const flags = part.flags[idx]!;
+        if (now < part.fresh[idx]! && (flags & REVALIDATE) === 0) {
+          part.flags[idx] = flags | VISITED;
+          this.report.hit(ns.label, key, "l1", 1);
+          out[i] = part.values[idx];
+          continue;
+        }
+      }
+      if (this.remote === undefined) this.report.miss(ns.label, key, 1);
+      else (cold ??= []).push(i);
+    }
+    if (cold === undefined) return Promise.resolve(out);
+    return this.#bulkRead(ns, keys, cold, undefined, undefined, (i, key, found, bulk, now) => {
+      const e = found?.entry;
+      if (e !== undefined && now < e.times.fresh) {
+        if (!bulk.fenced(ns, key) && !tagFenced(ns, e.tags, bulk.tagSeq)) this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", 1);
+        out[i] = e.value;
+      } else this.report.miss(ns.label, key, 1);
+    }).then(() => out);
+  }
+
   /** A get that missed L1: one L2 read per key at a time, shared by the gets that join it. */
   #getFromL2(ns: Namespace, key: string): Promise<unknown> {
     const running = ns.peeks?.get(key);
@@ -344,41 +383,51 @@ export class Engine {
     return this.#readCold(ns, keys, p, cold, out, single).then(begin);
   }
 
-  /** `readMany`'s keys that go to L2 (`cold`, indices into `keys`): one multi-key read, then hits answered and the rest handed on. */
-  async #readCold(ns: Namespace, keys: readonly string[], p: Policy, cold: number[], out: unknown[], single: (i: number, known?: Known) => void): Promise<void> {
-    const bulk = new BulkRead(this.#tagSeq, ns.fenceSeq, p.tags, this.clock.now());
+  /** `readMany`'s keys that go to L2 (`cold`, indices into `keys`): hits answered, the rest handed on to getOrSet's way. */
+  #readCold(ns: Namespace, keys: readonly string[], p: Policy, cold: number[], out: unknown[], single: (i: number, known?: Known) => void): Promise<void> {
+    return this.#bulkRead(ns, keys, cold, this.#tagsToRead(ns, p), p.tags, (i, key, found, bulk, now) => {
+      // An invalidation while the read ran: nothing read for the key may be used (getOrSet's way reads L2 again).
+      if (found === null || bulk.fenced(ns, key)) return single(i);
+      const e = found?.entry;
+      if (e !== undefined && now < e.times.fresh && !tagFenced(ns, e.tags, bulk.tagSeq)) {
+        this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", 1);
+        out[i] = e.value;
+        return;
+      }
+      single(i, { found, started: bulk.started, tagSeq: bulk.tagSeq });
+    });
+  }
+
+  /**
+   * One multi-key L2 read of the keys `keys[i]`, i in `cold`, fenced per key while it runs
+   * (`BulkRead`: `declared` are the tags of the loads it stands for). `take` gets each key's read
+   * — undefined: L2 unreachable; null: not read (a bug stopped the read) — while the fences still
+   * hold, and `now`.
+   */
+  async #bulkRead(
+    ns: Namespace,
+    keys: readonly string[],
+    cold: number[],
+    tags: readonly string[] | undefined,
+    declared: readonly string[] | undefined,
+    take: (i: number, key: string, found: RemoteRead | undefined | null, bulk: BulkRead, now: number) => void,
+  ): Promise<void> {
+    const bulk = new BulkRead(this.#tagSeq, ns.fenceSeq, declared, this.clock.now());
     (ns.bulkReads ??= new Set()).add(bulk);
     let reads: (RemoteRead | undefined)[] | undefined;
     try {
       reads = await this.remote!.readMany(
         ns,
         cold.map((i) => keys[i]!),
-        this.#tagsToRead(ns, p),
+        tags,
       );
     } catch (error) {
-      // Only a bug gets here: every key goes getOrSet's way (its own L2 read).
       this.report.note(undefined, "error", "internalError", { scope: ns.label, err: error }, "layercache: internal error during a bulk L2 read");
     }
     try {
       const now = this.clock.now();
-      for (let j = 0; j < cold.length; j++) {
-        const i = cold[j]!;
-        const key = keys[i]!;
-        // An invalidation while the read ran: nothing read for the key may be used (getOrSet's way reads L2 again).
-        if (reads === undefined || bulk.fenced(ns, key)) {
-          single(i);
-          continue;
-        }
-        const found = reads[j];
-        const e = found?.entry;
-        if (e !== undefined && now < e.times.fresh && !tagFenced(ns, e.tags, bulk.tagSeq)) {
-          this.#fillL1(ns, key, e);
-          this.report.hit(ns.label, key, "l2", 1);
-          out[i] = e.value;
-          continue;
-        }
-        single(i, { found, started: bulk.started, tagSeq: bulk.tagSeq });
-      }
+      for (let j = 0; j < cold.length; j++) take(cold[j]!, keys[cold[j]!]!, reads === undefined ? null : reads[j], bulk, now);
     } finally {
       ns.endBulkRead(bulk);
       this.#dropTagFences(ns);
