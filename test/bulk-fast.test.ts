@@ -297,6 +297,23 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     expect(store.reads - before).toBe(2);
   });
 
+  test("single reads and bulk reads of one tick share one store call; past 256 keys a bulk read takes more", async () => {
+    const warm = Object.fromEntries(Array.from({ length: 300 }, (_, i) => [`k${i}`, i]));
+    const { store, a } = await pair(warm);
+    const { fn, calls } = recorder();
+    const keys = Object.keys(warm);
+    let before = store.reads;
+    const [one, many, two] = await Promise.all([a.get("k299"), a.getOrSetMany(keys.slice(0, 10), fn), a.getOrSet("k298", async () => "no")]);
+    expect([one, many, two]).toEqual([299, keys.slice(0, 10).map((_, i) => i), 298]);
+    expect(store.reads - before).toBe(1);
+    a.clearMemory();
+    before = store.reads;
+    expect(await a.getOrSetMany(keys, fn)).toEqual(keys.map((_, i) => i));
+    expect(store.reads - before).toBe(2);
+    expect(await a.getMany(["k0", "k299", "none"])).toEqual([0, 299, undefined]);
+    expect(calls).toEqual([]);
+  });
+
   test("no bulk read is left behind: while it runs it keeps its scope attached; after, fences go and the scope is reclaimed", async () => {
     const { store, a } = await pair({});
     const tmp = a.scope("tmp");

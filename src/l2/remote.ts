@@ -36,10 +36,21 @@ const MAX_READ_BATCH = 256;
 /** What a read of one key gives: the stored text, nothing, a `RecordError` of that record, or FAILED (L2 unreachable). */
 type Fetched = string | null | undefined | RecordError | typeof FAILED;
 
-/** Reads sent in one store call: each taker gets the records of its own keys among `keys` (or FAILED). */
+/**
+ * Reads sent in one store call: single keys (`keys`, each answered by `waiters` at the same
+ * index), then the keys of bulk reads (`bulks`, each answered with its records in key order).
+ */
 interface ReadBatch {
   keys: string[];
-  takers: ((records: readonly Fetched[] | typeof FAILED) => void)[];
+  waiters: ((value: Fetched) => void)[];
+  /** How many keys in all (singles and bulks). */
+  size: number;
+  bulks: BulkPart[] | undefined;
+}
+
+interface BulkPart {
+  keys: readonly string[];
+  resolve(records: readonly Fetched[] | typeof FAILED): void;
 }
 
 /** Most failed L2 writes kept for retry (one per key); beyond it the oldest is dropped and reported. */
@@ -481,8 +492,9 @@ export class RemoteLayer {
   #fetch(full: string): Promise<Fetched> {
     if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full).catch(keepRecordError), "read");
     const batch = this.#batchFor(1);
-    const at = batch.keys.push(full) - 1;
-    return new Promise((resolve) => batch.takers.push((records) => resolve(records === FAILED ? FAILED : records[at])));
+    batch.keys.push(full);
+    batch.size++;
+    return new Promise((resolve) => batch.waiters.push(resolve));
   }
 
   /**
@@ -491,45 +503,53 @@ export class RemoteLayer {
    */
   #fetchMany(fulls: readonly string[]): Promise<readonly Fetched[] | typeof FAILED> {
     if (this.store.getMany === undefined) return Promise.all(fulls.map((full) => this.#fetch(full)));
-    if (fulls.length <= MAX_READ_BATCH) return this.#fetchChunk(fulls);
-    const chunks: Promise<readonly Fetched[] | typeof FAILED>[] = [];
-    for (let i = 0; i < fulls.length; i += MAX_READ_BATCH) chunks.push(this.#fetchChunk(fulls.slice(i, i + MAX_READ_BATCH)));
-    return Promise.all(chunks).then((parts) => (parts.includes(FAILED) ? FAILED : (parts as Fetched[][]).flat()));
+    if (fulls.length <= MAX_READ_BATCH) return this.#fetchPart(fulls);
+    const parts: Promise<readonly Fetched[] | typeof FAILED>[] = [];
+    for (let i = 0; i < fulls.length; i += MAX_READ_BATCH) parts.push(this.#fetchPart(fulls.slice(i, i + MAX_READ_BATCH)));
+    return Promise.all(parts).then((records) => (records.includes(FAILED) ? FAILED : (records as Fetched[][]).flat()));
   }
 
-  #fetchChunk(fulls: readonly string[]): Promise<readonly Fetched[] | typeof FAILED> {
-    const batch = this.#batchFor(fulls.length);
-    const at = batch.keys.length;
-    for (const full of fulls) batch.keys.push(full);
-    const n = fulls.length;
-    return new Promise((resolve) => batch.takers.push((records) => resolve(records === FAILED || (at === 0 && records.length === n) ? records : records.slice(at, at + n))));
+  #fetchPart(keys: readonly string[]): Promise<readonly Fetched[] | typeof FAILED> {
+    const batch = this.#batchFor(keys.length);
+    batch.size += keys.length;
+    return new Promise((resolve) => (batch.bulks ??= []).push({ keys, resolve }));
   }
 
   /** The tick's read batch, when it has room for `n` more keys; else a new one. */
   #batchFor(n: number): ReadBatch {
     const batch = this.#batch;
-    if (batch !== undefined && batch.keys.length + n <= MAX_READ_BATCH) return batch;
-    const b: ReadBatch = (this.#batch = { keys: [], takers: [] });
+    if (batch !== undefined && batch.size + n <= MAX_READ_BATCH) return batch;
+    const b: ReadBatch = (this.#batch = { keys: [], waiters: [], size: 0, bulks: undefined });
     process.nextTick(() => this.#flushReads(b));
     return b;
   }
 
   #flushReads(batch: ReadBatch): void {
     if (this.#batch === batch) this.#batch = undefined;
-    const { keys, takers } = batch;
+    const { waiters, bulks } = batch;
+    // The common cases without copying: single keys only, or one bulk read alone.
+    let keys: readonly string[] = batch.keys;
+    if (bulks !== undefined) keys = keys.length === 0 && bulks.length === 1 ? bulks[0]!.keys : keys.concat(...bulks.map((b) => b.keys));
     const run = (): Promise<(string | null | undefined | RecordError)[]> =>
       keys.length === 1
         ? this.store.get(keys[0]!).then(
             (v) => [v],
             (error: unknown) => [keepRecordError(error)],
           )
-        : this.store.getMany!(keys).catch((error: unknown) => {
+        : this.store.getMany!(keys as string[]).catch((error: unknown) => {
             keepRecordError(error); // any other error fails the whole call
             // A store that cannot tell which record of the batch it could not read: ask key by key.
             return this.#readEach(keys);
           });
     void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run, "read").then((values) => {
-      for (const take of takers) take(values);
+      for (let i = 0; i < waiters.length; i++) waiters[i]!(values === FAILED ? FAILED : values[i]);
+      if (bulks === undefined) return;
+      let at = waiters.length;
+      for (const b of bulks) {
+        const n = b.keys.length;
+        b.resolve(values === FAILED || (at === 0 && n === values.length) ? values : values.slice(at, at + n));
+        at += n;
+      }
     });
   }
 
@@ -548,7 +568,7 @@ export class RemoteLayer {
     return call;
   }
 
-  #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
+  #readEach(keys: readonly string[]): Promise<(string | null | undefined | RecordError)[]> {
     return Promise.all(keys.map((k) => this.store.get(k).catch(keepRecordError)));
   }
 
