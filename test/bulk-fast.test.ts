@@ -20,9 +20,16 @@ class HoldingStore extends MemoryStore {
   getManys = 0;
   failing = false;
   #heldRead: Deferred<void> | undefined;
+  #readsToHold = 0;
   #heldWrite: Deferred<void> | undefined;
 
   holdNextRead(): Deferred<void> {
+    return this.holdRead(1);
+  }
+
+  /** Holds the answer of the `nth` read from now (1: the next). */
+  holdRead(nth: number): Deferred<void> {
+    this.#readsToHold = nth;
     return (this.#heldRead = deferred<void>());
   }
 
@@ -43,9 +50,10 @@ class HoldingStore extends MemoryStore {
   }
 
   async #deliver<T>(read: T): Promise<T> {
+    if (this.#heldRead === undefined || --this.#readsToHold > 0) return read;
     const held = this.#heldRead;
     this.#heldRead = undefined;
-    if (held !== undefined) await held.promise;
+    await held.promise;
     return read;
   }
 
@@ -161,6 +169,19 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     await flush();
     held.resolve();
     expect(await p).toEqual(["v:t1", "untagged"]);
+    expect(calls).toEqual([["t1"]]);
+  });
+
+  test("removeByTag while the tags of a value read are checked, and a load of another key ends meanwhile: the tag's fence holds", async () => {
+    const { store, a } = await pair({ t1: "old" }, { tags: ["t"] });
+    const { fn, calls } = recorder();
+    const held = store.holdRead(2); // the record is read, then its tag: that second read is held
+    const p = a.getOrSetMany(["t1"], fn);
+    await flush();
+    await a.removeByTag("t");
+    expect(await a.getOrSet("other", async () => "loaded")).toBe("loaded"); // a flight of the scope starts and ends
+    held.resolve();
+    expect(await p).toEqual(["v:t1"]);
     expect(calls).toEqual([["t1"]]);
   });
 

@@ -806,7 +806,7 @@ export class Engine {
 
   /** Tag fences matter only to what is in flight. */
   #dropTagFences(ns: Namespace): void {
-    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0) ns.tagFences = undefined;
+    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0 && ns.bulkReads === undefined) ns.tagFences = undefined;
   }
 
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
