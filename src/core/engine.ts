@@ -380,7 +380,11 @@ export class Engine {
       else (cold ??= []).push(i);
     }
     if (cold === undefined) return Promise.resolve(begin());
-    return this.#readCold(ns, keys, p, cold, out, single).then(begin);
+    return this.#readCold(ns, keys, p, cold, out, single).then(begin, (error: unknown) => {
+      // Only a bug gets here: the loads already started must still get their loadMany call.
+      begin();
+      throw error;
+    });
   }
 
   /** `readMany`'s keys that go to L2 (`cold`, indices into `keys`): hits answered, the rest handed on to getOrSet's way. */
