@@ -259,6 +259,17 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     expect(calls).toEqual([]);
   });
 
+  test("a removal of this instance still waiting to reach L2: the old record there is a miss, and the key is loaded", async () => {
+    const { store, a } = await pair({ k: "old", j: "kept" }, { resilience: { timeoutMs: 0, breakerThreshold: 0 } });
+    store.failing = true;
+    await a.remove("k"); // L1 dropped; the tombstone waits for a retry
+    store.failing = false;
+    expect(a.stats().l2Pending).toBe(1);
+    const { fn, calls } = recorder();
+    expect(await a.getOrSetMany(["k", "j"], fn)).toEqual(["v:k", "kept"]);
+    expect(calls).toEqual([["k"]]);
+  });
+
   test("L2 failing: one failed read, then ONE loadMany call — no key reads L2 again; with the breaker open, no read at all", async () => {
     const { store, a } = await pair({}, { resilience: { timeoutMs: 0, breakerThreshold: 1, breakerCooldownMs: 60_000 } });
     const errors: string[] = [];

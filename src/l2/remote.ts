@@ -331,14 +331,17 @@ export class RemoteLayer {
     let later: Promise<unknown>[] | undefined;
     const fulls: string[] = [];
     const at: number[] = []; // where each key of the batch sits in `keys`
+    // Keys with a removal of this instance not in L2 yet when the read starts (see `read`).
+    let removedHere: boolean[] | undefined;
     for (let i = 0; i < keys.length; i++) {
       const full = this.keyOf(ns, keys[i]!);
       if (writing && this.#writing.has(full)) {
         (later ??= []).push(this.read(ns, keys[i]!, tags).then((r) => void (out[i] = r)));
-      } else {
-        fulls.push(full);
-        at.push(i);
+        continue;
       }
+      if (removed && this.#pending.get(full) !== undefined) (removedHere ??= [])[fulls.length] = true;
+      fulls.push(full);
+      at.push(i);
     }
     // The tags first: their reads join the same batch as the keys.
     const gens = tags === undefined ? undefined : this.tagGenerations(ns, tags);
@@ -350,7 +353,7 @@ export class RemoteLayer {
     }
     for (let j = 0; j < fulls.length; j++) {
       const i = at[j]!;
-      const decoded = this.#decode(ns, keys[i]!, records[j], removed && this.#pending.get(fulls[j]!) !== undefined);
+      const decoded = this.#decode(ns, keys[i]!, records[j], removedHere?.[j] === true);
       const r = decoded instanceof Promise ? decoded.then((d) => this.#tagged(ns, d, g)) : this.#tagged(ns, decoded, g);
       if (r instanceof Promise) (later ??= []).push(r.then((v) => void (out[i] = v)));
       else out[i] = r;
