@@ -4,6 +4,7 @@ import { optionError, preview } from "../shared/errors.js";
 import { checkOptionNames, derivePolicy, parseTags, type CachedOptions, type EntryOptions, type Policy } from "./options.js";
 import type { Engine } from "../core/engine.js";
 import type { Namespace } from "../core/namespace.js";
+import { Later } from "../core/batch.js";
 
 /** A function wrapped by `cache.cached(fn, options)`. */
 export type CachedFunction<A extends unknown[], R> = ((...args: A) => Promise<Awaited<R>>) & {
@@ -323,9 +324,19 @@ export function makeCachedBatch<A, V>(
       }
       return out;
     };
-    const results = engine.readMany(ns, keys, policy, byKeys);
-    const byKey = new Map(keys.map((k, i) => [k, results[i]!]));
-    for (const c of calls) byKey.get(c.key)!.then(c.resolve as (v: unknown) => void, c.reject);
+    engine.readMany(ns, keys, policy, byKeys).then(
+      (results) => {
+        const byKey = new Map(keys.map((k, i) => [k, results[i]]));
+        for (const c of calls) {
+          const r = byKey.get(c.key);
+          if (r instanceof Later) r.promise.then(c.resolve as (v: unknown) => void, c.reject);
+          else c.resolve(r as V);
+        }
+      },
+      (error: unknown) => {
+        for (const c of calls) c.reject(error);
+      },
+    );
   };
 
   const batched = ((arg: A): Promise<V> => {

@@ -1,5 +1,5 @@
 import { isLegacyMethodCall, isMethodContext, makeCached, makeCachedBatch, methodDecorator, type CachedBatchFunction, type CachedBatchOptions, type CachedDecorator, type CachedFunction, type CachedMethod } from "./cached.js";
-import type { LoadMany } from "../core/batch.js";
+import { settleAll, type LoadMany } from "../core/batch.js";
 import type { Engine } from "../core/engine.js";
 import type { Loader } from "../core/flight.js";
 import type { Namespace } from "../core/namespace.js";
@@ -95,7 +95,7 @@ export class CacheScope {
     } catch (error) {
       return Promise.reject(error);
     }
-    return Promise.all(keys.map((k) => this.#engine.get(this.#ns, k))) as Promise<(V | undefined)[]>;
+    return this.#engine.getMany(this.#ns, keys) as Promise<(V | undefined)[]>;
   }
 
   /**
@@ -114,7 +114,7 @@ export class CacheScope {
     } catch (error) {
       return Promise.reject(error);
     }
-    return Promise.all(this.#engine.readMany(this.#ns, keys, p, loadMany as LoadMany<unknown>)) as Promise<V[]>;
+    return this.#engine.readMany(this.#ns, keys, p, loadMany as LoadMany<unknown>).then(settleAll) as Promise<V[]>;
   }
 
   /** Writes several entries (`[key, value, options?]`), as `set` does each; everything is checked before anything is written. */

@@ -9,6 +9,26 @@ export interface LoadManyContext {
 /** Loads several keys at once: a `Map` by key, or an array in the order of `keys`. A key left out (or `undefined`) is returned as `undefined` and not cached. */
 export type LoadMany<V> = (keys: string[], context: LoadManyContext) => Promise<ReadonlyMap<string, V> | readonly V[]> | ReadonlyMap<string, V> | readonly V[];
 
+/** A key of `Engine.readMany` that is answered later: the promise of its `getOrSet` way (a flight, joined or started). */
+export class Later {
+  readonly promise: Promise<unknown>;
+  constructor(promise: Promise<unknown>) {
+    this.promise = promise;
+  }
+}
+
+/** `Engine.readMany`'s answers as plain values, once every key has one; rejects with the first error (as `Promise.all`). */
+export function settleAll(results: unknown[]): unknown[] | Promise<unknown[]> {
+  let later = false;
+  for (const r of results) {
+    if (r instanceof Later) {
+      later = true;
+      break;
+    }
+  }
+  return later ? Promise.all(results.map((r) => (r instanceof Later ? r.promise : r))) : results;
+}
+
 interface Waiting {
   key: string;
   resolve(value: unknown): void;

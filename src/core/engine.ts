@@ -10,10 +10,10 @@ import { channels } from "../telemetry/channels.js";
 import { L1Partition, REVALIDATE, VISITED, type EntryTimes } from "../l1/partition.js";
 import { DEFAULTS, type CacheSettings, type L1Bounds, type Policy } from "../api/options.js";
 import type { L2Store } from "../l2/contract.js";
-import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry } from "../l2/remote.js";
+import { GENERATION_MEMORY_MS, RemoteLayer, type Encoded, type RemoteEntry, type RemoteRead } from "../l2/remote.js";
 import type { Serializer } from "../l2/serializer.js";
-import { Flight, Peek } from "./flight.js";
-import { LoadBatch, type LoadMany } from "./batch.js";
+import { BulkRead, Flight, Peek } from "./flight.js";
+import { LoadBatch, Later, type LoadMany } from "./batch.js";
 import { Namespace } from "./namespace.js";
 import { invalidateKey, invalidateScope, invalidateTags, partitionsOf, peerHandlers, tagFenced } from "./invalidation.js";
 import type { TagSnapshot } from "../l2/envelope.js";
@@ -61,6 +61,15 @@ function heldValue(value: unknown, t: EntryTimes, p: Policy, now: number, remote
 }
 
 const RESOLVED_UNDEFINED = Promise.resolve(undefined);
+
+/** A key's L2 read done before its flight started (by `readMany`): the flight uses it instead of reading again. */
+interface Known {
+  /** What L2 held (undefined: unreachable). */
+  found: RemoteRead | undefined;
+  /** When the read started, and the engine's tag sequence number then: the flight counts from there. */
+  started: number;
+  tagSeq: number;
+}
 
 /**
  * The read/load/refresh state machine. One request goes one straight way:
@@ -209,6 +218,45 @@ export class Engine {
     return this.#getFromL2(ns, key);
   }
 
+  /**
+   * Fresh values of several keys (undefined for a miss): L1 first, then the L1 misses in one
+   * multi-key L2 read (`#bulkRead`) — as `get` of each key, without a shared read per key. What
+   * is read is returned; it fills L1 unless an invalidation fenced the key while the read ran.
+   * With tracing on (the get channel), each key is a traced `get`.
+   */
+  getMany(ns: Namespace, keys: readonly string[]): Promise<unknown[]> {
+    if (!this.opened) return this.life.afterOpen(() => this.getMany(ns, keys));
+    if (channels.get.hasSubscribers) return Promise.all(keys.map((k) => this.get(ns, k)));
+    const out: unknown[] = new Array(keys.length);
+    let cold: number[] | undefined;
+    const part = ns.part;
+    const now = this.clock.now();
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const idx = ns.slots.get(key);
+      if (idx !== undefined) {
+        const flags = part.flags[idx]!;
+        if (now < part.fresh[idx]! && (flags & REVALIDATE) === 0) {
+          part.flags[idx] = flags | VISITED;
+          this.report.hit(ns.label, key, "l1", 1);
+          out[i] = part.values[idx];
+          continue;
+        }
+      }
+      if (this.remote === undefined) this.report.miss(ns.label, key, 1);
+      else (cold ??= []).push(i);
+    }
+    if (cold === undefined) return Promise.resolve(out);
+    return this.#bulkRead(ns, keys, cold, undefined, undefined, (i, key, found, bulk, now) => {
+      const e = found?.entry;
+      if (e !== undefined && now < e.times.fresh) {
+        if (!bulk.fenced(ns, key) && !tagFenced(ns, e.tags, bulk.tagSeq)) this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", 1);
+        out[i] = e.value;
+      } else this.report.miss(ns.label, key, 1);
+    }).then(() => out);
+  }
+
   /** A get that missed L1: one L2 read per key at a time, shared by the gets that join it. */
   #getFromL2(ns: Namespace, key: string): Promise<unknown> {
     const running = ns.peeks?.get(key);
@@ -253,7 +301,7 @@ export class Engine {
     return this.#read(ns, key, p, fn, self, args);
   }
 
-  #read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+  #read(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined, known?: Known): Promise<unknown> {
     if (!this.opened) return this.life.afterOpen(() => this.#read(ns, key, p, fn, self, args));
     const idx = ns.slots.get(key);
     if (idx !== undefined) {
@@ -277,35 +325,121 @@ export class Engine {
         return Promise.resolve(part.values[idx]);
       }
     }
-    return this.#load(ns, key, p, fn, self, args);
+    return this.#load(ns, key, p, fn, self, args, known);
   }
 
   /**
-   * getOrSetMany: one `read` per key — L1 hits answered at once, keys in flight joined — and the
-   * flights it starts read L2 in one batch (`RemoteLayer` gathers the reads of a tick into one
-   * `getMany`) and send the keys that need loading to one `loadMany` call (`LoadBatch`).
-   * One promise per key, in key order.
+   * getOrSetMany (and cachedBatch): the answers in key order — a value, or a `Later` for a key
+   * that takes getOrSet's way. One pass over L1: fresh hits are answered at once; keys that
+   * getOrSet would not send straight to L2 (a flight to join, a throttled fallback, a stale value
+   * to serve while it refreshes, a refresh ahead) take getOrSet's way; the rest are read from L2
+   * in one multi-key read (`RemoteLayer.readMany`) with no flight, promise or timer per key. A key
+   * found fresh there fills L1 unless an invalidation fenced it while the read ran (`BulkRead`);
+   * every other key takes getOrSet's way with that read — its flight does not read L2 again.
+   * Keys that need the loader go to ONE `loadMany` call (`LoadBatch`). With tracing on (the
+   * getOrSet channel), every key takes getOrSet's way, traced as one.
    */
-  readMany(ns: Namespace, keys: readonly string[], p: Policy, loadMany: LoadMany<unknown>): Promise<unknown>[] {
-    if (!this.opened) {
-      const later = this.life.afterOpen(async () => this.readMany(ns, keys, p, loadMany));
-      return keys.map((_, i) => later.then((all) => all[i]));
-    }
-    const batch = new LoadBatch(loadMany);
-    const out: Promise<unknown>[] = new Array(keys.length);
-    for (let i = 0; i < keys.length; i++) {
+  readMany(ns: Namespace, keys: readonly string[], p: Policy, loadMany: LoadMany<unknown>): Promise<unknown[]> {
+    if (!this.opened) return this.life.afterOpen(() => this.readMany(ns, keys, p, loadMany));
+    const out: unknown[] = new Array(keys.length);
+    let batch: LoadBatch<unknown> | undefined;
+    // A key that takes getOrSet's way, its loader joining the batch (`known`: its L2 read, done already).
+    const single = (i: number, known?: Known): void => {
       const key = keys[i]!;
-      const fn = batch.loaderFor(key);
-      out[i] = this.read(ns, key, p, fn, undefined, undefined);
+      const fn = (batch ??= new LoadBatch(loadMany)).loaderFor(key);
+      out[i] = new Later(known === undefined ? this.read(ns, key, p, fn, undefined, undefined) : this.#read(ns, key, p, fn, undefined, undefined, known));
       const f = ns.flights?.get(key);
       if (f !== undefined && f.fn === fn) f.onDone = batch.expect(key);
+    };
+    const begin = (): unknown[] => {
+      batch?.begin();
+      return out;
+    };
+    const traced = channels.getOrSet.hasSubscribers;
+    let cold: number[] | undefined;
+    const part = ns.part;
+    const now = this.clock.now();
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const idx = traced ? undefined : ns.slots.get(key);
+      if (idx !== undefined && (part.flags[idx]! & REVALIDATE) === 0) {
+        const fresh = part.fresh[idx]!;
+        if (now < fresh && p.refreshAhead === 0) {
+          part.flags[idx]! |= VISITED;
+          this.report.hit(ns.label, key, "l1", 1);
+          out[i] = part.values[idx];
+          continue;
+        }
+        // A refresh ahead, or a stale value to serve while it refreshes: getOrSet's way.
+        if (now < fresh || (p.background && now < fresh + Math.min(part.maxStale[idx]!, p.maxStale))) {
+          single(i);
+          continue;
+        }
+      }
+      if (traced || this.remote === undefined || ns.flights?.has(key) || ns.throttles?.has(key)) single(i);
+      else (cold ??= []).push(i);
     }
-    batch.begin();
-    return out;
+    if (cold === undefined) return Promise.resolve(begin());
+    return this.#readCold(ns, keys, p, cold, out, single).then(begin, (error: unknown) => {
+      // Only a bug gets here: the loads already started must still get their loadMany call.
+      begin();
+      throw error;
+    });
+  }
+
+  /** `readMany`'s keys that go to L2 (`cold`, indices into `keys`): hits answered, the rest handed on to getOrSet's way. */
+  #readCold(ns: Namespace, keys: readonly string[], p: Policy, cold: number[], out: unknown[], single: (i: number, known?: Known) => void): Promise<void> {
+    return this.#bulkRead(ns, keys, cold, this.#tagsToRead(ns, p), p.tags, (i, key, found, bulk, now) => {
+      // An invalidation while the read ran: nothing read for the key may be used (getOrSet's way reads L2 again).
+      if (found === null || bulk.fenced(ns, key)) return single(i);
+      const e = found?.entry;
+      if (e !== undefined && now < e.times.fresh && !tagFenced(ns, e.tags, bulk.tagSeq)) {
+        this.#fillL1(ns, key, e);
+        this.report.hit(ns.label, key, "l2", 1);
+        out[i] = e.value;
+        return;
+      }
+      single(i, { found, started: bulk.started, tagSeq: bulk.tagSeq });
+    });
+  }
+
+  /**
+   * One multi-key L2 read of the keys `keys[i]`, i in `cold`, fenced per key while it runs
+   * (`BulkRead`: `declared` are the tags of the loads it stands for). `take` gets each key's read
+   * — undefined: L2 unreachable; null: not read (a bug stopped the read) — while the fences still
+   * hold, and `now`.
+   */
+  async #bulkRead(
+    ns: Namespace,
+    keys: readonly string[],
+    cold: number[],
+    tags: readonly string[] | undefined,
+    declared: readonly string[] | undefined,
+    take: (i: number, key: string, found: RemoteRead | undefined | null, bulk: BulkRead, now: number) => void,
+  ): Promise<void> {
+    const bulk = new BulkRead(this.#tagSeq, ns.fenceSeq, declared, this.clock.now());
+    (ns.bulkReads ??= new Set()).add(bulk);
+    let reads: (RemoteRead | undefined)[] | undefined;
+    try {
+      reads = await this.remote!.readMany(
+        ns,
+        cold.map((i) => keys[i]!),
+        tags,
+      );
+    } catch (error) {
+      this.report.note(undefined, "error", "internalError", { scope: ns.label, err: error }, "layercache: internal error during a bulk L2 read");
+    }
+    try {
+      const now = this.clock.now();
+      for (let j = 0; j < cold.length; j++) take(cold[j]!, keys[cold[j]!]!, reads === undefined ? null : reads[j], bulk, now);
+    } finally {
+      ns.endBulkRead(bulk);
+      this.#dropTagFences(ns);
+    }
   }
 
   /** No usable value in L1: join the key's flight, serve a throttled fallback, or start a load. */
-  #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined): Promise<unknown> {
+  #load(ns: Namespace, key: string, p: Policy, fn: Function, self: unknown, args: unknown[] | undefined, known?: Known): Promise<unknown> {
     const running = ns.flights?.get(key);
     if (running !== undefined) {
       if (running.answer === "early") {
@@ -332,10 +466,11 @@ export class Engine {
         return Promise.resolve(throttled.value);
       }
     }
-    const f = this.#flight(ns, key, p, this.clock.now(), fn, self, args);
+    const f = this.#flight(ns, key, p, known?.started ?? this.clock.now(), fn, self, args);
+    if (known !== undefined) f.tagSeq = known.tagSeq;
     f.callers = 1;
     f.waited = true;
-    this.life.track(this.#run(f));
+    this.life.track(this.#run(f, known));
     return f.promise;
   }
 
@@ -366,12 +501,12 @@ export class Engine {
   }
 
   /** One flight from start to end. Never rejects: every outcome settles the flight. */
-  async #run(f: Flight): Promise<void> {
+  async #run(f: Flight, known?: Known): Promise<void> {
     const { ns, key, policy: p } = f;
     try {
       let held = this.#heldInL1(ns, key, p, f.started);
       if (this.remote !== undefined) {
-        const found = await this.remote.read(ns, key, this.#tagsToRead(ns, p));
+        const found = known !== undefined ? known.found : await this.remote.read(ns, key, this.#tagsToRead(ns, p));
         if (found !== undefined) {
           f.gen = found.gen;
           f.tagGens = found.tagGens;
@@ -675,7 +810,7 @@ export class Engine {
 
   /** Tag fences matter only to what is in flight. */
   #dropTagFences(ns: Namespace): void {
-    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0) ns.tagFences = undefined;
+    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0 && ns.bulkReads === undefined) ns.tagFences = undefined;
   }
 
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {

@@ -54,6 +54,39 @@ export class Fenced {
   }
 }
 
+/**
+ * A `getOrSetMany`'s one multi-key L2 read of the keys that missed L1 with nobody loading them.
+ * It holds no object per key: while bulk reads run in a scope, an invalidation of a key there is
+ * recorded in the scope's `keyFences` (key → fence sequence number), and each key's answer is
+ * checked against it (`fenced`) before anything is taken from the read.
+ */
+export class BulkRead {
+  /** Fenced as a whole: a clear of its scope, or a `removeByTag` that would have fenced its loads. */
+  all = false;
+  /** The engine's tag sequence number when it started (see `Fenced.tagSeq`). */
+  readonly tagSeq: number;
+  /** The scope's fence sequence number when it started: later invalidations of a key fence that key. */
+  readonly since: number;
+  /** The tags its call declares (the loads it stands for would carry them). */
+  readonly tags: readonly string[] | undefined;
+  /** When it started (the loads it hands its read to count their start from it). */
+  readonly started: number;
+
+  constructor(tagSeq: number, since: number, tags: readonly string[] | undefined, started: number) {
+    this.tagSeq = tagSeq;
+    this.since = since;
+    this.tags = tags;
+    this.started = started;
+  }
+
+  /** Whether `key` was invalidated since the read started: nothing it read for the key may be used. */
+  fenced(ns: Namespace, key: string): boolean {
+    if (this.all) return true;
+    const seq = ns.keyFences?.get(key);
+    return seq !== undefined && seq > this.since;
+  }
+}
+
 /** A `get`'s L2 read, shared by the gets of one key that miss L1 at the same time. */
 export class Peek extends Fenced {
   promise!: Promise<unknown>;

@@ -22,11 +22,17 @@ export function invalidateKey(ns: Namespace, key: string, drop: boolean, gen?: s
     peek.fence(gen);
     ns.peeks!.delete(key);
   }
+  fenceBulkReads(ns, key);
   ns.throttles?.delete(key);
   ns.cooldowns?.delete(key);
   const dropped = drop && ns.part.delete(ns, key);
   ns.settle();
   return dropped;
+}
+
+/** Records an invalidation of `key` for the bulk reads running in its scope (see `BulkRead`). */
+function fenceBulkReads(ns: Namespace, key: string): void {
+  if (ns.bulkReads !== undefined) (ns.keyFences ??= new Map()).set(key, ++ns.fenceSeq);
 }
 
 /** Fences and detaches everything in flight in a scope and its nested scopes; clears their L1 entries when `drop`. */
@@ -38,6 +44,7 @@ export function invalidateScope(ns: Namespace, drop: boolean): number {
       for (const op of map.values()) op.fence();
       map.clear();
     }
+    if (n.bulkReads !== undefined) for (const b of n.bulkReads) b.all = true;
     n.throttles = undefined;
     n.cooldowns = undefined;
     if (drop) dropped += n.part.clearOwner(n);
@@ -54,7 +61,7 @@ export function invalidateScope(ns: Namespace, drop: boolean): number {
  */
 export function invalidateTags(ns: Namespace, tags: readonly string[], seq: number): number {
   let dropped = 0;
-  if ((ns.flights?.size ?? 0) > 0 || (ns.peeks?.size ?? 0) > 0) {
+  if ((ns.flights?.size ?? 0) > 0 || (ns.peeks?.size ?? 0) > 0 || ns.bulkReads !== undefined) {
     const fences = (ns.tagFences ??= new Map());
     for (const t of tags) fences.set(t, seq);
   }
@@ -78,6 +85,10 @@ export function invalidateTags(ns: Namespace, tags: readonly string[], seq: numb
   if (peeks !== undefined) {
     for (const peek of peeks.values()) peek.fence();
     peeks.clear();
+  }
+  // Bulk reads stand for the loads of their keys: fenced as those loads would be.
+  if (ns.bulkReads !== undefined) {
+    for (const b of ns.bulkReads) if (b.tags !== undefined ? b.tags.some((t) => tags.includes(t)) : ns.lateTags) b.all = true;
   }
   for (const t of tags) {
     const keys = ns.tagIndex?.get(t);
@@ -129,6 +140,7 @@ export function peerHandlers(root: Namespace, report: Reporter, nextTagSeq: () =
             peek.fence(gen);
             ns.peeks!.delete(key);
           }
+          fenceBulkReads(ns, key);
           if (ns.part.delete(ns, key)) dropped++;
           // Loads waiting for the lease holder's value: it is in L2 now.
           const waits = ns.leaseWaits?.get(key);

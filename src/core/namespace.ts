@@ -1,7 +1,10 @@
 import { L1Partition, type SlotOwner } from "../l1/partition.js";
 import { optionError } from "../shared/errors.js";
 import type { L1Bounds } from "../api/options.js";
-import type { Flight, Peek } from "./flight.js";
+import type { BulkRead, Flight, Peek } from "./flight.js";
+
+/** Key fences (see `keyFences`) below which they are not pruned while bulk reads run. */
+const MIN_FENCE_PRUNE = 1024;
 
 /** Attached scopes (the root not counted) below which no sweep runs. */
 const MIN_SWEEP = 256;
@@ -69,6 +72,7 @@ export class Namespace implements SlotOwner {
   #detached: Map<string, WeakRef<Namespace>> | undefined;
   #flights: Map<string, Flight> | undefined;
   #peeks: Map<string, Peek> | undefined;
+  #bulkReads: Set<BulkRead> | undefined;
   #cooldowns: Map<string, number> | undefined;
   #throttles: Map<string, number> | undefined;
 
@@ -108,6 +112,42 @@ export class Namespace implements SlotOwner {
   set peeks(map: Map<string, Peek> | undefined) {
     this.#peeks = map;
     this.#stored(map);
+  }
+
+  /** Multi-key L2 reads of `getOrSetMany` running here. */
+  get bulkReads(): Set<BulkRead> | undefined {
+    return this.#bulkReads;
+  }
+  set bulkReads(set: Set<BulkRead> | undefined) {
+    this.#bulkReads = set;
+    this.#stored(set);
+  }
+
+  /**
+   * Key → fence sequence number of its latest invalidation here, kept only while bulk reads run
+   * (`BulkRead.fenced`); `fenceSeq` counts them.
+   */
+  keyFences: Map<string, number> | undefined;
+  fenceSeq = 0;
+  /** Size of `keyFences` past which fences older than every bulk read still running are dropped. */
+  #pruneFencesAt = MIN_FENCE_PRUNE;
+
+  /** A bulk read ends: the fences it needed go when nothing else needs them. */
+  endBulkRead(bulk: BulkRead): void {
+    const running = this.#bulkReads;
+    if (running === undefined || !running.delete(bulk)) return;
+    const fences = this.keyFences;
+    if (running.size === 0) {
+      this.keyFences = undefined;
+      this.#pruneFencesAt = MIN_FENCE_PRUNE;
+      this.bulkReads = undefined;
+    } else if (fences !== undefined && fences.size >= this.#pruneFencesAt) {
+      // Bulk reads overlapping for ever must not let the fences grow for ever.
+      let oldest = Infinity;
+      for (const b of running) oldest = Math.min(oldest, b.since);
+      for (const [key, seq] of fences) if (seq <= oldest) fences.delete(key);
+      this.#pruneFencesAt = Math.max(MIN_FENCE_PRUNE, fences.size * 2);
+    }
   }
 
   /** Key → time until which background refreshes are not started (after a failed refresh). */
@@ -162,7 +202,7 @@ export class Namespace implements SlotOwner {
     }
   }
 
-  #stored(map: Map<string, unknown> | undefined): void {
+  #stored(map: Map<string, unknown> | Set<unknown> | undefined): void {
     if (map !== undefined) this.attach();
     else this.settle();
   }
@@ -279,6 +319,7 @@ export class Namespace implements SlotOwner {
     this.#tree.attached--;
     // All empty: dropped, so that storing into them again goes through the setters (and attaches).
     this.#flights = this.#peeks = this.#cooldowns = this.#throttles = undefined;
+    this.#bulkReads = undefined;
     // An own partition leaves the sum `stats()` takes: its eviction count moves to the parent's.
     if (this.bounds !== undefined && this.part !== parent.part) {
       parent.part.evictions += this.part.evictions;
@@ -291,6 +332,7 @@ export class Namespace implements SlotOwner {
   #holds(): boolean {
     if (this.slots.size > 0 || this.children !== undefined) return true;
     if ((this.#flights !== undefined && this.#flights.size > 0) || (this.#peeks !== undefined && this.#peeks.size > 0)) return true;
+    if (this.#bulkReads !== undefined && this.#bulkReads.size > 0) return true;
     const now = this.#tree.clock?.now();
     return live(this.#cooldowns, now) || live(this.#throttles, now);
   }

@@ -36,9 +36,21 @@ const MAX_READ_BATCH = 256;
 /** What a read of one key gives: the stored text, nothing, a `RecordError` of that record, or FAILED (L2 unreachable). */
 type Fetched = string | null | undefined | RecordError | typeof FAILED;
 
+/**
+ * Reads sent in one store call: single keys (`keys`, each answered by `waiters` at the same
+ * index), then the keys of bulk reads (`bulks`, each answered with its records in key order).
+ */
 interface ReadBatch {
   keys: string[];
   waiters: ((value: Fetched) => void)[];
+  /** How many keys in all (singles and bulks). */
+  size: number;
+  bulks: BulkPart[] | undefined;
+}
+
+interface BulkPart {
+  keys: readonly string[];
+  resolve(records: readonly Fetched[] | typeof FAILED): void;
 }
 
 /** Most failed L2 writes kept for retry (one per key); beyond it the oldest is dropped and reported. */
@@ -300,13 +312,61 @@ export class RemoteLayer {
     // A write of this key is under way: read what it leaves (or count L2 as unreachable for this read once the timeout is over).
     if (writing !== undefined) return this.#deadlines.wrap(writing).then(() => this.read(ns, key, tags), () => undefined);
     const record = this.#fetch(full).then((text) => this.#decode(ns, key, text, removedHere));
-    if (tags === undefined) return record.then((r) => (r?.tagged === undefined ? r : this.#checkTags(ns, r, undefined)));
+    if (tags === undefined) return record.then((r) => this.#tagged(ns, r, undefined));
     const gens = this.tagGenerations(ns, tags);
-    return Promise.all([record, gens]).then(([r, g]) => {
-      if (r === undefined || g === undefined) return undefined;
-      r.tagGens = g;
-      return r.tagged === undefined ? r : this.#checkTags(ns, r, g);
-    });
+    return Promise.all([record, gens]).then(([r, g]) => (g === undefined ? undefined : this.#tagged(ns, r, g)));
+  }
+
+  /**
+   * `read` of several keys of one scope at once (getOrSetMany): their records in key order
+   * (undefined for a key whose L2 state is unknown: L2 unreachable). The keys — and `tags`, read
+   * once for all of them — go to the store in the tick's batch (one `getMany`, one round trip); a
+   * key with a write of this instance under way waits for it, as `read` does.
+   */
+  async readMany(ns: RemoteScope, keys: readonly string[], tags?: readonly string[]): Promise<(RemoteRead | undefined)[]> {
+    const out: (RemoteRead | undefined)[] = new Array(keys.length);
+    // Only work that needs it: most calls have no write under way and no removal waiting.
+    const writing = this.#writing.size > 0 && (this.#breaker?.ready() ?? true);
+    const removed = this.#pending.size > 0;
+    let later: Promise<unknown>[] | undefined;
+    const fulls: string[] = [];
+    const at: number[] = []; // where each key of the batch sits in `keys`
+    // Keys with a removal of this instance not in L2 yet when the read starts (see `read`).
+    let removedHere: boolean[] | undefined;
+    for (let i = 0; i < keys.length; i++) {
+      const full = this.keyOf(ns, keys[i]!);
+      if (writing && this.#writing.has(full)) {
+        (later ??= []).push(this.read(ns, keys[i]!, tags).then((r) => void (out[i] = r)));
+        continue;
+      }
+      if (removed && this.#pending.get(full) !== undefined) (removedHere ??= [])[fulls.length] = true;
+      fulls.push(full);
+      at.push(i);
+    }
+    // The tags first: their reads join the same batch as the keys.
+    const gens = tags === undefined ? undefined : this.tagGenerations(ns, tags);
+    const records = fulls.length === 0 ? [] : await this.#fetchMany(fulls);
+    const g = await gens;
+    if (records === FAILED || (tags !== undefined && g === undefined)) {
+      if (later !== undefined) await Promise.all(later);
+      return out; // unknown: the keys read on their own may still have answered
+    }
+    for (let j = 0; j < fulls.length; j++) {
+      const i = at[j]!;
+      const decoded = this.#decode(ns, keys[i]!, records[j], removedHere?.[j] === true);
+      const r = decoded instanceof Promise ? decoded.then((d) => this.#tagged(ns, d, g)) : this.#tagged(ns, decoded, g);
+      if (r instanceof Promise) (later ??= []).push(r.then((v) => void (out[i] = v)));
+      else out[i] = r;
+    }
+    if (later !== undefined) await Promise.all(later);
+    return out;
+  }
+
+  /** A decoded record with the tag generations read with it, its own tags checked. */
+  #tagged(ns: RemoteScope, r: Checked | RemoteRead | undefined, gens: Map<string, string> | undefined): RemoteRead | undefined | Promise<RemoteRead | undefined> {
+    if (r === undefined) return undefined;
+    if (gens !== undefined) r.tagGens = gens;
+    return (r as Checked).tagged === undefined ? r : this.#checkTags(ns, r as Checked, gens);
   }
 
   /** The current generation of each tag ("" for none), read in one batch; undefined when L2 could not be reached. */
@@ -324,21 +384,18 @@ export class RemoteLayer {
     return gens;
   }
 
-  /** A tagged value stays a value only while every tag it carries still has the generation it was written with. */
-  async #checkTags(ns: RemoteScope, r: Checked, known: Map<string, string> | undefined): Promise<RemoteRead | undefined> {
+  /**
+   * A tagged value stays a value only while every tag it carries still has the generation it was
+   * written with. Answered at once when `known` holds all its tags; else they are read (one more round trip).
+   */
+  #checkTags(ns: RemoteScope, r: Checked, known: Map<string, string> | undefined): RemoteRead | undefined | Promise<RemoteRead | undefined> {
     const snapshot = r.tagged!;
     const missing = known === undefined ? snapshot.map((p) => p[0]) : snapshot.filter((p) => !known.has(p[0])).map((p) => p[0]);
-    let gens = known;
-    if (missing.length > 0) {
-      const more = await this.tagGenerations(ns, missing);
+    if (missing.length === 0) return tagChecked(r, known!);
+    return this.tagGenerations(ns, missing).then((more) => {
       if (more === undefined) return undefined; // cannot tell: unavailable, never served unchecked
-      gens = known === undefined ? more : new Map([...known, ...more]);
-    }
-    const valid = snapshot.every(([tag, gen]) => gens!.get(tag) === gen);
-    const out: RemoteRead = { gen: r.gen };
-    if (r.tagGens !== undefined) out.tagGens = r.tagGens;
-    if (valid) out.entry = r.entry;
-    return out;
+      return tagChecked(r, known === undefined ? more : new Map([...known, ...more]));
+    });
   }
 
   /**
@@ -437,31 +494,65 @@ export class RemoteLayer {
    */
   #fetch(full: string): Promise<Fetched> {
     if (this.store.getMany === undefined) return this.#call("get", undefined, full, () => this.store.get(full).catch(keepRecordError), "read");
-    let batch = this.#batch;
-    if (batch === undefined || batch.keys.length >= MAX_READ_BATCH) {
-      const b: ReadBatch = (batch = this.#batch = { keys: [], waiters: [] });
-      process.nextTick(() => this.#flushReads(b));
-    }
+    const batch = this.#batchFor(1);
     batch.keys.push(full);
+    batch.size++;
     return new Promise((resolve) => batch.waiters.push(resolve));
+  }
+
+  /**
+   * Reads several keys in the tick's batch (in batches of MAX_READ_BATCH at most): their records
+   * in key order, or FAILED when L2 could not be reached. Without `getMany`, one `get` per key.
+   */
+  #fetchMany(fulls: readonly string[]): Promise<readonly Fetched[] | typeof FAILED> {
+    if (this.store.getMany === undefined) return Promise.all(fulls.map((full) => this.#fetch(full)));
+    if (fulls.length <= MAX_READ_BATCH) return this.#fetchPart(fulls);
+    const parts: Promise<readonly Fetched[] | typeof FAILED>[] = [];
+    for (let i = 0; i < fulls.length; i += MAX_READ_BATCH) parts.push(this.#fetchPart(fulls.slice(i, i + MAX_READ_BATCH)));
+    return Promise.all(parts).then((records) => (records.includes(FAILED) ? FAILED : (records as Fetched[][]).flat()));
+  }
+
+  #fetchPart(keys: readonly string[]): Promise<readonly Fetched[] | typeof FAILED> {
+    const batch = this.#batchFor(keys.length);
+    batch.size += keys.length;
+    return new Promise((resolve) => (batch.bulks ??= []).push({ keys, resolve }));
+  }
+
+  /** The tick's read batch, when it has room for `n` more keys; else a new one. */
+  #batchFor(n: number): ReadBatch {
+    const batch = this.#batch;
+    if (batch !== undefined && batch.size + n <= MAX_READ_BATCH) return batch;
+    const b: ReadBatch = (this.#batch = { keys: [], waiters: [], size: 0, bulks: undefined });
+    process.nextTick(() => this.#flushReads(b));
+    return b;
   }
 
   #flushReads(batch: ReadBatch): void {
     if (this.#batch === batch) this.#batch = undefined;
-    const { keys, waiters } = batch;
+    const { waiters, bulks } = batch;
+    // The common cases without copying: single keys only, or one bulk read alone.
+    let keys: readonly string[] = batch.keys;
+    if (bulks !== undefined) keys = keys.length === 0 && bulks.length === 1 ? bulks[0]!.keys : keys.concat(...bulks.map((b) => b.keys));
     const run = (): Promise<(string | null | undefined | RecordError)[]> =>
       keys.length === 1
         ? this.store.get(keys[0]!).then(
             (v) => [v],
             (error: unknown) => [keepRecordError(error)],
           )
-        : this.store.getMany!(keys).catch((error: unknown) => {
+        : this.store.getMany!(keys as string[]).catch((error: unknown) => {
             keepRecordError(error); // any other error fails the whole call
             // A store that cannot tell which record of the batch it could not read: ask key by key.
             return this.#readEach(keys);
           });
     void this.#call("get", undefined, keys.length === 1 ? keys[0] : `${keys.length} keys`, run, "read").then((values) => {
       for (let i = 0; i < waiters.length; i++) waiters[i]!(values === FAILED ? FAILED : values[i]);
+      if (bulks === undefined) return;
+      let at = waiters.length;
+      for (const b of bulks) {
+        const n = b.keys.length;
+        b.resolve(values === FAILED || (at === 0 && n === values.length) ? values : values.slice(at, at + n));
+        at += n;
+      }
     });
   }
 
@@ -485,7 +576,7 @@ export class RemoteLayer {
     return call;
   }
 
-  #readEach(keys: string[]): Promise<(string | null | undefined | RecordError)[]> {
+  #readEach(keys: readonly string[]): Promise<(string | null | undefined | RecordError)[]> {
     return Promise.all(keys.map((k) => this.store.get(k).catch(keepRecordError)));
   }
 
@@ -670,6 +761,14 @@ export class RemoteLayer {
       this.#pending.kick();
     }
   }
+}
+
+/** The read of a tagged record, its value kept only when every tag it carries still has the generation it was written with. */
+function tagChecked(r: Checked, gens: Map<string, string>): RemoteRead {
+  const out: RemoteRead = { gen: r.gen };
+  if (r.tagGens !== undefined) out.tagGens = r.tagGens;
+  if (r.tagged!.every(([tag, gen]) => gens.get(tag) === gen)) out.entry = r.entry;
+  return out;
 }
 
 function timesOf(t: RecordTimes): EntryTimes {
