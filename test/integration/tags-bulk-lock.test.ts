@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
 import { LayerCache } from "../../src/index.js";
-import type { Bus, L2Store } from "../../src/backend.js";
+import { generationOf, type Bus, type L2Store } from "../../src/backend.js";
 import { RedisBus, RedisStore } from "../../src/backends/redis/index.js";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PATIENT } from "../support/patient.js";
@@ -193,6 +193,38 @@ describe.each(FAMILIES)("tags and bulk on $name, between caches of one process",
     // One round trip: the 20 keys and the tag's record (which every key's read asks for).
     expect(calls).toHaveLength(1);
     expect(new Set(calls[0])).toEqual(new Set([...keys.map((k) => `${prefix}::${k}`), `${prefix}:%tag:bulk`]));
+  }, 60_000);
+
+  test("the distributed lock's lease: taken only when absent, expiring after `lease`, given back after a failed load; a holder that outlived it cannot overwrite the next holder's value", async () => {
+    const prefix = uniquePrefix();
+    const store = family.store(family.url);
+    const lock = { distributedLock: { lease: "300ms", wait: "10s", poll: "25ms" } };
+    const [a, b] = [make(prefix, true, lock, store), make(prefix, true, lock)];
+    const c = make(prefix, true);
+    const leaseOf = async (key: string): Promise<string> => generationOf((await store.get(`${prefix}:%lock:${key}`)) ?? "");
+
+    // A failed load gives its lease back at once (the record no longer holds a generation).
+    await expect(a.getOrSet("f", async () => Promise.reject(new Error("boom")))).rejects.toThrow("boom");
+    expect(await leaseOf("f")).toBe("");
+    expect(await b.getOrSet("f", async () => "ok")).toBe("ok");
+
+    // A tombstone in place: both loads below see its generation, so only the new generation the
+    // lease holder writes with can fence the one that outlived its lease. (Written by a cache without
+    // a bus: a message of it arriving late would fence a's load itself.)
+    await make(prefix, false).remove("k");
+    const started = Date.now();
+    let release!: (v: string) => void;
+    const held = a.getOrSet("k", () => new Promise<string>((r) => (release = r)));
+    await eventually(async () => (await leaseOf("k")) !== ""); // a holds the lease and loads
+    let bLoadedAt = 0;
+    const newer = await b.getOrSet("k", async () => ((bLoadedAt = Date.now()), "newer"));
+    expect(newer).toBe("newer");
+    // b could take the lease only once a's had expired (its record is written only when none is there).
+    expect(bLoadedAt - started).toBeGreaterThanOrEqual(290);
+    release("older"); // a outlived its lease: its write-back is fenced by the generation b wrote
+    expect(await held).toBe("older");
+    expect(await c.get("k")).toBe("newer");
+    expect(await a.get("k")).toBe("newer");
   }, 60_000);
 
   test("tags set by the loader, getOrSetMany with tags, and removeByTag of several tags", async () => {
