@@ -320,7 +320,13 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
       try {
         pending = scope.getOrSetMany(
           keys,
-          (missing, { signal }) => Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal))),
+          // The cache gets (and stamps) every value of a loadMany when the slowest key's load is done:
+          // that is when they are produced, not when each key's own load ended.
+          async (missing, { signal }) => {
+            const values = await Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal)));
+            const at = now();
+            return values.map((v) => ({ ...v, at }));
+          },
           tagged(scopeName, key),
         );
       } finally {

@@ -201,6 +201,46 @@ describe("tags (SPEC 9)", () => {
     }
   });
 
+  test("a tag read sent while its invalidation waited for retry, answered after the retry landed, still counts as outdated", async () => {
+    // The tag's old generation, read before the retried write landed, must not validate a value
+    // written before the removeByTag (seen on PostgreSQL, whose reads and writes go on different
+    // connections): the retry queue had forgotten the invalidation by the time the read answered.
+    const clock = new FakeClock(1_000_000);
+    const memory = new MemoryStore({ clock });
+    let tagWritesFail = false;
+    let answers: Promise<void> | undefined;
+    const store: L2Store = {
+      async get(key) {
+        const later = answers;
+        const text = await memory.get(key);
+        await later;
+        return text;
+      },
+      async set(key, record, ttlMs, ifGeneration) {
+        if (tagWritesFail && key.includes("%tag:")) throw new Error("store down");
+        return memory.set(key, record, ttlMs, ifGeneration);
+      },
+      resilience: { timeoutMs: 60_000 },
+    };
+    const cache = new LayerCache({ clock, l2: store });
+    await cache.set("k", "old", { tags: ["t"] });
+    tagWritesFail = true;
+    await cache.removeByTag("t"); // L1 dropped; the tag's new generation waits for retry
+    tagWritesFail = false;
+    const answer = deferred<void>();
+    answers = answer.promise;
+    const read = cache.getOrSet("k", async () => "new", { tags: ["t"] });
+    await flush(); // k ("old") and the tag's old generation are read; the answers are on their way
+    answers = undefined;
+    clock.advance(300); // the retry writes the tag's new generation (and the scope's epoch)
+    await flush();
+    expect(memory.records.get("layercache:%tag:t")?.record).not.toContain("|c."); // it landed
+    answer.resolve();
+    expect(await read).toBe("new");
+    expect(await cache.get("k")).toBe("new");
+    await cache.close();
+  });
+
   test("removeByTag of an unknown tag, or with no L2 and no bus, is harmless; bad tags are TypeErrors", async () => {
     const solo = new LayerCache();
     await solo.set("k", 1, { tags: ["t"] });
