@@ -402,11 +402,12 @@ export class Engine {
         }
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
-      if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      // (Callers who joined after its early answer wait for its own outcome: it loads for them.)
+      if (!f.clean && !f.awaited) return;
       // Distributed single flight: take the key's lease, or wait for the instance holding it.
       if (this.settings.lock !== undefined && f.gen !== undefined && f.clean) {
         if (await this.#awaitLease(f)) return;
-        if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+        if (!f.clean && !f.awaited) return;
       }
       this.report.miss(ns.label, key, f.answer === "none" ? f.callers : 0);
       f.phase = "loading";
