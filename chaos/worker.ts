@@ -203,7 +203,16 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
  */
-async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value): Promise<Value> {
+/**
+ * When the cache last called each key's loader (its "load" event). A getOrSetMany's `loadMany` runs
+ * only once every key of the call has called its loader or ended — with distributedLock, after the
+ * others waited for leases — but the cache's soft and hard timeouts of a key count from its own
+ * call: its load record starts there.
+ */
+const loaderCalled = new Map<string, number>();
+cache.on("load", (e) => void loaderCalled.set(keyId(e), now()));
+
+async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
   // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
@@ -211,7 +220,7 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
   const own = cacheSignal ? undefined : ownDeadline(scope);
   const signal = cacheSignal ?? own!.signal;
   const id = `${scope}/${key}`;
-  const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: now(), end: 0, ok: false, staleAt: stale?.at, called };
+  const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: startedAt ?? now(), end: 0, ok: false, staleAt: stale?.at, called };
   if (refreshFromL2 === id) {
     rec.fromL2 = true;
     refreshFromL2 = undefined;
@@ -320,7 +329,13 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
       try {
         pending = scope.getOrSetMany(
           keys,
-          (missing, { signal }) => Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal))),
+          // The cache gets (and stamps) every value of a loadMany when the slowest key's load is done:
+          // that is when they are produced, not when each key's own load ended.
+          async (missing, { signal }) => {
+            const values = await Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal, undefined, loaderCalled.get(`${scopeName}/${k}`))));
+            const at = now();
+            return values.map((v) => ({ ...v, at }));
+          },
           tagged(scopeName, key),
         );
       } finally {

@@ -63,6 +63,33 @@ describe("distributed single flight (SPEC 10)", () => {
     expect(await c.get("k")).toBe("newer");
   });
 
+  test("a refresh waiting for another instance's lease, fenced after a caller joined it late, still answers that caller", async () => {
+    // Found by the chaos run (seed 22, --lock on), which hung: a load that answered early with a
+    // stale value from L2 and then waited for the lease was invalidated; it returned without
+    // loading, and the caller who had joined it after the stale window closed waited for ever.
+    const { clock, caches: [a, b, c] } = fleet(3, { lock: { lease: "10s", wait: "5s", poll: "100ms" }, extra: { ttl: "1s" } });
+    await a.set("k", "v1");
+    clock.advance(1_200); // stale, still inside c's stale window (maxStale 500 ms)
+    const holder = deferred<string>();
+    const held = b.getOrSet("k", () => holder.promise); // b takes the lease and loads
+    await flush();
+    const bg = { refresh: "background", maxStale: "500ms" } as const;
+    let loads = 0;
+    const loader = async (): Promise<string> => `c${++loads}`;
+    expect(await c.getOrSet("k", loader, bg)).toBe("v1"); // stale from L2; its refresh waits for b's lease
+    clock.advance(400); // past the stale window
+    await flush();
+    const late = c.getOrSet("k", loader, bg); // joins the refresh for its own outcome
+    c.removeLocal("k"); // the refresh is fenced (and detached) while it waits
+    for (let i = 0; i < 5; i++) {
+      clock.advance(100);
+      await flush();
+    }
+    expect(await Promise.race([late, flush(5).then(() => "still waiting")])).toBe("c1");
+    holder.resolve("from-b");
+    expect(await held).toBe("from-b");
+  });
+
   test("the lease is given back after a failed load: the next instance loads at once", async () => {
     const { caches: [a, b] } = fleet(2);
     await expect(a.getOrSet("k", async () => Promise.reject(new Error("boom")))).rejects.toThrow("boom");

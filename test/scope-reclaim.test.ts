@@ -205,7 +205,7 @@ describe("scopes that hold nothing are reclaimed", () => {
 });
 
 describe("the engine holding a reclaimed scope", () => {
-  test("an L2 read that a peer's set fenced fills L1 after the scope was reclaimed: the scope attaches again", async () => {
+  test("an L2 read that a peer's set fenced and detached still holds its scope until it ends, and fills L1 there", async () => {
     const inner = new MapStore();
     let gate: Promise<void> | undefined;
     const store = {
@@ -227,7 +227,8 @@ describe("the engine holding a reclaimed scope", () => {
     expect(attached(a)).toBe(1);
     await b.scope("s").set("k", "new"); // fences that read (it may still take this very write) and detaches it
     namespaceOf(kept).settle(); // what the engine's call site after `peeks.delete` does
-    expect(attached(a)).toBe(0);
+    // Still running, it keeps the scope reachable: a peer's removeByTag must find (and fence) it.
+    expect(attached(a)).toBe(1);
     gate = undefined;
     open.resolve();
     expect(await reading).toBe("new");

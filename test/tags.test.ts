@@ -1,6 +1,7 @@
 import { describe, expect, test } from "vitest";
-import { FakeClock, LayerCache, MemoryBus } from "../src/index.js";
+import { FakeClock, LayerCache, MemoryBus, type CacheScope } from "../src/index.js";
 import { MemoryStore } from "../src/l2/memory.js";
+import type { L2Store } from "../src/l2/contract.js";
 import { counter, deferred, flush } from "./support/helpers.js";
 
 /** Instances sharing one L2 (and, unless `bus: false`, one bus), on one fake clock. */
@@ -137,6 +138,107 @@ describe("tags (SPEC 9)", () => {
     };
     await expect(b.getOrSet("k", fail, { tags: ["t"] })).rejects.toThrow("down");
     await expect(a.getOrSet("k", fail, { tags: ["t"] })).rejects.toThrow("down");
+  });
+
+  test("a read a peer's set fenced and detached, still answering after a removeByTag (here or a peer's), does not fill L1 (load and get)", async () => {
+    // The chaos run's `tagInvalidation` violation on Memcached (seed 226141229): B's read of k sees
+    // A's set (generation X) and the tag's old generation; A's message "remove k, except X" detaches
+    // it (it may still take X from L2); B's own removeByTag then found nothing in flight to fence;
+    // the read's answer, arriving later, put A's value in B's L1, where B's next read found it. (The
+    // same with A's removeByTag: B's scope, holding nothing but that read, was not even found.)
+    for (const [how, by] of [["getOrSet", "here"], ["get", "here"], ["getOrSet", "peer"], ["get", "peer"]] as const) {
+      const clock = new FakeClock(1_000_000);
+      const memory = new MemoryStore({ clock });
+      let answers: Promise<void> | undefined;
+      let writes: Promise<void> | undefined;
+      // A store that takes reads and writes at once and may answer them later (a busy server on one connection).
+      const store: L2Store = {
+        async get(key) {
+          const later = answers;
+          const text = await memory.get(key);
+          await later;
+          return text;
+        },
+        async set(key, record, ttlMs, ifGeneration) {
+          const later = writes;
+          const ok = await memory.set(key, record, ttlMs, ifGeneration);
+          await later;
+          return ok;
+        },
+      };
+      const bus = new MemoryBus();
+      const caches = [new LayerCache({ clock, l2: store, bus }), new LayerCache({ clock, l2: store, bus })];
+      const [a, b] = caches.map((c) => c.scope("s")) as [CacheScope, CacheScope];
+      await a.set("k", "first", { tags: ["t"] }); // the tag has a record
+      const written = deferred<void>();
+      writes = written.promise;
+      const set = a.set("k", "old", { tags: ["t"] }); // in L2 at once; its message waits for the write's answer
+      await flush();
+      writes = undefined;
+      let answer = deferred<void>();
+      answers = answer.promise;
+      const read = how === "get" ? b.get("k") : b.getOrSet("k", async () => "loaded", { tags: ["t"] });
+      await flush(); // B has read k ("old", generation X) — a load, the tag's generation too
+      if (how === "get") {
+        // A get reads the tags of what it found in a second trip: taken now, answered later.
+        const first = answer;
+        answer = deferred<void>();
+        answers = answer.promise;
+        first.resolve();
+        await flush();
+      }
+      answers = undefined;
+      written.resolve();
+      await set; // B heard "remove k, except generation X": its read is detached, still accepting X
+      await (by === "here" ? b : a).removeByTag("t");
+      answer.resolve();
+      // Its caller asked before the removeByTag: a get still gets what it read; a load, fenced
+      // now, takes nothing from L2 and loads for its caller (a value it writes nowhere).
+      expect(await read).toBe(how === "get" ? "old" : "loaded");
+      expect(await b.get("k")).toBeUndefined();
+      expect(await b.getOrSet("k", async () => "new", { tags: ["t"] })).toBe("new");
+      for (const c of caches) await c.close();
+    }
+  });
+
+  test("a tag read sent while its invalidation waited for retry, answered after the retry landed, still counts as outdated", async () => {
+    // The tag's old generation, read before the retried write landed, must not validate a value
+    // written before the removeByTag (seen on PostgreSQL, whose reads and writes go on different
+    // connections): the retry queue had forgotten the invalidation by the time the read answered.
+    const clock = new FakeClock(1_000_000);
+    const memory = new MemoryStore({ clock });
+    let tagWritesFail = false;
+    let answers: Promise<void> | undefined;
+    const store: L2Store = {
+      async get(key) {
+        const later = answers;
+        const text = await memory.get(key);
+        await later;
+        return text;
+      },
+      async set(key, record, ttlMs, ifGeneration) {
+        if (tagWritesFail && key.includes("%tag:")) throw new Error("store down");
+        return memory.set(key, record, ttlMs, ifGeneration);
+      },
+      resilience: { timeoutMs: 60_000 },
+    };
+    const cache = new LayerCache({ clock, l2: store });
+    await cache.set("k", "old", { tags: ["t"] });
+    tagWritesFail = true;
+    await cache.removeByTag("t"); // L1 dropped; the tag's new generation waits for retry
+    tagWritesFail = false;
+    const answer = deferred<void>();
+    answers = answer.promise;
+    const read = cache.getOrSet("k", async () => "new", { tags: ["t"] });
+    await flush(); // k ("old") and the tag's old generation are read; the answers are on their way
+    answers = undefined;
+    clock.advance(300); // the retry writes the tag's new generation (and the scope's epoch)
+    await flush();
+    expect(memory.records.get("layercache:%tag:t")?.record).not.toContain("|c."); // it landed
+    answer.resolve();
+    expect(await read).toBe("new");
+    expect(await cache.get("k")).toBe("new");
+    await cache.close();
   });
 
   test("removeByTag of an unknown tag, or with no L2 and no bus, is harmless; bad tags are TypeErrors", async () => {

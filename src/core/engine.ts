@@ -267,6 +267,7 @@ export class Engine {
     const peek = new Peek();
     peek.callers = 1;
     peek.tagSeq = this.#tagSeq;
+    ns.started();
     (ns.peeks ??= new Map()).set(key, peek);
     peek.promise = this.#peek(ns, key, peek);
     return peek.promise;
@@ -286,8 +287,7 @@ export class Engine {
       return undefined;
     } finally {
       if (ns.peeks?.get(key) === peek) ns.peeks.delete(key);
-      this.#dropTagFences(ns);
-      ns.settle();
+      ns.ended();
     }
   }
 
@@ -419,6 +419,7 @@ export class Engine {
   ): Promise<void> {
     const bulk = new BulkRead(this.#tagSeq, ns.fenceSeq, declared, this.clock.now());
     (ns.bulkReads ??= new Set()).add(bulk);
+    ns.started();
     let reads: (RemoteRead | undefined)[] | undefined;
     try {
       reads = await this.remote!.readMany(
@@ -434,7 +435,7 @@ export class Engine {
       for (let j = 0; j < cold.length; j++) take(cold[j]!, keys[cold[j]!]!, reads === undefined ? null : reads[j], bulk, now);
     } finally {
       ns.endBulkRead(bulk);
-      this.#dropTagFences(ns);
+      ns.ended();
     }
   }
 
@@ -485,6 +486,7 @@ export class Engine {
   #flight(ns: Namespace, key: string, p: Policy, now: number, fn: Function, self: unknown, args: unknown[] | undefined): Flight {
     const f = new Flight(ns, key, p, now, fn, self, args);
     f.tagSeq = this.#tagSeq;
+    ns.started(); // until #run ends
     (ns.flights ??= new Map()).set(key, f);
     this.#flights.add(f);
     return f;
@@ -536,11 +538,12 @@ export class Engine {
         }
       }
       // A refresh invalidated while it read L2, with nobody waiting for it, has nothing left to do.
-      if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+      // (Callers who joined after its early answer wait for its own outcome: it loads for them.)
+      if (!f.clean && !f.awaited) return;
       // Distributed single flight: take the key's lease, or wait for the instance holding it.
       if (this.settings.lock !== undefined && f.gen !== undefined && f.clean) {
         if (await this.#awaitLease(f)) return;
-        if (!f.clean && (f.answer !== "none" || f.callers === 0)) return;
+        if (!f.clean && !f.awaited) return;
       }
       this.report.miss(ns.label, key, f.answer === "none" ? f.callers : 0);
       f.phase = "loading";
@@ -552,8 +555,8 @@ export class Engine {
     } finally {
       this.#done(f);
       if (f.lease !== undefined) this.life.track(this.remote!.releaseLease(ns, key, f.lease));
-      // A scope that holds nothing any more is reclaimed.
-      ns.settle();
+      // Nothing more to write; a scope that holds nothing any more is reclaimed.
+      ns.ended();
     }
   }
 
@@ -627,7 +630,6 @@ export class Engine {
     const flights = f.ns.flights;
     if (flights?.get(f.key) === f) flights.delete(f.key);
     this.#flights.delete(f);
-    this.#dropTagFences(f.ns);
     f.onDone?.();
     if (f.kind === "refresh") this.#pool.release();
   }
@@ -808,11 +810,6 @@ export class Engine {
     return p.tags === undefined ? [""] : [...p.tags, ""];
   }
 
-  /** Tag fences matter only to what is in flight. */
-  #dropTagFences(ns: Namespace): void {
-    if (ns.tagFences !== undefined && (ns.flights?.size ?? 0) === 0 && (ns.peeks?.size ?? 0) === 0 && ns.bulkReads === undefined) ns.tagFences = undefined;
-  }
-
   #discard(f: Flight, value: unknown, reason: "invalidated" | "conflict"): void {
     this.report.fact("loadDiscarded", { key: f.key, scope: f.ns.label, reason });
     this.#finish(f, "value", value);
@@ -877,13 +874,18 @@ export class Engine {
     const gen = enc !== undefined && !enc.tooLarge ? this.#newGen() : undefined;
     const remote = this.remote;
     const put = async (): Promise<unknown> => {
-      const gens = await remote!.tagGenerations(ns, tags!);
-      const snapshot = gens && (await remote!.tagSnapshot(ns, gens, true));
-      // Tags whose generations could not be read: no value in L2 without them, only the removal.
-      if (snapshot === undefined) return remote!.remove(ns, key);
-      // A removeByTag here while the tags were read: the value it removed must not reach L2 either.
-      if (tagFenced(ns, tags, seq)) return;
-      return remote!.put(ns, key, enc!, times, gen!, undefined, snapshot);
+      ns.started(); // a removeByTag while the tags are read leaves a fence for the check below
+      try {
+        const gens = await remote!.tagGenerations(ns, tags!);
+        const snapshot = gens && (await remote!.tagSnapshot(ns, gens, true));
+        // Tags whose generations could not be read: no value in L2 without them, only the removal.
+        if (snapshot === undefined) return await remote!.remove(ns, key);
+        // A removeByTag here while the tags were read: the value it removed must not reach L2 either.
+        if (tagFenced(ns, tags, seq)) return;
+        return await remote!.put(ns, key, enc!, times, gen!, undefined, snapshot);
+      } finally {
+        ns.ended();
+      }
     };
     const toL2 = () =>
       remote === undefined ? undefined : gen === undefined ? remote.remove(ns, key) : tags === undefined ? remote.put(ns, key, enc!, times, gen) : put();
@@ -955,7 +957,7 @@ export class Engine {
    */
   async removeByTag(ns: Namespace, tags: readonly string[]): Promise<void> {
     if (!this.opened) await this.life.afterOpen(async () => {});
-    // Fences for the loads in flight are kept while they run (see #dropTagFences).
+    // Fences for what is running here are kept while it runs (see Namespace.running).
     invalidateTags(ns, tags, ++this.#tagSeq);
     const remote = this.remote;
     await this.#invalidateOut(

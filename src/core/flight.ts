@@ -220,6 +220,11 @@ export class Flight extends Fenced {
     return this.#late.promise;
   }
 
+  /** Somebody still waits for this load's own outcome: its callers, or after an early answer those who joined late. */
+  get awaited(): boolean {
+    return this.answer === "none" ? this.callers > 0 : this.answer === "early" && this.lateCallers > 0;
+  }
+
   /** Answered (early or finally): callers who join from now on are not answered by the first answer only. */
   get settled(): boolean {
     return this.answer !== "none";

@@ -61,7 +61,8 @@ export function invalidateScope(ns: Namespace, drop: boolean): number {
  */
 export function invalidateTags(ns: Namespace, tags: readonly string[], seq: number): number {
   let dropped = 0;
-  if ((ns.flights?.size ?? 0) > 0 || (ns.peeks?.size ?? 0) > 0 || ns.bulkReads !== undefined) {
+  // Everything running here, detached or not, bulk reads included (see `Namespace.running`), must see the fence.
+  if (ns.running > 0) {
     const fences = (ns.tagFences ??= new Map());
     for (const t of tags) fences.set(t, seq);
   }

@@ -172,14 +172,34 @@ export class Namespace implements SlotOwner {
   tagIndex: Map<string, Set<string>> | undefined;
   /**
    * Tag → the engine's tag sequence number of its latest `removeByTag` here (local or a peer's),
-   * kept only while something is in flight: a load or L2 read that started before it (a smaller
-   * sequence number) must not write a value carrying that tag.
+   * kept only while something is running (`running`): a load or L2 read that started before it (a
+   * smaller sequence number) must not write a value carrying that tag.
    */
   tagFences: Map<string, number> | undefined;
+  /**
+   * Loads, L2 reads of `get`, bulk L2 reads and tagged `set`s of this scope still running — detached ones
+   * included. A load or read detached by an invalidation that came with the writer's generation
+   * (a peer's `set`) may still put that very record in L1 when its answer comes: a `removeByTag`
+   * meanwhile must fence it too, though it is in no map any more. While this is above 0 the scope
+   * holds something (stays attached, so a peer's "tag" message finds it).
+   */
+  running = 0;
   /** Loads waiting for another instance's lease (distributed single flight), by key: wake them when its value comes. */
   leaseWaits: Map<string, Set<() => void>> | undefined;
   /** A loader here named tags of its own (`setOptions`): loads read the scope's tag epoch with their key. */
   lateTags = false;
+
+  /** An operation that tag fences must reach has started (see `running`). */
+  started(): void {
+    this.running++;
+    this.attach();
+  }
+
+  /** That operation has ended (nothing more to write): with nothing left running, tag fences stop nobody and go. */
+  ended(): void {
+    if (--this.running === 0) this.tagFences = undefined;
+    this.settle();
+  }
 
   /** Records an L1 entry's tags in the index. */
   tag(key: string, tags: readonly string[]): void {
@@ -330,7 +350,7 @@ export class Namespace implements SlotOwner {
 
   /** Whether this scope holds anything (expired cooldowns and throttles are dropped on the way). */
   #holds(): boolean {
-    if (this.slots.size > 0 || this.children !== undefined) return true;
+    if (this.slots.size > 0 || this.children !== undefined || this.running > 0) return true;
     if ((this.#flights !== undefined && this.#flights.size > 0) || (this.#peeks !== undefined && this.#peeks.size > 0)) return true;
     if (this.#bulkReads !== undefined && this.#bulkReads.size > 0) return true;
     const now = this.#tree.clock?.now();

@@ -371,14 +371,19 @@ export class RemoteLayer {
 
   /** The current generation of each tag ("" for none), read in one batch; undefined when L2 could not be reached. */
   async tagGenerations(ns: RemoteScope, tags: readonly string[]): Promise<Map<string, string> | undefined> {
-    const texts = await Promise.all(tags.map((t) => this.#fetch(this.tagKeyOf(ns, t))));
+    const fulls = tags.map((t) => this.tagKeyOf(ns, t));
+    // A tag invalidation of this instance under way or still waiting to reach L2: the tag's record
+    // there is outdated. Asked when the read is sent as well as when it answers: a read sent while
+    // the invalidation waited may be answered after it landed (a retry; a store whose reads and
+    // writes go on different connections), with the old generation.
+    const outdated = (full: string): boolean => (this.#pending.size > 0 || this.#invalidating.size > 0) && (this.#pending.get(full) !== undefined || this.#invalidating.has(full));
+    const before = fulls.map(outdated);
+    const texts = await Promise.all(fulls.map((full) => this.#fetch(full)));
     const gens = new Map<string, string>();
     for (let i = 0; i < tags.length; i++) {
       const text = texts[i];
       if (text === FAILED) return undefined;
-      const full = this.#pending.size > 0 || this.#invalidating.size > 0 ? this.tagKeyOf(ns, tags[i]!) : undefined;
-      // A tag invalidation of this instance under way or still waiting to reach L2: the tag's record there is outdated.
-      if (full !== undefined && (this.#pending.get(full) !== undefined || this.#invalidating.has(full))) gens.set(tags[i]!, "\u0000pending");
+      if (before[i] || outdated(fulls[i]!)) gens.set(tags[i]!, "\u0000pending");
       else gens.set(tags[i]!, typeof text === "string" ? generationOf(text) : "");
     }
     return gens;

@@ -117,6 +117,17 @@ describe("chaos (multi-process history check)", () => {
     expect(result.unhandledRejections, summary).toBe(0);
   }, 120_000);
 
+  test("10 s on PostgreSQL alone with distributedLock, tags and bulk reads, no faults: one loader call per key per value across the processes, no violation", async () => {
+    const result = await runChaos({ durationMs: 10_000, seed: seed(), workers: 3, concurrency: 4, l2: "postgres", bus: "postgres", faults: false, lock: true });
+    const summary = summarize(result);
+    console.log(summary);
+    expect(result.opsByKind.removeByTag ?? 0, summary).toBeGreaterThan(0);
+    expect(result.opsByKind.getOrSetMany ?? 0, summary).toBeGreaterThan(0);
+    expect(result.events["hit l2"] ?? 0, summary).toBeGreaterThan(0);
+    expect(result.violations, summary).toEqual([]);
+    expect(result.unhandledRejections, summary).toBe(0);
+  }, 120_000);
+
   test("12 s on the Kafka bus with the broker killed, paused and its connections cut: no violation; the bus catches up", async () => {
     const serverFaults = ["server-kill", "server-pause", "listener-kill"] as const;
     const result = await runChaos({ durationMs: 12_000, seed: seed(), workers: 3, concurrency: 4, bus: "kafka", faultKinds: [...serverFaults], faultGapMs: [500, 1500] });
