@@ -241,6 +241,20 @@ describe("tags (SPEC 9)", () => {
     await cache.close();
   });
 
+  test("a tagged set racing a removeByTag of its tag leaves neither its value nor the one it replaced in L2", async () => {
+    const { store, caches: [a, b] } = fleet(2);
+    await a.set("k", "v0");
+    expect(await b.get("k")).toBe("v0");
+    const set = a.set("k", "v1", { tags: ["t"] });
+    const removal = a.removeByTag("t");
+    await Promise.all([set, removal]);
+    // v1 was invalidated by the removeByTag; v0 was replaced by the set: neither may be served.
+    for (const cache of [a, b]) expect(await cache.get("k")).not.toBe("v0");
+    const c = new LayerCache({ l2: store });
+    expect(await c.get("k")).not.toBe("v0");
+    await c.close();
+  });
+
   test("removeByTag of an unknown tag, or with no L2 and no bus, is harmless; bad tags are TypeErrors", async () => {
     const solo = new LayerCache();
     await solo.set("k", 1, { tags: ["t"] });

@@ -880,8 +880,9 @@ export class Engine {
         const snapshot = gens && (await remote!.tagSnapshot(ns, gens, true));
         // Tags whose generations could not be read: no value in L2 without them, only the removal.
         if (snapshot === undefined) return await remote!.remove(ns, key);
-        // A removeByTag here while the tags were read: the value it removed must not reach L2 either.
-        if (tagFenced(ns, tags, seq)) return;
+        // A removeByTag here while the tags were read: the value it removed must not reach L2 either,
+        // and neither may the one this set replaced (L1 dropped it already): L2 gets the removal.
+        if (tagFenced(ns, tags, seq)) return await remote!.remove(ns, key);
         return await remote!.put(ns, key, enc!, times, gen!, undefined, snapshot);
       } finally {
         ns.ended();
