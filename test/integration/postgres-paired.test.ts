@@ -233,6 +233,52 @@ describe("when the statement fails", () => {
 });
 
 describe("the store's write connections", () => {
+  test("a removeMany of more keys than one statement carries: its message waits for every tombstone, also those still under way on the other connection", async () => {
+    const app = `split-${uniquePrefix()}`;
+    const prefix = uniquePrefix();
+    const p = userPool(url, { application_name: app }); // max 10: the store writes on two connections
+    cleanup.push(() => p.end());
+    const a = cache(prefix, new PostgresStore({ pool: p, ...PATIENT }), PATIENT);
+    const b = cache(prefix, new PostgresStore({ pool: pool(), ...PATIENT }), PATIENT);
+    await Promise.all([a.ready(), b.ready()]);
+    const keys = Array.from({ length: 501 }, (_, i) => `k${i}`); // 500 writes fill one statement
+    await a.setMany(keys.map((k) => [k, "old"] as const));
+    expect(await b.get("k0")).toBe("old");
+    const raw = pool();
+    const locker = await raw.connect();
+    let locked = true;
+    const unlock = async (): Promise<void> => {
+      if (!locked) return;
+      locked = false;
+      await locker.query("COMMIT");
+      locker.release();
+    };
+    cleanup.push(unlock);
+    await locker.query("BEGIN");
+    await locker.query("SELECT 1 FROM layercache WHERE key = $1 FOR UPDATE", [`${prefix}::k0`]);
+    let heardWhileLocked = false;
+    let heard = false;
+    b.on("peerInvalidation", (e) => {
+      if (!e.keys.includes("k0")) return;
+      heard = true;
+      if (locked) heardWhileLocked = true;
+    });
+    const removal = a.removeMany(keys);
+    // The statement carrying k0's tombstone waits on the row lock; the rest could go on the other connection.
+    await eventually(async () => (await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [app])).rows[0].n === 1);
+    // Another write meanwhile sets the other connection to work on what waits.
+    const other = a.set("other", "x");
+    await new Promise((r) => setTimeout(r, 300));
+    // b reading k0 now finds "old" in L1 or L2 alike: had it heard the message, it would keep "old" for good.
+    expect(await b.get("k0")).toBe("old");
+    expect(heardWhileLocked).toBe(false);
+    await unlock();
+    await Promise.all([removal, other]);
+    await eventually(() => heard);
+    expect(await b.get("k0")).toBeUndefined();
+    expect(await b.get("k500")).toBeUndefined();
+  });
+
   test("a write does not wait behind a statement of other keys still under way; a key's writes land in call order", async () => {
     const app = `lanes-${uniquePrefix()}`;
     const p = userPool(url, { application_name: app });

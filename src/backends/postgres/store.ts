@@ -493,7 +493,7 @@ export class PostgresStore implements L2Store {
   /**
    * The longest run of what waits (in call order) that one statement carries, split by kind, its
    * keys marked as under way on `lane`; undefined when the first thing waiting is a write of a key
-   * another lane is writing.
+   * another lane is writing, or a notification while another lane has writes under way.
    */
   #nextBatch(lane: Lane): { batch: Outgoing[]; writes: PendingWrite[]; notes: PendingNotify[] } | undefined {
     const writes: PendingWrite[] = [];
@@ -502,7 +502,9 @@ export class PostgresStore implements L2Store {
     let n = 0;
     for (const o of this.#out) {
       if (isNotify(o)) {
-        if (notes.length === MAX_NOTIFY_BATCH) break;
+        // Writes under way on another lane were asked for before this notification, and it may
+        // announce them (a removeMany of more keys than one statement carries): it waits for them.
+        if (notes.length === MAX_NOTIFY_BATCH || others.length > 0) break;
         notes.push(o);
       } else {
         if (writes.length === MAX_WRITE_BATCH || others.some((l) => l.keys.has(o.key))) break;
