@@ -164,7 +164,8 @@ series.forEach((s, i) => {
 parts.push(`<text x="${left}" y="${H - 28}" fill="#868e96">Rendered by examples/otel-outage.ts from one run: metrics read from the OpenTelemetry SDK every ${SAMPLE_MS} ms;</text>`);
 parts.push(`<text x="${left}" y="${H - 12}" fill="#868e96">20 reads every 10 ms over ${KEYS} keys, L1 of 100 entries, ttl 3 s, failSafe 1 m, L2 timeout 200 ms, breaker: 3 failures, 5 s cooldown.</text>`);
 parts.push("</svg>");
-const file = join(resolve(import.meta.dirname, ".."), "docs/images/otel-outage.svg");
+// OTEL_OUTAGE_SVG: another file to draw to (the repository's test of the examples draws to a temporary one).
+const file = process.env.OTEL_OUTAGE_SVG ?? join(resolve(import.meta.dirname, ".."), "docs/images/otel-outage.svg");
 writeFileSync(file, parts.join("\n") + "\n");
 console.table(samples.filter((_, i) => i % 2 === 1).map((s) => ({ t: `${(s.t / 1000).toFixed(1)} s`, ...Object.fromEntries(Object.entries(s.rates).map(([k, v]) => [k, Math.round(v)])) })));
 console.log(`wrote ${file}`);

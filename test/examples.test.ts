@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, inject, test } from "vitest";
@@ -40,7 +41,9 @@ describe("examples run", () => {
 
   for (const file of readdirSync(join(root, "examples")).filter((f) => f.endsWith(".ts") && !f.startsWith("demo"))) {
     test(file, async () => {
-      const { stderr } = await run("node", [tsx, join("examples", file)], { cwd: root, env: withRedis });
+      // The outage picture is drawn to a temporary file: running the tests never changes the repository.
+      const env = { ...withRedis, OTEL_OUTAGE_SVG: join(tmpdir(), `layercache-otel-outage-${process.pid}.svg`) };
+      const { stderr } = await run("node", [tsx, join("examples", file)], { cwd: root, env });
       expect(stderr.replace(/npm warn.*\n/g, "")).toBe("");
     }, 60_000);
   }
