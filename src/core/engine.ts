@@ -381,8 +381,10 @@ export class Engine {
     }
     if (cold === undefined) return Promise.resolve(begin());
     return this.#readCold(ns, keys, p, cold, out, single).then(begin, (error: unknown) => {
-      // Only a bug gets here: the loads already started must still get their loadMany call.
+      // Only a bug gets here: the loads already started must still get their loadMany call, and
+      // their outcomes, which nobody will read now, must not become unhandled rejections.
       begin();
+      for (const r of out) if (r instanceof Later) r.promise.catch(() => {});
       throw error;
     });
   }
