@@ -56,6 +56,29 @@ function cache(prefix: string, store: PostgresStore, extra: Record<string, unkno
 
 const TOMBSTONE = /\|-$/;
 
+/**
+ * Holds the row of `key` (in the default table) locked from a session of its own until `unlock()`
+ * (or the test's cleanup); `waitedOnBy(app)` waits until one session of that application_name is
+ * blocked on a lock.
+ */
+async function lockRow(key: string): Promise<{ held: () => boolean; unlock: () => Promise<void>; waitedOnBy: (app: string) => Promise<void> }> {
+  const raw = pool();
+  const locker = await raw.connect();
+  let held = true;
+  const unlock = async (): Promise<void> => {
+    if (!held) return;
+    held = false;
+    await locker.query("COMMIT");
+    locker.release();
+  };
+  cleanup.push(unlock);
+  await locker.query("BEGIN");
+  await locker.query("SELECT 1 FROM layercache WHERE key = $1 FOR UPDATE", [key]);
+  const waitedOnBy = (app: string): Promise<void> =>
+    eventually(async () => (await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [app])).rows[0].n === 1);
+  return { held: () => held, unlock, waitedOnBy };
+}
+
 describe("one statement for an invalidation's write and its notification", () => {
   test("remove, set and removeMany: the write and the NOTIFY go out together; a peer re-reading L2 when it hears the message finds the write", async () => {
     const prefix = uniquePrefix();
@@ -244,35 +267,24 @@ describe("the store's write connections", () => {
     const keys = Array.from({ length: 501 }, (_, i) => `k${i}`); // 500 writes fill one statement
     await a.setMany(keys.map((k) => [k, "old"] as const));
     expect(await b.get("k0")).toBe("old");
-    const raw = pool();
-    const locker = await raw.connect();
-    let locked = true;
-    const unlock = async (): Promise<void> => {
-      if (!locked) return;
-      locked = false;
-      await locker.query("COMMIT");
-      locker.release();
-    };
-    cleanup.push(unlock);
-    await locker.query("BEGIN");
-    await locker.query("SELECT 1 FROM layercache WHERE key = $1 FOR UPDATE", [`${prefix}::k0`]);
+    const lock = await lockRow(`${prefix}::k0`);
     let heardWhileLocked = false;
     let heard = false;
     b.on("peerInvalidation", (e) => {
       if (!e.keys.includes("k0")) return;
       heard = true;
-      if (locked) heardWhileLocked = true;
+      if (lock.held()) heardWhileLocked = true;
     });
     const removal = a.removeMany(keys);
     // The statement carrying k0's tombstone waits on the row lock; the rest could go on the other connection.
-    await eventually(async () => (await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [app])).rows[0].n === 1);
+    await lock.waitedOnBy(app);
     // Another write meanwhile sets the other connection to work on what waits.
     const other = a.set("other", "x");
     await new Promise((r) => setTimeout(r, 300));
     // b reading k0 now finds "old" in L1 or L2 alike: had it heard the message, it would keep "old" for good.
     expect(await b.get("k0")).toBe("old");
     expect(heardWhileLocked).toBe(false);
-    await unlock();
+    await lock.unlock();
     await Promise.all([removal, other]);
     await eventually(() => heard);
     expect(await b.get("k0")).toBeUndefined();
@@ -287,27 +299,16 @@ describe("the store's write connections", () => {
     cleanup.push(() => store.close());
     const [k1, k2] = [`${app}:k1`, `${app}:k2`];
     await store.set(k1, "LC1|g0|1|2|3|4|v0", 60_000);
-    const raw = pool();
-    const locker = await raw.connect();
-    let locked = true;
-    const unlock = async (): Promise<void> => {
-      if (!locked) return;
-      locked = false;
-      await locker.query("COMMIT");
-      locker.release();
-    };
-    cleanup.push(unlock);
-    await locker.query("BEGIN");
-    await locker.query("SELECT 1 FROM layercache WHERE key = $1 FOR UPDATE", [k1]);
+    const lock = await lockRow(k1);
     const done: string[] = [];
     const first = store.set(k1, "LC1|g1|1|2|3|4|v1", 60_000).then(() => done.push("first"));
     // The first write of k1 waits on the row lock, on one of the store's connections.
-    await eventually(async () => (await raw.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'", [app])).rows[0].n === 1);
+    await lock.waitedOnBy(app);
     expect(await store.set(k2, "LC1|g1|1|2|3|4|other", 60_000)).toBe(true); // on the other connection
     const second = store.set(k1, "LC1|g2|1|2|3|4|v2", 60_000).then(() => done.push("second"));
     await new Promise((r) => setTimeout(r, 200));
     expect(done).toEqual([]); // the second write of k1 waits for the first
-    await unlock();
+    await lock.unlock();
     await Promise.all([first, second]);
     expect(done).toEqual(["first", "second"]);
     expect(await store.get(k1)).toBe("LC1|g2|1|2|3|4|v2");
