@@ -880,11 +880,10 @@ export class Engine {
       try {
         const gens = await remote!.tagGenerations(ns, tags!);
         const snapshot = gens && (await remote!.tagSnapshot(ns, gens, true));
-        // Tags whose generations could not be read: no value in L2 without them, only the removal.
-        if (snapshot === undefined) return await remote!.remove(ns, key);
-        // A removeByTag here while the tags were read: the value it removed must not reach L2 either,
-        // and neither may the one this set replaced (L1 dropped it already): L2 gets the removal.
-        if (tagFenced(ns, tags, seq)) return await remote!.remove(ns, key);
+        // Tags whose generations could not be read (no value in L2 without them), or a removeByTag
+        // here while they were read (the value it removed must not reach L2, and neither may the
+        // one this set replaced, which L1 dropped already): L2 gets the removal.
+        if (snapshot === undefined || tagFenced(ns, tags, seq)) return await remote!.remove(ns, key);
         return await remote!.put(ns, key, enc!, times, gen!, undefined, snapshot);
       } finally {
         ns.ended();
