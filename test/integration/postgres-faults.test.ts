@@ -5,7 +5,7 @@ import { FakeClock } from "../../src/testing.js";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import type { BusConnection } from "../../src/backend.js";
 import { PostgresServer } from "../support/postgres-server.js";
-import { userPool } from "../support/postgres-clients.js";
+import { lockTable, userPool } from "../support/postgres-clients.js";
 import { eventually, uniquePrefix } from "../support/redis-clients.js";
 
 /**
@@ -110,31 +110,21 @@ describe("statement timeout", () => {
     a.on("l2CircuitOpen", () => events.push("open"));
     a.on("l2CircuitClose", () => events.push("close"));
     await a.set("k", "v1");
-    const locker = new pg.Client({ connectionString: sharedUrl });
-    locker.on("error", () => {});
-    await locker.connect();
-    cleanup.push(() => locker.end());
-    await locker.query("BEGIN");
-    await locker.query(`LOCK TABLE public."${table}" IN ACCESS EXCLUSIVE MODE`);
-    let unlocked = false;
-    try {
-      const started = Date.now();
-      expect(await a.getOrSet("other", () => "loaded")).toBe("loaded");
-      expect(await b.getOrSet("k", () => "b loaded")).toBe("b loaded"); // b has no L1 copy and cannot read L2
-      await a.set("k", "v2");
-      for (let i = 0; i < 4; i++) await a.getOrSet(`miss${i}`, () => i);
-      expect(Date.now() - started).toBeLessThan(10_000); // nobody waited on the lock for long
-      await eventually(() => events.includes("open"));
-      // The server cancelled the store's statements: none of its sessions still waits on the lock.
-      await eventually(async () => {
-        const r = await locker.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'layercache' AND wait_event_type = 'Lock' AND query LIKE $1", [`%${table}%`]);
-        return r.rows[0].n === 0;
-      }, 5000);
-      await locker.query("COMMIT");
-      unlocked = true;
-    } finally {
-      if (!unlocked) await locker.query("ROLLBACK").catch(() => {});
-    }
+    const lock = await lockTable(sharedUrl, table);
+    cleanup.push(lock.release);
+    const started = Date.now();
+    expect(await a.getOrSet("other", () => "loaded")).toBe("loaded");
+    expect(await b.getOrSet("k", () => "b loaded")).toBe("b loaded"); // b has no L1 copy and cannot read L2
+    await a.set("k", "v2");
+    for (let i = 0; i < 4; i++) await a.getOrSet(`miss${i}`, () => i);
+    expect(Date.now() - started).toBeLessThan(10_000); // nobody waited on the lock for long
+    await eventually(() => events.includes("open"));
+    // The server cancelled the store's statements: none of its sessions still waits on the lock.
+    await eventually(async () => {
+      const r = await lock.client.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'layercache' AND wait_event_type = 'Lock' AND query LIKE $1", [`%${table}%`]);
+      return r.rows[0].n === 0;
+    }, 5000);
+    await lock.unlock();
     await eventually(() => a.stats().l2Pending === 0 && events.includes("close"), 15_000);
     const raw = rawPool(sharedUrl);
     expect((await raw.query(`SELECT record FROM public."${table}" WHERE key = $1`, [`${prefix}::k`])).rows[0]?.record).toMatch(/\|-$/);

@@ -3,7 +3,7 @@ import pg from "pg";
 import { LayerCache } from "../../src/index.js";
 import { PostgresBus, PostgresStore } from "../../src/backends/postgres/index.js";
 import { PATIENT } from "../support/patient.js";
-import { userPool } from "../support/postgres-clients.js";
+import { lockTable, userPool } from "../support/postgres-clients.js";
 import { eventually, uniquePrefix } from "../support/redis-clients.js";
 
 /**
@@ -171,26 +171,16 @@ describe("when the statement fails", () => {
     b.on("peerInvalidation", (e) => {
       if (e.dropped > 0) dropped.push(...e.keys);
     });
-    const locker = new pg.Client({ connectionString: url });
-    locker.on("error", () => {});
-    await locker.connect();
-    cleanup.push(() => locker.end());
-    await locker.query("BEGIN");
-    await locker.query(`LOCK TABLE public."${table}" IN ACCESS EXCLUSIVE MODE`);
-    let unlocked = false;
-    try {
-      await a.remove("k");
-      expect(a.stats().l2Errors).toBeGreaterThan(0);
-      expect(a.stats().l2Pending).toBe(1);
-      // Sent again alone once the server refused the statement: the peer drops its copy meanwhile.
-      await eventually(() => dropped.includes("k"), 5000);
-      expect(a.stats().busErrors).toBe(0);
-      expect(a.stats().busPending).toBe(0);
-      await locker.query("COMMIT");
-      unlocked = true;
-    } finally {
-      if (!unlocked) await locker.query("ROLLBACK").catch(() => {});
-    }
+    const lock = await lockTable(url, table);
+    cleanup.push(lock.release);
+    await a.remove("k");
+    expect(a.stats().l2Errors).toBeGreaterThan(0);
+    expect(a.stats().l2Pending).toBe(1);
+    // Sent again alone once the server refused the statement: the peer drops its copy meanwhile.
+    await eventually(() => dropped.includes("k"), 5000);
+    expect(a.stats().busErrors).toBe(0);
+    expect(a.stats().busPending).toBe(0);
+    await lock.unlock();
     await eventually(() => a.stats().l2Pending === 0, 15_000);
     const raw = pool();
     expect((await raw.query(`SELECT record FROM public."${table}" WHERE key = $1`, [`${prefix}::k`])).rows[0]?.record).toMatch(TOMBSTONE);

@@ -53,3 +53,27 @@ export function rawPoolClosedAfterAll(url: string): pg.Pool {
   afterAll(async () => void (await pool.end()));
   return pool;
 }
+
+/**
+ * Locks `table` (ACCESS EXCLUSIVE) from a client of its own: `unlock()` commits; `release()` (for a
+ * test's cleanup) rolls back a lock still held and ends the client.
+ */
+export async function lockTable(url: string, table: string): Promise<{ client: pg.Client; unlock: () => Promise<void>; release: () => Promise<void> }> {
+  const client = new pg.Client({ connectionString: url });
+  client.on("error", () => {});
+  await client.connect();
+  let held = true;
+  await client.query("BEGIN");
+  await client.query(`LOCK TABLE public."${table}" IN ACCESS EXCLUSIVE MODE`);
+  const unlock = async (): Promise<void> => {
+    if (!held) return;
+    held = false;
+    await client.query("COMMIT");
+  };
+  const release = async (): Promise<void> => {
+    if (held) await client.query("ROLLBACK").catch(() => {});
+    held = false;
+    await client.end();
+  };
+  return { client, unlock, release };
+}
