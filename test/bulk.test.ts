@@ -108,6 +108,27 @@ describe("bulk operations (SPEC 9)", () => {
     expect(signal?.aborted).toBe(true);
   });
 
+  test("loadMany gets its keys in the caller's order, whichever key's lease is taken last", async () => {
+    // The lease of "o1" (a compare-and-set write on an empty record) ends after the others'.
+    const late = deferred<void>();
+    class LateLease extends MemoryStore {
+      override async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+        if (ifGeneration === "" && key.endsWith("o1")) await late.promise;
+        return super.set(key, record, ttlMs, ifGeneration);
+      }
+    }
+    const clock = new FakeClock(1_000_000);
+    const a = new LayerCache({ clock, l2: new LateLease({ clock }), distributedLock: true });
+    const { fn, calls } = recorder("array");
+    const p = a.getOrSetMany(["o1", "o2", "o3"], fn);
+    await flush();
+    expect(calls).toEqual([]); // o2 and o3 hold their leases; the call waits for o1's
+    late.resolve();
+    expect(await p).toEqual(["v:o1", "v:o2", "v:o3"]);
+    expect(calls).toEqual([["o1", "o2", "o3"]]);
+    await a.close();
+  });
+
   test("no resurrection per key: a key removed while loadMany runs is not written back", async () => {
     const { a, b } = pair();
     const gate = deferred<void>();

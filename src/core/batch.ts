@@ -31,6 +31,8 @@ export function settleAll(results: unknown[]): unknown[] | Promise<unknown[]> {
 
 interface Waiting {
   key: string;
+  /** The key's place in the getOrSetMany call: `loadMany` gets its keys in the caller's order. */
+  order: number;
   resolve(value: unknown): void;
   reject(error: unknown): void;
   signal: AbortSignal | undefined;
@@ -59,11 +61,15 @@ export class LoadBatch<V> {
     this.#loadMany = loadMany;
   }
 
-  /** The loader of one key's flight: it joins the batch. */
-  loaderFor(key: string): (context: LoaderContext<V>) => Promise<V> {
+  /**
+   * The loader of one key's flight (`order`: the key's place in the call): it joins the batch.
+   * Flights call their loaders in whatever order their L2 reads and leases end; `loadMany` still
+   * gets its keys in the caller's order.
+   */
+  loaderFor(key: string, order: number): (context: LoaderContext<V>) => Promise<V> {
     return (context) =>
       new Promise<V>((resolve, reject) => {
-        this.#waiting.push({ key, resolve: resolve as (v: unknown) => void, reject, signal: context.signal });
+        this.#waiting.push({ key, order, resolve: resolve as (v: unknown) => void, reject, signal: context.signal });
         this.#settle(key);
       });
   }
@@ -93,7 +99,7 @@ export class LoadBatch<V> {
 
   #flushIfReady(): void {
     if (!this.#started || this.#pending > 0 || this.#waiting.length === 0) return;
-    const waiting = this.#waiting;
+    const waiting = this.#waiting.sort((x, y) => x.order - y.order);
     this.#waiting = [];
     void this.#run(waiting);
   }

@@ -346,7 +346,7 @@ export class Engine {
     // A key that takes getOrSet's way, its loader joining the batch (`known`: its L2 read, done already).
     const single = (i: number, known?: Known): void => {
       const key = keys[i]!;
-      const fn = (batch ??= new LoadBatch(loadMany)).loaderFor(key);
+      const fn = (batch ??= new LoadBatch(loadMany)).loaderFor(key, i);
       out[i] = new Later(known === undefined ? this.read(ns, key, p, fn, undefined, undefined) : this.#read(ns, key, p, fn, undefined, undefined, known));
       const f = ns.flights?.get(key);
       if (f !== undefined && f.fn === fn) f.onDone = batch.expect(key);
