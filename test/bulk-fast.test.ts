@@ -37,14 +37,19 @@ class HoldingStore extends MemoryStore {
     return (this.#heldWrite = deferred<void>());
   }
 
+  /** The keys of each read, in order (a `get` is a read of one key). */
+  readKeys: string[][] = [];
+
   override async get(key: string) {
     this.gets++;
+    this.readKeys.push([key]);
     if (this.failing) throw new Error("store down");
     return this.#deliver(await super.get(key));
   }
 
   override async getMany(keys: string[]) {
     this.getManys++;
+    this.readKeys.push([...keys]);
     if (this.failing) throw new Error("store down");
     return this.#deliver(await super.getMany(keys));
   }
@@ -183,6 +188,23 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     held.resolve();
     expect(await p).toEqual(["v:t1"]);
     expect(calls).toEqual([["t1"]]);
+  });
+
+  test("tagged values whose tags the call does not name: those tags are read once, in one read, for all the keys", async () => {
+    const { store, a, b } = await pair({ t1: "one", t2: "two", t3: "three" }, { tags: ["t", "u"] });
+    await b.set("x", "untagged");
+    const { fn, calls } = recorder();
+    store.readKeys = [];
+    expect(await a.getOrSetMany(["t1", "x", "t2", "t3"], fn)).toEqual(["one", "untagged", "two", "three"]);
+    expect(calls).toEqual([]);
+    expect(store.readKeys.length).toBe(2); // the records, then the tags they carry
+    expect(store.readKeys[0]!.length).toBe(4);
+    expect(store.readKeys[1]!.length).toBe(2); // "t" and "u" once each, not once per value
+    // The check still holds: after removeByTag("u") none of them is a value.
+    await b.removeByTag("u");
+    await flush();
+    expect(await a.getOrSetMany(["t1", "x", "t2"], fn)).toEqual(["v:t1", "untagged", "v:t2"]);
+    expect(calls).toEqual([["t1", "t2"]]);
   });
 
   test("a clear while the read is under way: nothing is taken from it, every key is read again", async () => {

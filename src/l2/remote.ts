@@ -351,12 +351,31 @@ export class RemoteLayer {
       if (later !== undefined) await Promise.all(later);
       return out; // unknown: the keys read on their own may still have answered
     }
+    // Tagged values whose tags the call did not name: those tags are read once for all of them.
+    let unnamed: [i: number, r: Checked][] | undefined;
+    const more = new Set<string>();
     for (let j = 0; j < fulls.length; j++) {
       const i = at[j]!;
       const decoded = this.#decode(ns, keys[i]!, records[j], removedHere?.[j] === true);
-      const r = decoded instanceof Promise ? decoded.then((d) => this.#tagged(ns, d, g)) : this.#tagged(ns, decoded, g);
-      if (r instanceof Promise) (later ??= []).push(r.then((v) => void (out[i] = v)));
-      else out[i] = r;
+      if (decoded instanceof Promise) {
+        (later ??= []).push(decoded.then((d) => this.#tagged(ns, d, g)).then((v) => void (out[i] = v)));
+        continue;
+      }
+      if (decoded?.tagged === undefined || decoded.tagged.every((p) => g?.has(p[0]))) {
+        out[i] = this.#tagged(ns, decoded, g) as RemoteRead | undefined; // answered at once: no tag to read
+        continue;
+      }
+      if (g !== undefined) decoded.tagGens = g;
+      (unnamed ??= []).push([i, decoded]);
+      for (const [tag] of decoded.tagged) if (!g?.has(tag)) more.add(tag);
+    }
+    if (unnamed !== undefined) {
+      const read = this.tagGenerations(ns, [...more]).then((m) => {
+        const all = m === undefined ? undefined : g === undefined ? m : new Map([...g, ...m]);
+        // Cannot tell (L2 unreachable): not served unchecked.
+        for (const [i, r] of unnamed!) out[i] = all === undefined ? undefined : tagChecked(r, all);
+      });
+      (later ??= []).push(read);
     }
     if (later !== undefined) await Promise.all(later);
     return out;
