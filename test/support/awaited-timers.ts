@@ -21,12 +21,14 @@ if (scenario === "hard") {
 } else if (scenario === "late-join") {
   // A refresh answered early from L2; a caller arriving past the stale window waits for it.
   const l2 = new MapStore();
-  const withL2 = new LayerCache({ l2, ttl: 50, refresh: "background", maxStale: 50, failSafe: 0, hardTimeout: 200 });
+  // Windows wide enough for a loaded machine: the stale read lands in [50, 550) ms, the late one
+  // past 550 ms and before the refresh gives up (2 s after it started).
+  const withL2 = new LayerCache({ l2, ttl: 50, refresh: "background", maxStale: 500, failSafe: 0, hardTimeout: 2_000 });
   await withL2.getOrSet("k", () => "old");
   withL2.clearMemory();
   await sleep(70);
   const stale = await withL2.getOrSet("k", never);
-  await sleep(60);
+  await sleep(600);
   const late = await withL2.getOrSet("k", never).catch((e: Error) => e.name);
   answer = `${stale}/${String(late)}`;
 } else if (scenario === "l2-deadline") {
@@ -40,7 +42,9 @@ if (scenario === "hard") {
   // A refresh nobody waits for (its loader never settles) must not hold the process, with the
   // default clock or with the exported systemClock passed in.
   for (const clock of [undefined, systemClock]) {
-    const c = new LayerCache({ ...(clock ? { clock } : {}), ttl: 20, refresh: "background", hardTimeout: "1h" });
+    // maxStale of an hour: a loaded machine that sleeps far past 30 ms still reads a stale value (a
+    // foreground load of `never` would wait out hardTimeout instead).
+    const c = new LayerCache({ ...(clock ? { clock } : {}), ttl: 20, maxStale: "1h", refresh: "background", hardTimeout: "1h" });
     await c.getOrSet("k", () => "v");
     await sleep(30);
     answer = await c.getOrSet("k", never);
