@@ -331,10 +331,20 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
           keys,
           // The cache gets (and stamps) every value of a loadMany when the slowest key's load is done:
           // that is when they are produced, not when each key's own load ended.
-          async (missing, { signal }) => {
-            const values = await Promise.all(missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signal, undefined, loaderCalled.get(`${scopeName}/${k}`))));
+          // Each key's load honours that key's own signal (signalOf): a key the cache gave up on
+          // stops at once — the next caller that needs it loads it again, and two loads of one key
+          // must never run at once — and is left out of the answer; the others go on.
+          async (missing, { signalOf }) => {
+            const values = await Promise.all(
+              missing.map((k) =>
+                load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`)).catch((error: unknown) => {
+                  if (signalOf(k).aborted) return undefined;
+                  throw error;
+                }),
+              ),
+            );
             const at = now();
-            return values.map((v) => ({ ...v, at }));
+            return values.map((v) => (v === undefined ? undefined : { ...v, at }));
           },
           tagged(scopeName, key),
         );

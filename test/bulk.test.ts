@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { FakeClock, LayerCache, MemoryBus } from "../src/index.js";
+import { FakeClock, LayerCache, MemoryBus, type LoadManyContext } from "../src/index.js";
 import { MemoryStore } from "../src/l2/memory.js";
 import { deferred, flush } from "./support/helpers.js";
 
@@ -34,6 +34,20 @@ function recorder(shape: "map" | "array" = "map") {
     return shape === "map" ? new Map(keys.map((k) => [k, `v:${k}`])) : keys.map((k) => `v:${k}`);
   };
   return { fn, calls };
+}
+
+/** A cache with distributedLock whose lease of "o1" (a compare-and-set write on an empty record) ends when `late` is resolved. */
+function lateLease() {
+  const late = deferred<void>();
+  class LateLease extends MemoryStore {
+    override async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
+      if (ifGeneration === "" && key.endsWith("o1")) await late.promise;
+      return super.set(key, record, ttlMs, ifGeneration);
+    }
+  }
+  const clock = new FakeClock(1_000_000);
+  const a = new LayerCache({ clock, l2: new LateLease({ clock }), distributedLock: true });
+  return { clock, a, late };
 }
 
 describe("bulk operations (SPEC 9)", () => {
@@ -109,16 +123,7 @@ describe("bulk operations (SPEC 9)", () => {
   });
 
   test("loadMany gets its keys in the caller's order, whichever key's lease is taken last", async () => {
-    // The lease of "o1" (a compare-and-set write on an empty record) ends after the others'.
-    const late = deferred<void>();
-    class LateLease extends MemoryStore {
-      override async set(key: string, record: string, ttlMs: number, ifGeneration?: string): Promise<boolean> {
-        if (ifGeneration === "" && key.endsWith("o1")) await late.promise;
-        return super.set(key, record, ttlMs, ifGeneration);
-      }
-    }
-    const clock = new FakeClock(1_000_000);
-    const a = new LayerCache({ clock, l2: new LateLease({ clock }), distributedLock: true });
+    const { a, late } = lateLease();
     const { fn, calls } = recorder("array");
     const p = a.getOrSetMany(["o1", "o2", "o3"], fn);
     await flush();
@@ -126,6 +131,42 @@ describe("bulk operations (SPEC 9)", () => {
     late.resolve();
     expect(await p).toEqual(["v:o1", "v:o2", "v:o3"]);
     expect(calls).toEqual([["o1", "o2", "o3"]]);
+    await a.close();
+  });
+
+  test("a key given up (hardTimeout) while the call waits for another key is left out of loadMany", async () => {
+    const { clock, a, late } = lateLease();
+    const { fn, calls } = recorder("array");
+    const p = a.getOrSetMany(["o1", "o2", "o3"], fn, { hardTimeout: "1s", failSafe: 0 });
+    const outcome = p.catch((e: Error) => e.name);
+    await flush();
+    clock.advance(1_000); // o2 and o3 called their loaders at once: given up now
+    late.resolve();
+    expect(await outcome).toBe("LoadTimeoutError");
+    expect(calls).toEqual([["o1"]]);
+    expect(await a.get("o1")).toBe("v:o1");
+    await a.close();
+  });
+
+  test("signalOf(key): a key's own signal aborts when that key is given up; signal when every key is", async () => {
+    const { clock, a, late } = lateLease();
+    let ctx: LoadManyContext | undefined;
+    const p = a.getOrSetMany(["o1", "o2"], (_keys, c) => {
+      ctx = c;
+      return new Promise<string[]>(() => {});
+    }, { hardTimeout: "1s", failSafe: 0 });
+    const outcome = p.catch((e: Error) => e.name);
+    await flush();
+    clock.advance(600); // o2 has waited 600 ms; o1 needs the loader only now
+    late.resolve();
+    await flush();
+    expect(ctx).toBeDefined();
+    clock.advance(400); // o2 given up
+    expect([ctx!.signalOf("o1").aborted, ctx!.signalOf("o2").aborted, ctx!.signal.aborted]).toEqual([false, true, false]);
+    expect(ctx!.signalOf("elsewhere")).toBe(ctx!.signal);
+    clock.advance(600); // o1 given up too
+    expect([ctx!.signalOf("o1").aborted, ctx!.signal.aborted]).toEqual([true, true]);
+    expect(await outcome).toBe("LoadTimeoutError");
     await a.close();
   });
 

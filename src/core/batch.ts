@@ -4,6 +4,13 @@ import type { LoaderContext } from "./flight.js";
 export interface LoadManyContext {
   /** Aborted once every key of the call was given up (each key's `hardTimeout`), or the cache closed. */
   signal: AbortSignal;
+  /**
+   * The signal of one key of the call: aborted once that key was given up (its `hardTimeout`, which
+   * counts from when the key needed the loader), or the cache closed. A key given up is loaded
+   * again by the next caller that needs it, while this call may still run: a `loadMany` that can
+   * stop work per key stops it here. `signal` for a key not in the call.
+   */
+  signalOf(key: string): AbortSignal;
 }
 
 /** Loads several keys at once: a `Map` by key, or an array in the order of `keys`. A key left out (or `undefined`) is returned as `undefined` and not cached. */
@@ -99,14 +106,19 @@ export class LoadBatch<V> {
 
   #flushIfReady(): void {
     if (!this.#started || this.#pending > 0 || this.#waiting.length === 0) return;
-    const waiting = this.#waiting.sort((x, y) => x.order - y.order);
+    // A key given up while it waited for the others (its hardTimeout) is not loaded: nobody waits
+    // for it, and the next caller that needs it has started a load of its own.
+    const waiting = this.#waiting.filter((w) => w.signal?.aborted !== true).sort((x, y) => x.order - y.order);
+    for (const w of this.#waiting) if (w.signal?.aborted === true) w.reject(w.signal.reason);
     this.#waiting = [];
-    void this.#run(waiting);
+    if (waiting.length > 0) void this.#run(waiting);
   }
 
   async #run(waiting: Waiting[]): Promise<void> {
     const keys = waiting.map((w) => w.key);
     const controller = new AbortController();
+    const signals = new Map<string, AbortSignal>();
+    for (const w of waiting) if (w.signal !== undefined) signals.set(w.key, w.signal);
     let aborted = 0;
     for (const w of waiting) {
       const s = w.signal;
@@ -119,7 +131,7 @@ export class LoadBatch<V> {
     }
     let result: ReadonlyMap<string, V> | readonly V[];
     try {
-      result = await this.#loadMany(keys, { signal: controller.signal });
+      result = await this.#loadMany(keys, { signal: controller.signal, signalOf: (key) => signals.get(key) ?? controller.signal });
     } catch (error) {
       for (const w of waiting) w.reject(error);
       return;
