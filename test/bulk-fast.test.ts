@@ -19,6 +19,8 @@ class HoldingStore extends MemoryStore {
   gets = 0;
   getManys = 0;
   failing = false;
+  /** Reads after this many (counted by `reads`) fail. */
+  readsBeforeFailing = Infinity;
   #heldRead: Deferred<void> | undefined;
   #readsToHold = 0;
   #heldWrite: Deferred<void> | undefined;
@@ -43,14 +45,14 @@ class HoldingStore extends MemoryStore {
   override async get(key: string) {
     this.gets++;
     this.readKeys.push([key]);
-    if (this.failing) throw new Error("store down");
+    if (this.failing || this.reads > this.readsBeforeFailing) throw new Error("store down");
     return this.#deliver(await super.get(key));
   }
 
   override async getMany(keys: string[]) {
     this.getManys++;
     this.readKeys.push([...keys]);
-    if (this.failing) throw new Error("store down");
+    if (this.failing || this.reads > this.readsBeforeFailing) throw new Error("store down");
     return this.#deliver(await super.getMany(keys));
   }
 
@@ -205,6 +207,27 @@ describe("getOrSetMany: L2 hits without a flight per key", () => {
     await flush();
     expect(await a.getOrSetMany(["t1", "x", "t2"], fn)).toEqual(["v:t1", "untagged", "v:t2"]);
     expect(calls).toEqual([["t1", "t2"]]);
+  });
+
+  test("the tags the call does not name cannot be read (L2 failing then): the tagged values are not served unchecked", async () => {
+    const { store, a, b } = await pair({ t1: "one", t2: "two" }, { tags: ["t"] });
+    await b.set("x", "untagged");
+    const { fn, calls } = recorder();
+    store.readsBeforeFailing = store.reads + 1; // the records are read; the read of their tags fails
+    expect(await a.getOrSetMany(["t1", "x", "t2"], fn)).toEqual(["v:t1", "untagged", "v:t2"]);
+    expect(calls).toEqual([["t1", "t2"]]);
+  });
+
+  test("a call naming some of the tags: only the others are read, once", async () => {
+    const { store, a, b } = await pair({ t1: "one", t2: "two" }, { tags: ["t", "u"] });
+    const { fn, calls } = recorder();
+    store.readKeys = [];
+    expect(await a.getOrSetMany(["t1", "t2"], fn, { tags: ["t"] })).toEqual(["one", "two"]);
+    expect(calls).toEqual([]);
+    expect(store.readKeys.map((k) => k.length)).toEqual([3, 1]); // the records and "t" together, then "u"
+    await b.removeByTag("u");
+    await flush();
+    expect(await a.getOrSetMany(["t1", "t2"], fn, { tags: ["t"] })).toEqual(["v:t1", "v:t2"]);
   });
 
   test("a clear while the read is under way: nothing is taken from it, every key is read again", async () => {

@@ -145,7 +145,21 @@ describe("bulk operations (SPEC 9)", () => {
     expect(await outcome).toBe("LoadTimeoutError");
     expect(calls).toEqual([["o1"]]);
     expect(await a.get("o1")).toBe("v:o1");
+    expect(await a.get("o2")).toBeUndefined(); // nothing written for the keys given up
+    expect(await a.get("o3")).toBeUndefined();
     await a.close();
+  });
+
+  test("close() while a getOrSetMany waits for one key's lease: loadMany is not called for the others", async () => {
+    for (const order of [["o1", "o2"], ["o2", "o1"]]) {
+      const { a } = lateLease(); // o1's lease never ends
+      const { fn, calls } = recorder("array");
+      const outcome = a.getOrSetMany(order, fn).catch((e: Error) => e.name);
+      await flush();
+      await a.close();
+      expect(await outcome).toBe("CacheClosedError");
+      expect(calls).toEqual([]);
+    }
   });
 
   test("signalOf(key): a key's own signal aborts when that key is given up; signal when every key is", async () => {

@@ -141,12 +141,14 @@ export class Engine {
         stopWaiting: () => this.link?.stopWaiting(),
         // What is still running is aborted; whoever still waits for it gets CacheClosedError.
         abortAll: () => {
-          for (const f of [...this.#flights]) {
-            const error = new CacheClosedError();
+          // Every flight aborted before any ends: ending one may start a getOrSetMany's loadMany,
+          // which must find all its keys' signals aborted already (and leave them out).
+          const closing = [...this.#flights].map((f) => ({ f, error: new CacheClosedError() }));
+          for (const { f, error } of closing) {
             f.abort(error);
             f.fence();
-            this.#finish(f, "error", error);
           }
+          for (const { f, error } of closing) this.#finish(f, "error", error);
         },
         release: async () => {
           await this.link?.close();
