@@ -52,6 +52,8 @@ export interface WorkerReport {
   worker: number;
   /** Most loader runs at once for one key in that process (single flight: 1). */
   maxLoadsPerKey: number;
+  /** The first times a key had a second loader run: what each run was (how it was called, when, whether its signal was aborted). */
+  overlaps?: string[];
   /** Most background refreshes running at once in that process (counted by the worker, not the cache). */
   maxRefreshing: number;
   unhandledRejections: number;
@@ -332,7 +334,7 @@ export function check(history: OpRecord[], faults: FaultWindow[], reports: Worke
   }
 
   for (const w of reports) {
-    if (w.maxLoadsPerKey > 1) violations.push({ rule: "singleFlight", detail: `worker ${w.worker} ran ${w.maxLoadsPerKey} loads of one key at once` });
+    if (w.maxLoadsPerKey > 1) violations.push({ rule: "singleFlight", detail: `worker ${w.worker} ran ${w.maxLoadsPerKey} loads of one key at once${w.overlaps?.length ? `: ${w.overlaps.join("; ")}` : ""}` });
     if (w.maxRefreshing > rules.refreshConcurrency) violations.push({ rule: "refreshPool", detail: `worker ${w.worker} ran ${w.maxRefreshing} refreshes at once (bound ${rules.refreshConcurrency})` });
     if (w.unhandledRejections > 0) violations.push({ rule: "unhandledRejection", detail: `worker ${w.worker}: ${w.unhandledRejections}` });
   }

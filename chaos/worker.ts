@@ -70,6 +70,8 @@ const scopes: Record<"fg" | "bg", CacheScope> = {
 // ---------------------------------------------------------------- loader, with its own bookkeeping
 let loaderMode: LoaderMode = "normal";
 const inflight = new Map<string, number>();
+/** The loader runs under way per flight id: how each was called, when, and its signal (for the report of an overlap). */
+const runs = new Map<string, { via: string; start: number; signal: AbortSignal }[]>();
 /**
  * Invalidations of each key seen by this process. Single flight holds between two of them: a load
  * that started before an invalidation is detached (its callers still get it, later callers start a
@@ -212,7 +214,7 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
 const loaderCalled = new Map<string, number>();
 cache.on("load", (e) => void loaderCalled.set(keyId(e), now()));
 
-async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number): Promise<Value> {
+async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number, via = cacheSignal === undefined ? "cached" : "getOrSet"): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
   // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
@@ -230,6 +232,14 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
   report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
+  const mine = { via: `${via}${stale === undefined ? "" : " (stale held)"}`, start: now(), signal };
+  const list = runs.get(flight) ?? [];
+  list.push(mine);
+  runs.set(flight, list);
+  if (n > 1 && (report.overlaps ??= []).length < 5) {
+    const t = now();
+    report.overlaps.push(`${flight} at ${t.toFixed(1)}: ${list.map((r) => `${r.via} since ${(t - r.start).toFixed(1)} ms${r.signal.aborted ? " (aborted)" : ""}`).join(", ")}`);
+  }
   if (scope === "bg") {
     bgLoads++;
     report.maxRefreshing = Math.max(report.maxRefreshing, bgLoads - bgWaiting);
@@ -254,6 +264,8 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
     if (rec.fromL2 && scope === "bg") l2Refreshing.delete(key);
     own?.cancel();
     if (scope === "bg") bgLoads--;
+    list.splice(list.indexOf(mine), 1);
+    if (list.length === 0) runs.delete(flight);
     const left = inflight.get(flight)! - 1;
     if (left === 0) inflight.delete(flight);
     else inflight.set(flight, left);
@@ -333,16 +345,18 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
           // that is when they are produced, not when each key's own load ended.
           // Each key's load honours that key's own signal (signalOf): a key the cache gave up on
           // stops at once — the next caller that needs it loads it again, and two loads of one key
-          // must never run at once — and is left out of the answer; the others go on.
+          // must never run at once — and is left out of the answer. A failed key fails the call only
+          // once every load of it has ended: the cache ends all the call's flights then, and a load
+          // still running past that would run beside the next load of its key.
           async (missing, { signalOf }) => {
-            const values = await Promise.all(
-              missing.map((k) =>
-                load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`)).catch((error: unknown) => {
-                  if (signalOf(k).aborted) return undefined;
-                  throw error;
-                }),
-              ),
+            const settled = await Promise.allSettled(
+              missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`), "loadMany")),
             );
+            const values = settled.map((s, j) => {
+              if (s.status === "fulfilled") return s.value;
+              if (signalOf(missing[j]!).aborted) return undefined;
+              throw s.reason;
+            });
             const at = now();
             return values.map((v) => (v === undefined ? undefined : { ...v, at }));
           },
