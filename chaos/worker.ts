@@ -346,8 +346,8 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
           // Each key's load honours that key's own signal (signalOf): a key the cache gave up on
           // stops at once — the next caller that needs it loads it again, and two loads of one key
           // must never run at once — and is left out of the answer. A failed key fails the call only
-          // once every load of it has ended: the cache ends all the call's flights then, and a load
-          // still running past that would run beside the next load of its key.
+          // once every load of the call has ended: the cache ends all the call's flights then, and a
+          // load still running past that would run beside the next load of its key.
           async (missing, { signalOf }) => {
             const settled = await Promise.allSettled(
               missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`), "loadMany")),
