@@ -141,6 +141,11 @@ cache.on("loadError", (e) => {
   count("loadError");
   const t = now();
   const rec: OpRecord = { worker: config.id, op: "loadError", scope: e.scope, key: e.key, start: t, end: t, ok: false, refresh: false };
+  // A loader call that never reached `load` (a getOrSetMany key given up while it waited for loadMany).
+  if (ran(keyId(e))) {
+    const since = loaderCalled.get(keyId(e)) ?? t;
+    record({ worker: config.id, op: "load", scope: e.scope, key: e.key, start: since, end: t, ok: false, error: "given up before loadMany ran", called: since });
+  }
   failing.set(keyId(e), rec);
   queueMicrotask(() => {
     if (failing.get(keyId(e)) === rec) failing.delete(keyId(e));
@@ -212,7 +217,26 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
  * call: its load record starts there.
  */
 const loaderCalled = new Map<string, number>();
-cache.on("load", (e) => void loaderCalled.set(keyId(e), now()));
+/**
+ * Loader calls of the cache that have not reached `load` yet, per key: a getOrSetMany key waits
+ * there for the call's other keys, and one given up meanwhile (its hardTimeout) is left out of
+ * loadMany. Its load lasted from the call to that failure: recorded then (see "loadError"), so that
+ * a soft timeout or a fail-safe answer while it waited is seen for what it is.
+ */
+const notRun = new Map<string, number>();
+cache.on("load", (e) => {
+  const id = keyId(e);
+  loaderCalled.set(id, now());
+  notRun.set(id, (notRun.get(id) ?? 0) + 1);
+});
+/** One loader call of `id` reached `load` (or was given up before it did): true if one was waiting. */
+function ran(id: string): boolean {
+  const n = notRun.get(id);
+  if (n === undefined) return false;
+  if (n === 1) notRun.delete(id);
+  else notRun.set(id, n - 1);
+  return true;
+}
 
 async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number, via = cacheSignal === undefined ? "cached" : "getOrSet"): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
@@ -222,6 +246,7 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
   const own = cacheSignal ? undefined : ownDeadline(scope);
   const signal = cacheSignal ?? own!.signal;
   const id = `${scope}/${key}`;
+  ran(id);
   const rec: OpRecord = { worker: config.id, op: "load", scope, key, start: startedAt ?? now(), end: 0, ok: false, staleAt: stale?.at, called };
   if (refreshFromL2 === id) {
     rec.fromL2 = true;
