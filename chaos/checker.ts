@@ -50,7 +50,7 @@ export interface FaultWindow {
 
 export interface WorkerReport {
   worker: number;
-  /** Most loader runs at once for one key in that process (single flight: 1). */
+  /** Most loader runs at once for one key in that process with no invalidation between their flights (single flight: 1; see `epoch` in chaos/worker.ts). */
   maxLoadsPerKey: number;
   /** The first times a key had a second loader run: what each run was (how it was called, when, whether its signal was aborted). */
   overlaps?: string[];

@@ -209,6 +209,13 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
  * `epoch`: the key's invalidation count when the operation that started this load was called —
  * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
  * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
+ * Two loads of one key with the same epoch running at once break single flight: no invalidation
+ * came between their flights, so the second should have joined the first.
+ *
+ * A getOrSetMany key is the exception: its flight is made at the call (a key with nothing in L1
+ * after the multi-key read of L2 — after a second read when an invalidation fenced the first), so
+ * its epoch is only known to lie between the count at the call and the count when its loader was
+ * called (`loaderEpoch`). Such a load is checked only when the two are equal.
  */
 /**
  * When the cache last called each key's loader (its "load" event). A getOrSetMany's `loadMany` runs
@@ -224,9 +231,13 @@ const loaderCalled = new Map<string, number>();
  * a soft timeout or a fail-safe answer while it waited is seen for what it is.
  */
 const notRun = new Map<string, number>();
+/** The key's invalidation count when the cache last called its loader. */
+const loaderEpoch = new Map<string, number>();
+let ambiguous = 0;
 cache.on("load", (e) => {
   const id = keyId(e);
   loaderCalled.set(id, now());
+  loaderEpoch.set(id, epochs.get(id) ?? 0);
   notRun.set(id, (notRun.get(id) ?? 0) + 1);
 });
 /** One loader call of `id` reached `load` (or was given up before it did): true if one was waiting. */
@@ -253,7 +264,9 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
     refreshFromL2 = undefined;
     if (scope === "bg") l2Refreshing.add(key);
   }
-  const flight = `${id}#${epoch}`;
+  // A getOrSetMany key's flight whose epoch is not known for sure is never counted with another.
+  const upTo = via === "loadMany" ? (loaderEpoch.get(id) ?? epoch) : epoch;
+  const flight = upTo === epoch ? `${id}#${epoch}` : `${id}#${epoch}..${upTo}#${++ambiguous}`;
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
   report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
