@@ -206,18 +206,6 @@ function ownDeadline(scope: "fg" | "bg"): { signal: AbortSignal; cancel: () => v
 }
 
 /**
- * `epoch`: the key's invalidation count when the operation that started this load was called —
- * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
- * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
- * Two loads of one key with the same epoch running at once break single flight: no invalidation
- * came between their flights, so the second should have joined the first.
- *
- * A getOrSetMany key is the exception: its flight is made at the call (a key with nothing in L1
- * after the multi-key read of L2 — after a second read when an invalidation fenced the first), so
- * its epoch is only known to lie between the count at the call and the count when its loader was
- * called (`loaderEpoch`). Such a load is checked only when the two are equal.
- */
-/**
  * When the cache last called each key's loader (its "load" event). A getOrSetMany's `loadMany` runs
  * only once every key of the call has called its loader or ended — with distributedLock, after the
  * others waited for leases — but the cache's soft and hard timeouts of a key count from its own
@@ -249,6 +237,19 @@ function ran(id: string): boolean {
   return true;
 }
 
+/**
+ * `epoch`: the key's invalidation count when the operation that started this load was called —
+ * that is when its flight was made. (A flight fenced while it read L2 still calls its loader for
+ * the callers waiting on it, so the count at the loader's own start would be the wrong one.)
+ * Two loads of one key with the same epoch running at once break single flight: no invalidation
+ * came between their flights, so the second should have joined the first.
+ *
+ * A getOrSetMany key is the exception: its flight may be made after the call (a key missing from
+ * L1 gets it after the multi-key read of L2 — and after an invalidation that fenced that read), so
+ * its epoch is only known to lie between the count at the call and the count when its loader was
+ * called (`loaderEpoch`). Such a load is checked only when the two are equal (the others are
+ * counted as "loads not checked for single flight").
+ */
 async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number, via = cacheSignal === undefined ? "cached" : "getOrSet"): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
@@ -267,6 +268,7 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
   // A getOrSetMany key's flight whose epoch is not known for sure is never counted with another.
   const upTo = via === "loadMany" ? (loaderEpoch.get(id) ?? epoch) : epoch;
   const flight = upTo === epoch ? `${id}#${epoch}` : `${id}#${epoch}..${upTo}#${++ambiguous}`;
+  if (upTo !== epoch) count("loads not checked for single flight");
   const n = (inflight.get(flight) ?? 0) + 1;
   inflight.set(flight, n);
   report.maxLoadsPerKey = Math.max(report.maxLoadsPerKey, n);
@@ -413,6 +415,9 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
         const v = values?.[i];
         const r: OpRecord = { ...rec, key: k, end, policy: scopeName, version: v?.v, at: v?.at };
         if (v !== undefined && v.id !== `${scopeName}/${k}`) r.foreign = String(v.id);
+        // loadMany answers undefined only for a key the cache had given up (its flight failed
+        // already): a call that resolved has a value for every key, or the cache mixed them up.
+        if (values !== undefined && v === undefined) Object.assign(r, { ok: false, error: "chaos: getOrSetMany resolved with no value for this key" });
         if (k !== key) record(r);
         else Object.assign(rec, r);
       });
