@@ -250,7 +250,7 @@ function ran(id: string): boolean {
  * called (`loaderEpoch`). Such a load is checked only when the two are equal (the others are
  * counted as "loads not checked for single flight").
  */
-async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number, via = cacheSignal === undefined ? "cached" : "getOrSet"): Promise<Value> {
+async function load(scope: "fg" | "bg", key: string, epoch: number, called: number, cacheSignal?: AbortSignal, stale?: Value, startedAt?: number, via = cacheSignal === undefined ? "cached" : "getOrSet", sink?: OpRecord[]): Promise<Value> {
   // A cached function's loader gets no signal from the cache, and one the cache gave up on would
   // run on beside the next load of its key. So it gives up on its own at the hard timeout: its
   // timer starts before the cache's, so the load fails (an allowed loader error) rather than being
@@ -300,7 +300,9 @@ async function load(scope: "fg" | "bg", key: string, epoch: number, called: numb
     return { v, at: now(), id };
   } finally {
     rec.end = now();
-    record(rec);
+    // A loadMany's loads are recorded by it, when the call ends (see there).
+    if (sink !== undefined) sink.push(rec);
+    else record(rec);
     if (rec.fromL2 && scope === "bg") l2Refreshing.delete(key);
     own?.cancel();
     if (scope === "bg") bgLoads--;
@@ -388,10 +390,15 @@ async function run(op: OpKind, scopeName: "fg" | "bg", key: string): Promise<OpR
           // must never run at once — and is left out of the answer. A failed key fails the call only
           // once every load of the call has ended: the cache ends all the call's flights then, and a
           // load still running past that would run beside the next load of its key.
+          // Each key's flight goes on until the call ends — it may have answered early meanwhile
+          // (its soft timeout) — so its load record ends there too, unless the key was given up.
           async (missing, { signalOf }) => {
+            const recs: OpRecord[] = [];
             const settled = await Promise.allSettled(
-              missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`), "loadMany")),
+              missing.map((k) => load(scopeName, k, epochsAt[keys.indexOf(k)]!, rec.start, signalOf(k), undefined, loaderCalled.get(`${scopeName}/${k}`), "loadMany", recs)),
             );
+            const ended = now();
+            for (const r of recs) record(signalOf(r.key).aborted ? r : { ...r, end: ended });
             const values = settled.map((s, j) => {
               if (s.status === "fulfilled") return s.value;
               if (signalOf(missing[j]!).aborted) return undefined;
