@@ -143,7 +143,7 @@ describe("npm pack output", () => {
     await a.set("u1", "one", { tags: ["users"] });
     await b.set("v1", "one", { tags: ["users"] });
     const tagged = await a.getOrSet("u2", async ({ key, setOptions }) => { setOptions({ tags: ["users"] }); return key; });
-    const many = await a.getOrSetMany(["m1", "m2"], async (keys) => new Map(keys.map((k) => [k, k.toUpperCase()])));
+    const many = await a.getOrSetMany(["m1", "m2"], async (keys, { signalOf }) => new Map(keys.map((k) => [k, signalOf(k).aborted ? "given up" : k.toUpperCase()])));
     const batch = a.cachedBatch(async (ids) => ids.map((id) => id * 2), { key: (id) => "n:" + id });
     const doubled = await Promise.all([batch(1), batch(2)]);
     const had = [await a.has("u1"), await b.has("v1")];
@@ -333,7 +333,7 @@ describe("npm pack output", () => {
         await getUser.removeCached("1");
         const s: Stats = cache.stats();
         const tagged: string = await cache.getOrSet("t", async ({ key, setOptions, noCache }) => (setOptions({ ttl: "5s", tags: ["a"] }), key === "" ? (noCache(), key) : key), { tags: ["b"] });
-        const many: number[] = await cache.getOrSetMany(["a", "b"], async (keys) => keys.map((k) => k.length));
+        const many: number[] = await cache.getOrSetMany(["a", "b"], async (keys, { signal, signalOf }) => keys.map((k) => (signal.aborted || signalOf(k).aborted ? 0 : k.length)));
         const batch = cache.cachedBatch(async (ids: number[]) => ids.map((id) => ({ id })), { key: (id) => "n:" + id, tags: ["ns"] });
         const one: { id: number } = await batch(1);
         await batch.removeCached(1);
