@@ -42,7 +42,8 @@ interface Waiting {
   order: number;
   resolve(value: unknown): void;
   reject(error: unknown): void;
-  signal: AbortSignal | undefined;
+  /** The key's flight's signal (`LoaderContext.signal`): aborted when the key is given up. */
+  signal: AbortSignal;
 }
 
 /**
@@ -108,26 +109,27 @@ export class LoadBatch<V> {
     if (!this.#started || this.#pending > 0 || this.#waiting.length === 0) return;
     // A key given up while it waited for the others (its hardTimeout) is not loaded: nobody waits
     // for it, and the next caller that needs it has started a load of its own.
-    const waiting = this.#waiting.filter((w) => w.signal?.aborted !== true).sort((x, y) => x.order - y.order);
-    for (const w of this.#waiting) if (w.signal?.aborted === true) w.reject(w.signal.reason);
+    const waiting: Waiting[] = [];
+    for (const w of this.#waiting) {
+      if (w.signal.aborted) w.reject(w.signal.reason);
+      else waiting.push(w);
+    }
     this.#waiting = [];
-    if (waiting.length > 0) void this.#run(waiting);
+    if (waiting.length > 0) void this.#run(waiting.sort((x, y) => x.order - y.order));
   }
 
+  /** Calls `loadMany` for `waiting` (none of them given up yet: `#flushIfReady` left those out). */
   async #run(waiting: Waiting[]): Promise<void> {
     const keys = waiting.map((w) => w.key);
     const controller = new AbortController();
     const signals = new Map<string, AbortSignal>();
-    for (const w of waiting) if (w.signal !== undefined) signals.set(w.key, w.signal);
     let aborted = 0;
     for (const w of waiting) {
       const s = w.signal;
-      if (s === undefined) continue;
-      const onAbort = (): void => {
+      signals.set(w.key, s);
+      s.addEventListener("abort", () => {
         if (++aborted === waiting.length) controller.abort(s.reason);
-      };
-      if (s.aborted) onAbort();
-      else s.addEventListener("abort", onAbort, { once: true });
+      }, { once: true });
     }
     let result: ReadonlyMap<string, V> | readonly V[];
     try {

@@ -353,7 +353,6 @@ export class RemoteLayer {
     }
     // Tagged values whose tags the call did not name: those tags are read once for all of them.
     let unnamed: [i: number, r: Checked][] | undefined;
-    const more = new Set<string>();
     for (let j = 0; j < fulls.length; j++) {
       const i = at[j]!;
       const decoded = this.#decode(ns, keys[i]!, records[j], removedHere?.[j] === true);
@@ -361,21 +360,16 @@ export class RemoteLayer {
         (later ??= []).push(decoded.then((d) => this.#tagged(ns, d, g)).then((v) => void (out[i] = v)));
         continue;
       }
-      if (decoded?.tagged === undefined || decoded.tagged.every((p) => g?.has(p[0]))) {
+      if (decoded?.tagged === undefined || knowsTags(decoded, g)) {
         out[i] = this.#tagged(ns, decoded, g) as RemoteRead | undefined; // answered at once: no tag to read
         continue;
       }
       if (g !== undefined) decoded.tagGens = g;
       (unnamed ??= []).push([i, decoded]);
-      for (const [tag] of decoded.tagged) if (!g?.has(tag)) more.add(tag);
     }
     if (unnamed !== undefined) {
-      const read = this.tagGenerations(ns, [...more]).then((m) => {
-        const all = m === undefined ? undefined : g === undefined ? m : new Map([...g, ...m]);
-        // Cannot tell (L2 unreachable): not served unchecked.
-        for (const [i, r] of unnamed!) out[i] = all === undefined ? undefined : tagChecked(r, all);
-      });
-      (later ??= []).push(read);
+      const rs = unnamed.map(([, r]) => r);
+      (later ??= []).push(this.#readTagsOf(ns, rs, g).then((checked) => unnamed!.forEach(([i], j) => void (out[i] = checked[j]))));
     }
     if (later !== undefined) await Promise.all(later);
     return out;
@@ -413,14 +407,24 @@ export class RemoteLayer {
    * written with. Answered at once when `known` holds all its tags; else they are read (one more round trip).
    */
   #checkTags(ns: RemoteScope, r: Checked, known: Map<string, string> | undefined): RemoteRead | undefined | Promise<RemoteRead | undefined> {
-    const snapshot = r.tagged!;
-    const missing = known === undefined ? snapshot.map((p) => p[0]) : snapshot.filter((p) => !known.has(p[0])).map((p) => p[0]);
-    if (missing.length === 0) return tagChecked(r, known!);
-    return this.tagGenerations(ns, missing).then((more) => {
-      if (more === undefined) return undefined; // cannot tell: unavailable, never served unchecked
-      return tagChecked(r, known === undefined ? more : new Map([...known, ...more]));
+    if (knowsTags(r, known)) return tagChecked(r, known!);
+    return this.#readTagsOf(ns, [r], known).then((rs) => rs[0]);
+  }
+
+  /**
+   * Tagged values checked after one read of the tags they carry that `known` lacks (each tag once,
+   * for all of them); undefined for each when that read fails — never served unchecked.
+   */
+  #readTagsOf(ns: RemoteScope, rs: readonly Checked[], known: Map<string, string> | undefined): Promise<(RemoteRead | undefined)[]> {
+    const missing = new Set<string>();
+    for (const r of rs) for (const [tag] of r.tagged!) if (!known?.has(tag)) missing.add(tag);
+    return this.tagGenerations(ns, [...missing]).then((more) => {
+      if (more === undefined) return rs.map(() => undefined);
+      const all = known === undefined ? more : new Map([...known, ...more]);
+      return rs.map((r) => tagChecked(r, all));
     });
   }
+
 
   /**
    * The tags' generations a value written now carries. Tags without a record get one first (a
@@ -788,6 +792,11 @@ export class RemoteLayer {
 }
 
 /** The read of a tagged record, its value kept only when every tag it carries still has the generation it was written with. */
+/** Whether `known` holds the generation of every tag the tagged value `r` carries. */
+function knowsTags(r: Checked, known: Map<string, string> | undefined): boolean {
+  return known !== undefined && r.tagged!.every(([tag]) => known.has(tag));
+}
+
 function tagChecked(r: Checked, gens: Map<string, string>): RemoteRead {
   const out: RemoteRead = { gen: r.gen };
   if (r.tagGens !== undefined) out.tagGens = r.tagGens;
